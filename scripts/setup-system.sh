@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that hold the built-in data, when they are missing.
+# Needs root (or sudo); prints the command to run by hand otherwise.
+set -euo pipefail
+packages=(dataset-fashion-mnist)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -eq 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+  sudo apt-get update -qq
+  sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+else
+  echo "multigrain: the built-in data needs Debian packages: sudo apt-get install ${missing[*]}" >&2
+  exit 1
+fi

@@ -1,0 +1,70 @@
+"""Convolutional trunks: torchvision ResNets without their global pooling and classifier."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from enum import Enum
+
+from torch import nn
+from torchvision import models as tv_models
+
+from multigrain.errors import MultiGrainError
+
+
+class TrunkName(str, Enum):
+    """The supported trunk architectures."""
+
+    resnet18 = "resnet18"
+    resnet34 = "resnet34"
+    resnet50 = "resnet50"
+    resnet101 = "resnet101"
+    resnet152 = "resnet152"
+
+
+# name -> (torchvision constructor, channels of the last feature map)
+_TRUNKS: dict[TrunkName, tuple[Callable[..., tv_models.ResNet], int]] = {
+    TrunkName.resnet18: (tv_models.resnet18, 512),
+    TrunkName.resnet34: (tv_models.resnet34, 512),
+    TrunkName.resnet50: (tv_models.resnet50, 2048),
+    TrunkName.resnet101: (tv_models.resnet101, 2048),
+    TrunkName.resnet152: (tv_models.resnet152, 2048),
+}
+
+_CHILDREN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+def parse_trunk_name(name: str | TrunkName) -> TrunkName:
+    """Return the :class:`TrunkName` for ``name``, or raise a MultiGrainError listing choices."""
+    try:
+        return TrunkName(name)
+    except ValueError:
+        valid = ", ".join(t.value for t in TrunkName)
+        raise MultiGrainError(f"unknown trunk {name!r}; choose one of: {valid}") from None
+
+
+def build_trunk(name: str | TrunkName, *, small_input: bool = False) -> tuple[nn.Sequential, int]:
+    """Build a randomly initialised ResNet trunk: (N, 3, H, W) -> (N, C, H/32, W/32).
+
+    Args:
+        name: one of :class:`TrunkName` (e.g. ``"resnet50"``).
+        small_input: for 28-64 px images, replace the 7x7 stride-2 stem convolution by a
+            3x3 stride-1 one and the max-pool by an identity, so the map shrinks by 8
+            instead of 32. Child names are kept either way.
+
+    Returns:
+        ``(trunk, out_channels)``: an ``nn.Sequential`` whose children are named
+        ``conv1, bn1, relu, maxpool, layer1..layer4`` (state-dict keys match torchvision's,
+        e.g. ``layer1.0.conv1.weight``), and C = 512 (ResNet-18/34) or 2048 (ResNet-50+).
+    """
+    constructor, out_channels = _TRUNKS[parse_trunk_name(name)]
+    resnet = constructor(weights=None)
+    children: OrderedDict[str, nn.Module] = OrderedDict(
+        (child, getattr(resnet, child)) for child in _CHILDREN
+    )
+    if small_input:
+        conv = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        children["conv1"] = conv
+        children["maxpool"] = nn.Identity()
+    return nn.Sequential(children), out_channels

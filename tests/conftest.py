@@ -1,0 +1,71 @@
+"""Shared fixtures: small real image files written by the tests themselves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+
+def make_pattern(rng: np.random.Generator, label: int, size: int) -> Image.Image:
+    """A textured image whose class is visible: stripes horizontal (0), vertical (1), checks (2)."""
+    y, x = np.mgrid[0:size, 0:size]
+    period = rng.uniform(4, 9)
+    phase = rng.uniform(0, 2 * np.pi)
+    if label == 0:
+        wave = np.sin(2 * np.pi * y / period + phase)
+    elif label == 1:
+        wave = np.sin(2 * np.pi * x / period + phase)
+    else:
+        wave = np.sin(2 * np.pi * x / period + phase) * np.sin(2 * np.pi * y / period)
+    colour = rng.uniform(0.3, 1.0, size=3)
+    pixels = (0.5 + 0.5 * wave[..., None]) * colour * 255
+    pixels += rng.normal(0, 10, size=pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def write_image_folder(
+    root: Path, *, classes: int = 2, per_class: int = 12, size: int = 40
+) -> Path:
+    rng = np.random.default_rng(0)
+    for label in range(classes):
+        folder = root / f"class_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            image = make_pattern(rng, label, size)
+            if index % 2:
+                image.save(folder / f"{index:03d}.jpg", quality=90)
+            else:
+                image.save(folder / f"{index:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 classes x 12 real PNG/JPEG files of 40x40 px."""
+    return write_image_folder(tmp_path_factory.mktemp("images"), classes=2, per_class=12)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_root() -> Path:
+    """The Debian Fashion-MNIST folder; under CI its absence fails instead of skipping."""
+    if not (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").exists():
+        message = (
+            f"Fashion-MNIST not found at {FASHION_MNIST_ROOT}: "
+            "sudo apt-get install dataset-fashion-mnist (make test does it)"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return FASHION_MNIST_ROOT
+
+
+@pytest.fixture(scope="session")
+def larger_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 classes x 24 real PNG/JPEG files of 40x40 px."""
+    return write_image_folder(tmp_path_factory.mktemp("images48"), classes=2, per_class=24)
