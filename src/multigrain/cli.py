@@ -166,7 +166,7 @@ def probe(
 @app.command()
 def demo(
     output_dir: Annotated[str, typer.Option("--output-dir", "-o")] = "runs/demo",
-    steps: Annotated[int, typer.Option(help="training steps")] = 300,
+    steps: Annotated[int, typer.Option(help="training steps")] = 600,
     batch_size: Annotated[int, typer.Option()] = 96,
 ) -> None:
     """Train a small MultiGrain model on Fashion-MNIST and compare it with the untrained one."""
@@ -205,17 +205,10 @@ def main() -> None:
     """Entry point: run the app, turning MultiGrainError into one line and exit status 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app(standalone_mode=False)
+        app()  # standalone: usage errors are printed by typer with exit status 2
     except MultiGrainError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as error:  # click usage errors etc.
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise

@@ -1,6 +1,7 @@
 """The built-in demo: train on Fashion-MNIST, then check both jobs on its test split.
 
-A ResNet-18 with the small-image stem is trained with the joint loss (lambda = 0.5) and
+A ResNet-18 (standard stem: at this budget it learns faster than the small-image stem,
+measured while choosing the demo) is trained with the joint loss (lambda = 0.5) and
 repeated augmentations (m = 3), then compared with the same network untrained on held-out
 images: classification top-1, and retrieval of augmented copies among 1000 clean images.
 """
@@ -53,12 +54,12 @@ class DemoReport:
 
 
 def run_demo(
-    *, output_dir: Path, steps: int = 300, batch_size: int = 96, seed: int = 0
+    *, output_dir: Path, steps: int = 600, batch_size: int = 96, seed: int = 0
 ) -> DemoReport:
     config = TrainConfig(
         dataset=DatasetKind.FASHION_MNIST,
         trunk="resnet18",
-        small_input=True,
+        small_input=False,
         input_size=INPUT_SIZE,
         batch_size=batch_size,
         num_repeats=3,
@@ -79,7 +80,7 @@ def run_demo(
     trained, _ = model_from_checkpoint(result.checkpoint)
     heldout = open_heldout_images(DatasetKind.FASHION_MNIST)
     torch.manual_seed(seed)
-    untrained = MultiGrain(trunk="resnet18", num_classes=10, small_input=True)
+    untrained = MultiGrain(trunk="resnet18", num_classes=10)
     report = DemoReport(
         output_dir=str(output_dir),
         steps=result.steps,

@@ -179,6 +179,21 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         images,
         train_transform(AugmentationKind(config.augmentation), input_size=config.input_size),
     )
+
+    def save(step: int) -> None:
+        if context.is_main:
+            _write_checkpoint(
+                checkpoint_path,
+                config=config,
+                model=model,
+                criterion=criterion,
+                optimizer=optimizer,
+                scaler=scaler,
+                step=step,
+                classes=images.classes,
+                sampler_state=_sampler_position(step, steps_per_epoch, config.grad_accum_steps),
+            )
+
     result = TrainResult(output_dir=output_dir, checkpoint=checkpoint_path, steps=step)
     progress = _progress_bar(config, context, total_steps, step)
     log_file = _open_log(output_dir, context)
@@ -251,28 +266,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
                     progress.update(1)
                 end_of_epoch = step % steps_per_epoch == 0
                 if _should_checkpoint(config, step, steps_per_epoch, end_of_epoch):
-                    _write_checkpoint(
-                        checkpoint_path,
-                        context,
-                        config,
-                        model,
-                        criterion,
-                        optimizer,
-                        scaler,
-                        step,
-                        images.classes,
-                    )
-        _write_checkpoint(
-            checkpoint_path,
-            context,
-            config,
-            model,
-            criterion,
-            optimizer,
-            scaler,
-            step,
-            images.classes,
-        )
+                    save(step)
+        save(step)
     finally:
         if progress is not None:
             progress.close()
@@ -353,7 +348,7 @@ def _should_checkpoint(
 
 def _write_checkpoint(
     path: Path,
-    context: DistributedContext,
+    *,
     config: TrainConfig,
     model: MultiGrain,
     criterion: JointLoss,
@@ -361,9 +356,8 @@ def _write_checkpoint(
     scaler: torch.amp.GradScaler | None,
     step: int,
     classes: list[str],
+    sampler_state: dict[str, int],
 ) -> None:
-    if not context.is_main:
-        return
     state: dict[str, Any] = {
         "model_state": model.state_dict(),
         "architecture": model.architecture(),
@@ -371,6 +365,7 @@ def _write_checkpoint(
         "criterion_state": criterion.state_dict(),
         "optimizer_state": optimizer.state_dict(),
         "step": step,
+        "sampler_state": sampler_state,
         "rng_state": {"torch": torch.get_rng_state()},
         "config": config.to_dict(),
     }
@@ -378,6 +373,12 @@ def _write_checkpoint(
         state["scaler_state"] = scaler.state_dict()
     save_checkpoint(path, state)
     logger.info("step %d: checkpoint written to %s", step, path)
+
+
+def _sampler_position(step: int, steps_per_epoch: int, grad_accum_steps: int) -> dict[str, int]:
+    """Where the sampler stands after `step` optimiser steps (recorded for readers)."""
+    epoch, step_in_epoch = divmod(step, steps_per_epoch)
+    return {"epoch": epoch, "start_batch": step_in_epoch * grad_accum_steps}
 
 
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
