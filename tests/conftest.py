@@ -69,3 +69,9 @@ def fashion_mnist_root() -> Path:
 def larger_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2 classes x 24 real PNG/JPEG files of 40x40 px."""
     return write_image_folder(tmp_path_factory.mktemp("images48"), classes=2, per_class=24)
+
+
+@pytest.fixture(scope="session")
+def three_class_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes (horizontal, vertical stripes, checks) x 12 real PNG/JPEG files of 48x48 px."""
+    return write_image_folder(tmp_path_factory.mktemp("images3"), classes=3, per_class=12, size=48)

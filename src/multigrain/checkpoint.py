@@ -85,3 +85,15 @@ def model_from_checkpoint(
     model.eval()
     classes = [str(name) for name in state.get("classes", [])]
     return model, classes
+
+
+def model_identity(path: str | os.PathLike[str]) -> str:
+    """'<file name>@sha256:<first 16 hex digits>' of a weights file: what made a descriptor."""
+    import hashlib
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"{path.name}@sha256:{digest.hexdigest()[:16]}"

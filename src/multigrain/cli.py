@@ -10,17 +10,14 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from multigrain.cli_common import app  # noqa: E402
+from multigrain.cli_common import echo as _echo
+from multigrain.cli_common import parse_enum as _enum
 from multigrain.errors import MultiGrainError
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="MultiGrain: one image embedding for classes, instances and copies.",
-)
 
 
 @app.command()
@@ -50,7 +47,7 @@ def train(
         float, typer.Option("--lambda", help="weight of the classification loss")
     ] = 0.5,
     pooling_exponent: Annotated[
-        float, typer.Option("--p", help="GeM exponent during training")
+        float, typer.Option("--pooling-exponent", "-p", help="GeM exponent p during training")
     ] = 3.0,
     global_sampling: Annotated[
         bool, typer.Option(help="margin loss on the batch gathered over ranks")
@@ -176,14 +173,6 @@ def demo(
     _echo(report.summary())
 
 
-def _enum(kind: Any, value: str, option: str) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        valid = ", ".join(member.value for member in kind)
-        raise MultiGrainError(f"{option} {value!r} is not one of: {valid}") from None
-
-
 def _int_list(text: str, option: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -197,11 +186,9 @@ def _check_augmentation(value: str) -> None:
     _enum(AugmentationKind, value, "--augmentation")
 
 
-def _echo(message: str) -> None:
-    typer.echo(message)
-
-
 def main() -> None:
+    from multigrain import cli_inference  # noqa: F401  (registers embed, calibrate, ...)
+
     """Entry point: run the app, turning MultiGrainError into one line and exit status 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

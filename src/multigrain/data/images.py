@@ -1,12 +1,27 @@
-"""Safe image decoding: any file on disk -> an upright RGB ``PIL.Image``."""
+"""Safe image decoding: any file on disk -> an upright RGB ``PIL.Image``.
+
+:func:`decode_image` is the one entry point. It
+
+1. reads only the header first and refuses images over a pixel budget before any pixel
+   is decoded (decompression bombs: a 100 kB PNG can claim 10^10 pixels);
+2. for JPEGs, optionally lets libjpeg decode at 1/2, 1/4 or 1/8 scale (``draft`` mode)
+   when the caller will shrink the image anyway -- several times faster at s = 224-500;
+3. applies the EXIF orientation and converts every PIL mode to 8-bit RGB;
+4. turns every failure (missing, empty, truncated, foreign or corrupt file) into an
+   :class:`ImageDecodeError` that names the file.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import struct
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from multigrain.errors import MultiGrainError
 
@@ -26,18 +41,68 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".pgm",
 )
 
+#: Default pixel budget of :func:`decode_image`: 2 x PIL's default ``MAX_IMAGE_PIXELS``
+#: (89,478,485), i.e. the size at which PIL itself would raise ``DecompressionBombError``.
+#: About 13,400 x 13,400 pixels, or 537 MB once decoded to RGB.
+DEFAULT_MAX_PIXELS = 178_956_970
+
 # Integer modes that ``Image.convert("RGB")`` does not rescale to 8 bits.
 _WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+# Exceptions PIL's plugins raise on malformed files. ``MultiGrainError`` subclasses
+# ValueError, so ``ImageDecodeError`` is re-raised before these are caught.
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+
+# Guards the temporary change of PIL's global ``MAX_IMAGE_PIXELS`` (see _pil_limit_off).
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+class ImageDecodeError(MultiGrainError):
+    """An image file that cannot be decoded; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str | Path, reason: str, *, hint: str = "") -> None:
+        self.path = Path(path)
+        self.reason = reason
+        message = f"cannot read image {path}: {reason}"
+        super().__init__(f"{message}; {hint}" if hint else message)
+
+
+@contextlib.contextmanager
+def _pil_limit_off() -> Iterator[None]:
+    """Disable PIL's own decompression-bomb check for the duration of the block.
+
+    PIL checks ``Image.MAX_IMAGE_PIXELS`` (a module global) inside ``Image.open`` and
+    warns or raises before we see the header, so our per-call ``max_pixels`` could never
+    be raised above it. We set the global to None only inside this block, under a lock,
+    and restore it afterwards; the block covers header parsing (microseconds) and, only for
+    images larger than PIL's limit that the caller allowed, the decode itself. Other
+    threads calling ``Image.open`` directly during that window skip PIL's check.
+    """
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB.
 
-    16/32-bit integer images (e.g. 16-bit PNGs) keep their 8 most significant
-    bits when their values exceed 255; float images (mode ``F``) are clipped to
-    [0, 255]. Alpha is dropped as ``convert("RGB")`` does (torchvision's
-    ``ImageFolder`` behaves the same way), so pretrained pipelines see the same
-    pixels.
+    16/32-bit integer images (e.g. 16-bit PNGs) keep their 8 most significant bits when
+    their values exceed 255; float images (mode ``F``) are clipped to [0, 255]. Alpha is
+    dropped, not composited: the colour channels are kept as stored, as
+    ``convert("RGB")`` and torchvision's ``ImageFolder`` do, so pretrained pipelines see
+    the same pixels (a transparent region shows whatever colour it stores, often black).
     """
     if image.mode == "RGB":
         return image
@@ -47,15 +112,123 @@ def _to_rgb(image: Image.Image) -> Image.Image:
             values = values.astype(np.int64) >> 8
         gray = np.clip(values, 0, 255).astype(np.uint8)
         return Image.fromarray(gray).convert("RGB")  # 2-D uint8 -> mode "L"
+    if image.mode == "P" and "transparency" in image.info:
+        # Via RGBA: PIL warns when a palette image with transparency goes straight to RGB.
+        image = image.convert("RGBA")
     return image.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file into an upright RGB image.
+def _draft_size(width: int, height: int, longest_side: int) -> tuple[int, int]:
+    """The ``draft`` request that keeps the decoded longest side >= ``longest_side``.
 
-    The EXIF orientation tag is applied (a portrait photo stored sideways comes
-    back portrait), then the image is converted to RGB whatever its mode (L, P,
-    RGBA, CMYK, I;16, ...).
+    libjpeg scales by 1/s with s in {1, 2, 4, 8} and PIL picks the largest
+    s <= min(width // w, height // h) for a request (w, h), so each decoded side is
+    ceil(side / s) >= the requested one. Only the longest side matters (it is the same
+    before and after an EXIF rotation), so the other side's request is 1 pixel.
+    """
+    if width >= height:
+        return longest_side, 1
+    return 1, longest_side
+
+
+def _upright(image: Image.Image, path: Path) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block only costs the rotation."""
+    try:
+        upright = ImageOps.exif_transpose(image)
+    except _DECODE_ERRORS as error:
+        logger.warning("ignoring unreadable EXIF orientation of %s: %s", path, error)
+        return image
+    return upright if upright is not None else image
+
+
+def _short_reason(error: BaseException) -> str:
+    """One line describing a PIL/OS failure, without repeating the path."""
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, IsADirectoryError):
+        return "is a directory"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image in a format PIL can read"
+    text = str(error).splitlines()[0] if str(error) else ""
+    if "truncated" in text.lower() or isinstance(error, EOFError):
+        return f"truncated file ({text or type(error).__name__})"
+    return text or type(error).__name__
+
+
+def decode_image(
+    path: str | Path,
+    *,
+    longest_side: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Decode an image file into an upright 8-bit RGB image, safely.
+
+    Args:
+        path: the image file.
+        longest_side: the size the caller will resize to (s in SPEC §4), as a hint. For
+            JPEGs, libjpeg then decodes at the smallest 1/2, 1/4 or 1/8 scale whose longest
+            side is still >= ``longest_side`` (DCT-domain downscaling, much faster than a
+            full decode). The image is *not* resized to exactly ``longest_side``: its
+            longest side is >= ``longest_side`` (or the full size, if smaller), so resize
+            it afterwards (``multigrain.data.resize.resize_longest_side``). Other formats
+            ignore the hint. None decodes at full size.
+        max_pixels: refuse images whose header claims more pixels (``width * height``)
+            than this, before decoding any pixel.
+
+    Returns:
+        A fully loaded ``PIL.Image.Image`` in mode ``"RGB"``, size (W, H), with the EXIF
+        orientation applied. Alpha is dropped (see :func:`_to_rgb`); multi-frame files
+        give their first frame.
+
+    Raises:
+        ImageDecodeError: the file is missing, empty, truncated, not an image, or over
+            ``max_pixels``. ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` (a PIL global set
+            by some other code) would make PIL fill truncated files with grey instead.
+    """
+    path = Path(path)
+    if longest_side is not None and longest_side < 1:
+        raise MultiGrainError(f"longest_side must be >= 1 pixel, got {longest_side}")
+    if max_pixels < 1:
+        raise MultiGrainError(f"max_pixels must be >= 1, got {max_pixels}")
+    try:
+        if path.is_file() and path.stat().st_size == 0:
+            raise ImageDecodeError(path, "empty file (0 bytes)", hint="remove the file")
+        with _pil_limit_off():
+            opened = Image.open(path)
+        with opened:
+            width, height = opened.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    path,
+                    f"has {width}×{height} = {width * height} pixels, over the limit of "
+                    f"{max_pixels} (a decompression bomb?): raise --max-pixels if the image "
+                    "is genuine",
+                )
+            if longest_side is not None and opened.format in ("JPEG", "MPO"):
+                opened.draft("RGB", _draft_size(width, height, longest_side))
+            pil_limit = Image.MAX_IMAGE_PIXELS
+            if pil_limit is not None and width * height > pil_limit:
+                # Some plugins (GIF, TIFF) re-check PIL's limit while decoding.
+                with _pil_limit_off():
+                    opened.load()
+            else:
+                opened.load()
+            return _to_rgb(_upright(opened, path))
+    except ImageDecodeError:
+        raise
+    except _DECODE_ERRORS as error:
+        raise ImageDecodeError(
+            path, _short_reason(error), hint="re-encode or remove the file"
+        ) from error
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode an image file into an upright RGB image at full size.
+
+    Same as ``decode_image(path)``: EXIF orientation applied, any mode (L, P, RGBA, CMYK,
+    I;16, ...) converted to RGB, default pixel budget.
 
     Args:
         path: the image file.
@@ -64,15 +237,7 @@ def load_rgb(path: str | Path) -> Image.Image:
         A fully decoded ``PIL.Image.Image`` in mode ``"RGB"``, size (W, H).
 
     Raises:
-        MultiGrainError: the file is missing, truncated or not an image.
+        ImageDecodeError (a MultiGrainError): the file is missing, truncated or not an
+            image.
     """
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            upright = ImageOps.exif_transpose(opened)
-            return _to_rgb(upright if upright is not None else opened)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        reason = str(error) or type(error).__name__
-        raise MultiGrainError(
-            f"cannot read image {path}: {reason}; re-encode or remove the file"
-        ) from error
+    return decode_image(path)

@@ -1,0 +1,311 @@
+"""Test-time subcommands: embed, calibrate, whiten, classify, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from multigrain.cli_common import app, echo, parse_enum, parse_list
+from multigrain.errors import MultiGrainError
+from multigrain.models import MultiGrain
+from multigrain.whitening import Whitening
+
+CALIBRATION_SUFFIX = ".calibration.json"
+
+
+def calibration_path(checkpoint: Path) -> Path:
+    """Where `calibrate` stores p* for a checkpoint, and where embed/classify look for it."""
+    return checkpoint.with_name(checkpoint.name + CALIBRATION_SUFFIX)
+
+
+def prepare_model(
+    checkpoint: Path, resolution: int, exponent: float | None, device: torch.device
+) -> MultiGrain:
+    """Load weights, set p: --exponent, else the calibrated p* for this s, else the model's."""
+    from multigrain.calibrate import CalibrationResult
+    from multigrain.weights import load_model
+
+    model = load_model(checkpoint).model
+    if exponent is None and calibration_path(checkpoint).exists():
+        calibration = CalibrationResult.load(calibration_path(checkpoint))
+        exponent = calibration.best.get(resolution)
+        if exponent is None:
+            typer.echo(
+                f"note: {calibration_path(checkpoint)} has no p* for s={resolution} "
+                f"(calibrated: {sorted(calibration.best)}); using the model's p",
+                err=True,
+            )
+    if exponent is not None:
+        model.pool.set_p(exponent)
+    model.to(device).eval()
+    return model
+
+
+def load_whitening(path: Path, model: MultiGrain) -> Whitening:
+    whitening = Whitening.load(path)
+    if whitening.input_dim != model.embedding_dim:
+        raise MultiGrainError(
+            f"whitening {path} expects {whitening.input_dim}-d embeddings but the model gives "
+            f"{model.embedding_dim}-d: fit it with the same model (multigrain whiten)"
+        )
+    return whitening
+
+
+@app.command()
+def embed(
+    inputs: Annotated[str, typer.Argument(help="folder (recursive), glob pattern or file list")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="model weights file")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output folder")],
+    resolution: Annotated[
+        int, typer.Option("--resolution", "-s", help="longest image side s")
+    ] = 500,
+    exponent: Annotated[
+        float | None,
+        typer.Option("--exponent", "-p", help="GeM exponent p* (default: the model's)"),
+    ] = None,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    shard_size: Annotated[int, typer.Option(help="descriptors per output shard")] = 10_000,
+    workers: Annotated[int, typer.Option(help="decoding processes")] = 0,
+    precision: Annotated[str, typer.Option(help="fp32 | bf16 | auto")] = "fp32",
+    device: Annotated[str, typer.Option()] = "auto",
+    max_pixels: Annotated[int | None, typer.Option(help="refuse larger images")] = None,
+    whitening: Annotated[
+        Path | None, typer.Option(help="whitening file from `multigrain whiten`")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="skip images a previous run already did")] = False,
+) -> None:
+    """Embed an image collection: L2-normalised descriptors at longest side s, exponent p*.
+
+    Exit status: 0 when every image was embedded, 3 when the job finished but some
+    images could not be read (listed in OUTPUT/failures-r*.tsv), 2 on a usage error.
+    """
+    from multigrain.checkpoint import model_identity
+    from multigrain.collection import list_images
+    from multigrain.config import Precision
+    from multigrain.data.images import DEFAULT_MAX_PIXELS
+    from multigrain.distributed import init_distributed, shutdown_distributed
+    from multigrain.embed import embed_collection
+    from multigrain.embedding_store import EmbeddingMetadata
+    from multigrain.precision import autocast_dtype
+
+    context = init_distributed(device)
+    try:
+        paths = list_images(inputs)
+        model = prepare_model(checkpoint, resolution, exponent, context.device)
+        transform = load_whitening(whitening, model) if whitening else None
+        model.to(memory_format=torch.channels_last)
+        dtype = autocast_dtype(parse_enum(Precision, precision, "--precision"), context.device)
+        metadata = EmbeddingMetadata(
+            model=model_identity(checkpoint),
+            resolution=resolution,
+            exponent=float(model.pool.p),
+            whitened=transform is not None,
+            dim=transform.output_dim if transform is not None else model.embedding_dim,
+            precision=precision,
+        )
+        report = embed_collection(
+            model,
+            paths,
+            output_dir=output,
+            metadata=metadata,
+            context=context,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            num_workers=workers,
+            amp_dtype=dtype,
+            whitening=transform.apply if transform is not None else None,
+            resume=resume,
+            max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        )
+    finally:
+        shutdown_distributed()
+    if context.is_main:
+        echo(
+            f"embedded {report.num_embedded} images ({report.num_already_done} already done) "
+            f"in {report.seconds:.1f} s, {report.images_per_second:.1f} images/s -> {output}"
+        )
+    for failure in report.failures:
+        typer.echo(f"skipped {failure.path}: {failure.reason}", err=True)
+    if report.failures:
+        raise typer.Exit(3)
+
+
+@app.command()
+def calibrate(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="model weights file")],
+    data: Annotated[str | None, typer.Option(help="labelled held-out images (ImageFolder)")] = None,
+    dataset: Annotated[str, typer.Option(help="folder | file-list | fashion-mnist")] = "folder",
+    file_list: Annotated[str | None, typer.Option()] = None,
+    resolutions: Annotated[str, typer.Option(help="s values to try")] = "224,320,500",
+    exponents: Annotated[str, typer.Option(help="p values to try (grid)")] = "1,2,3,4,5,6",
+    method: Annotated[str, typer.Option(help="grid | learned")] = "grid",
+    num_images: Annotated[int, typer.Option(help="labelled images used")] = 500,
+    output: Annotated[
+        Path | None, typer.Option(help="default: CHECKPOINT.calibration.json")
+    ] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Choose p* for each test resolution s: a grid scored by top-1, or p learned by SGD."""
+    from multigrain.calibrate import grid_search, learn_exponents, plot_calibration
+    from multigrain.data.sources import DatasetKind, open_heldout_images
+    from multigrain.distributed import resolve_device
+    from multigrain.weights import load_model
+
+    if method not in ("grid", "learned"):
+        raise MultiGrainError(f"--method {method!r} is not one of: grid, learned")
+    model = load_model(checkpoint).model
+    images = open_heldout_images(
+        parse_enum(DatasetKind, dataset, "--dataset"), data_root=data, file_list=file_list
+    )
+    indices = _spread(len(images), num_images)
+    sizes = parse_list(resolutions, "--resolutions")
+    target = resolve_device(device)
+    if method == "grid":
+        result = grid_search(
+            model, images, resolutions=sizes, exponents=parse_list(exponents, "--exponents", float),
+            indices=indices, device=target,
+        )  # fmt: skip
+    else:
+        result = learn_exponents(model, images, resolutions=sizes, indices=indices, device=target)
+    destination = output or calibration_path(checkpoint)
+    result.save(destination)
+    plot = plot_calibration(result, destination.with_suffix(".png"))
+    echo("| s | p | top-1 |\n|---|---|---|")
+    for row in result.table:
+        mark = " (p*)" if result.best.get(row.resolution) == row.exponent else ""
+        echo(f"| {row.resolution} | {row.exponent:g}{mark} | {row.top1:.4f} |")
+    echo(f"p* per s: {result.best}; s* = {result.best_resolution}; saved {destination}, {plot}")
+
+
+def _spread(total: int, count: int) -> list[int]:
+    """`count` indices spread evenly over range(total) (classes are often stored in runs)."""
+    if count >= total:
+        return list(range(total))
+    return sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(count)})
+
+
+@app.command()
+def whiten(
+    inputs: Annotated[str, typer.Argument(help="images to fit on: folder, glob or file list")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="model weights file")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="whitening file to write")],
+    resolution: Annotated[int, typer.Option("--resolution", "-s")] = 500,
+    exponent: Annotated[float | None, typer.Option("--exponent", "-p")] = None,
+    dim: Annotated[int | None, typer.Option(help="keep this many components")] = None,
+    power: Annotated[float, typer.Option(help="eigenvalue power: 0.5 whitens, 0 rotates")] = 0.5,
+    shrinkage: Annotated[float, typer.Option(help="x mean eigenvalue added to each")] = 0.0,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    workers: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Fit PCA whitening on the embeddings of a separate image set (same s and p*).
+
+    Fitted on the raw embeddings the classifier reads, so that `classify --whitening`
+    (the whitening folded into the classifier) keeps every top-1 prediction.
+    """
+    from multigrain.checkpoint import model_identity
+    from multigrain.collection import list_images
+    from multigrain.distributed import resolve_device
+    from multigrain.embed import embed_in_memory
+    from multigrain.whitening import fit_whitening
+
+    target = resolve_device(device)
+    model = prepare_model(checkpoint, resolution, exponent, target)
+    embeddings, paths, failures = embed_in_memory(
+        model, list_images(inputs), resolution=resolution, device=target,
+        batch_size=batch_size, num_workers=workers, normalise=False,
+    )  # fmt: skip
+    for failure in failures:
+        typer.echo(f"skipped {failure.path}: {failure.reason}", err=True)
+    whitening = fit_whitening(
+        embeddings, dim=dim, power=power, shrinkage=shrinkage,
+        fitted_on={
+            "images": str(inputs), "model": model_identity(checkpoint),
+            "resolution": resolution, "exponent": float(model.pool.p), "input": "raw embedding",
+        },
+    )  # fmt: skip
+    whitening.save(output)
+    echo(
+        f"whitening {whitening.input_dim} -> {whitening.output_dim} fitted on {len(paths)} "
+        f"images at s={resolution}, p={float(model.pool.p):g}; saved {output}"
+    )
+
+
+class WhitenedClassifier(torch.nn.Module):
+    """The classifier with the whitening folded in: raw embedding -> whitened -> logits."""
+
+    def __init__(self, classifier: torch.nn.Linear, whitening: Whitening) -> None:
+        from multigrain.whitening import fold_into_classifier
+
+        super().__init__()
+        self.whitening = whitening
+        self.folded = fold_into_classifier(classifier, whitening)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        whitened = self.whitening.transform_unnormalised(embedding.double()).float()
+        return self.folded(whitened)
+
+
+@app.command()
+def classify(
+    inputs: Annotated[str, typer.Argument(help="folder, glob, file list or one image")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="model weights file")],
+    resolution: Annotated[int, typer.Option("--resolution", "-s")] = 224,
+    exponent: Annotated[float | None, typer.Option("--exponent", "-p")] = None,
+    top_k: Annotated[int, typer.Option()] = 5,
+    whitening: Annotated[
+        Path | None, typer.Option(help="classify through folded whitening")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Top-k classes with probabilities; class names come from the checkpoint."""
+    from multigrain.classify import classify_images
+    from multigrain.collection import list_images
+    from multigrain.distributed import resolve_device
+    from multigrain.weights import load_model
+
+    target = resolve_device(device)
+    classes = load_model(checkpoint).classes
+    model = prepare_model(checkpoint, resolution, exponent, target)
+    if whitening is not None:
+        model.classifier = WhitenedClassifier(  # type: ignore[assignment]
+            model.classifier, load_whitening(whitening, model)
+        )
+    predictions = classify_images(
+        model, list_images(inputs), classes=classes, resolution=resolution, top_k=top_k,
+        device=target,
+    )  # fmt: skip
+    for prediction in predictions:
+        if json_out:
+            echo(json.dumps(prediction.__dict__))
+        else:
+            best = ", ".join(
+                f"{label} {score:.3f}"
+                for label, score in zip(prediction.labels, prediction.scores, strict=True)
+            )
+            echo(f"{prediction.path}: {best}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="model weights file")],
+    output: Annotated[Path, typer.Option("--output", "-o", help=".onnx or .pt (TorchScript)")],
+    exponent: Annotated[float | None, typer.Option("--exponent", "-p")] = None,
+    example_size: Annotated[int, typer.Option(help="trace size; H and W stay dynamic")] = 224,
+) -> None:
+    """Export the embedding model (images -> embedding, logits) to ONNX or TorchScript."""
+    from multigrain.export import export_onnx, export_torchscript
+
+    model = prepare_model(checkpoint, example_size, exponent, torch.device("cpu"))
+    if output.suffix == ".onnx":
+        export_onnx(model, output, example_size=example_size)
+    elif output.suffix in (".pt", ".ts", ".torchscript"):
+        export_torchscript(model, output, example_size=example_size)
+    else:
+        raise MultiGrainError(f"--output {output}: use a .onnx (ONNX) or .pt (TorchScript) name")
+    echo(f"exported {output} (p = {float(model.pool.p):g}; dynamic batch, height and width)")

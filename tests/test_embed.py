@@ -1,0 +1,231 @@
+"""`embed`: batching by shape, messy folders, resume, and torchrun sharding."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from multigrain.checkpoint import save_checkpoint
+from multigrain.collection import list_images
+from multigrain.distributed import DistributedContext
+from multigrain.embed import embed_collection
+from multigrain.embedding_store import EmbeddingMetadata, list_shards, load_embeddings
+from multigrain.errors import MultiGrainError
+from multigrain.models import MultiGrain
+
+CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+SIZES = [(64, 48), (48, 64), (64, 48), (40, 40), (64, 48), (80, 30), (48, 64), (40, 40), (33, 70)]
+
+
+def photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.sin(x / rng.uniform(3, 9))[..., None] * np.cos(y / rng.uniform(3, 9))[..., None]
+    pixels = 128 + 100 * base * rng.uniform(0.3, 1, size=3) + rng.normal(0, 8, (height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for index, (width, height) in enumerate(SIZES):
+        sub = root / ("a" if index % 2 else "b")
+        sub.mkdir(exist_ok=True)
+        photo(rng, width, height).save(sub / f"{index:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model() -> MultiGrain:
+    torch.manual_seed(0)
+    return MultiGrain(trunk="resnet18", num_classes=3).eval()
+
+
+def metadata(model: MultiGrain, resolution: int = 64) -> EmbeddingMetadata:
+    return EmbeddingMetadata(
+        model="test", resolution=resolution, exponent=3.0, whitened=False,
+        dim=model.embedding_dim, precision="fp32",
+    )  # fmt: skip
+
+
+def run(model, paths, output, **options):
+    return embed_collection(
+        model, paths, output_dir=output, metadata=metadata(model), context=CPU, progress=False,
+        **options,
+    )  # fmt: skip
+
+
+def test_batched_equals_one_at_a_time(model, photo_folder, tmp_path):
+    paths = list_images(photo_folder)
+    run(model, paths, tmp_path / "batched", batch_size=3)
+    run(model, paths, tmp_path / "single", batch_size=1)
+    batched = load_embeddings(tmp_path / "batched")
+    single = load_embeddings(tmp_path / "single")
+    assert batched.paths == single.paths == [str(p) for p in paths]
+    np.testing.assert_allclose(batched.descriptors, single.descriptors, atol=2e-6)
+    norms = np.linalg.norm(batched.descriptors, axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+    # different images give different descriptors: the comparison is not vacuous
+    assert np.abs(batched.descriptors[0] - batched.descriptors[1]).max() > 1e-3
+
+
+def test_crash_and_resume_match_an_uninterrupted_run(model, photo_folder, tmp_path, monkeypatch):
+    import multigrain.embed as embed_module
+
+    paths = list_images(photo_folder)
+    run(model, paths, tmp_path / "straight", batch_size=2, shard_size=2)
+    original = embed_module.embed_batch
+    calls = {"count": 0}
+
+    def crashing(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] > 3:
+            raise KeyboardInterrupt  # as if the job were killed
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(embed_module, "embed_batch", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run(model, paths, tmp_path / "resumed", batch_size=2, shard_size=2)
+    monkeypatch.setattr(embed_module, "embed_batch", original)
+    done_before = len(list_shards(tmp_path / "resumed"))
+    assert 0 < done_before
+    with pytest.raises(MultiGrainError, match="--resume"):
+        run(model, paths, tmp_path / "resumed", batch_size=2, shard_size=2)
+    report = run(model, paths, tmp_path / "resumed", batch_size=2, shard_size=2, resume=True)
+    assert report.num_already_done == 2 * done_before
+    assert report.num_already_done + report.num_embedded == len(paths)
+    straight = load_embeddings(tmp_path / "straight")
+    resumed = load_embeddings(tmp_path / "resumed")
+    assert resumed.paths == straight.paths
+    np.testing.assert_allclose(resumed.descriptors, straight.descriptors, atol=2e-6)
+
+
+def test_resume_refuses_other_settings(model, photo_folder, tmp_path):
+    paths = list_images(photo_folder)
+    run(model, paths, tmp_path)
+    other = EmbeddingMetadata(
+        model="test", resolution=96, exponent=3.0, whitened=False, dim=512, precision="fp32"
+    )
+    with pytest.raises(MultiGrainError, match="other settings"):
+        embed_collection(
+            model, paths, output_dir=tmp_path, metadata=other, context=CPU, resume=True,
+            progress=False,
+        )  # fmt: skip
+
+
+def bomb_png(path: Path, width: int = 100_000, height: int = 100_000) -> None:
+    """A tiny PNG whose header claims width x height pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    data = zlib.compress(b"\x00" * 16)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str], set[str]]:
+    root = tmp_path_factory.mktemp("messy")
+    rng = np.random.default_rng(1)
+    good = {}
+    good["plain.jpg"] = photo(rng, 60, 40)
+    good["cmyk.jpg"] = photo(rng, 50, 50).convert("CMYK")
+    good["rgba.png"] = photo(rng, 40, 50).convert("RGBA")
+    sixteen = np.asarray(photo(rng, 30, 40).convert("L"), dtype=np.uint16) * 257
+    good["sixteen.png"] = Image.fromarray(sixteen)
+    for name, image in good.items():
+        image.save(root / name)
+    rotated = photo(rng, 64, 32)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated.save(root / "rotated.jpg", exif=exif)
+    full = (root / "plain.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(photo_bytes(rng)[:400])
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.jpg").write_text("this is not an image")
+    bomb_png(root / "bomb.png")
+    assert full
+    good_names = set(good) | {"rotated.jpg"}
+    bad_names = {"truncated.jpg", "empty.jpg", "notes.jpg", "bomb.png"}
+    return root, good_names, bad_names
+
+
+def photo_bytes(rng: np.random.Generator) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    photo(rng, 120, 90).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def write_checkpoint(model: MultiGrain, path: Path) -> Path:
+    return save_checkpoint(
+        path,
+        {
+            "model_state": model.state_dict(),
+            "architecture": model.architecture(),
+            "classes": ["a", "b", "c"],
+        },
+    )
+
+
+def test_cli_on_a_messy_folder(model, messy_folder, tmp_path):
+    root, good, bad = messy_folder
+    checkpoint = write_checkpoint(model, tmp_path / "model.pt")
+    result = subprocess.run(
+        [sys.executable, "-m", "multigrain", "embed", str(root), "-c", str(checkpoint),
+         "-o", str(tmp_path / "out"), "--resolution", "64", "--max-pixels", "50000000"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    embedded = load_embeddings(tmp_path / "out")
+    assert {Path(p).name for p in embedded.paths} == good
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert {Path(line.split()[1].rstrip(":")).name for line in skipped} == bad
+    failures = (tmp_path / "out" / "failures-r000.tsv").read_text().splitlines()
+    reasons = dict(line.split("\t") for line in failures)
+    assert {Path(p).name for p in reasons} == bad
+    assert all(reason.strip() for reason in reasons.values())
+    bomb_reason = next(r for p, r in reasons.items() if p.endswith("bomb.png"))
+    assert "pixels" in bomb_reason
+    assert embedded.metadata.resolution == 64 and embedded.metadata.dim == 512
+
+
+@pytest.mark.slow
+def test_torchrun_splits_the_collection(model, photo_folder, tmp_path):
+    checkpoint = write_checkpoint(model, tmp_path / "model.pt")
+    common = [str(photo_folder), "-c", str(checkpoint), "--resolution", "64", "--device", "cpu"]
+    single = subprocess.run(
+        [sys.executable, "-m", "multigrain", "embed", *common, "-o", str(tmp_path / "one")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "multigrain", "embed", *common, "-o", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    shards = list_shards(tmp_path / "two")
+    assert {p.name.split("-")[1] for p in shards} == {"r000", "r001"}
+    from multigrain.embedding_store import read_shard
+
+    per_rank = [read_shard(p).paths for p in shards]
+    flat = [p for paths in per_rank for p in paths]
+    assert len(flat) == len(set(flat)) == len(SIZES)
+    one, two = load_embeddings(tmp_path / "one"), load_embeddings(tmp_path / "two")
+    assert one.paths == two.paths
+    np.testing.assert_allclose(one.descriptors, two.descriptors, atol=2e-6)

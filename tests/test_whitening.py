@@ -1,0 +1,175 @@
+"""PCA whitening: identity covariance, top components, folding into the classifier, files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from multigrain.errors import MultiGrainError
+from multigrain.models import MultiGrain
+from multigrain.whitening import Whitening, fit_whitening, fold_into_classifier
+
+
+def correlated(num: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """(num, dim) L2-normalised rows with a strongly anisotropic covariance."""
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(dim, dim, generator=generator, dtype=torch.float64)
+    scales = torch.logspace(0, -2, dim, dtype=torch.float64)
+    x = torch.randn(num, dim, generator=generator, dtype=torch.float64) * scales @ mixing
+    x = x + 0.5 * torch.randn(dim, generator=generator, dtype=torch.float64)
+    return nn.functional.normalize(x, dim=1)
+
+
+def covariance(x: torch.Tensor) -> torch.Tensor:
+    centred = x - x.mean(dim=0)
+    return centred.T @ centred / (x.shape[0] - 1)
+
+
+def test_whitened_descriptors_have_identity_covariance():
+    x = correlated(500, 16)
+    whitening = fit_whitening(x)
+    w = whitening.transform_unnormalised(x)
+    assert w.dtype == torch.float64 and w.shape == (500, 16)
+    torch.testing.assert_close(covariance(w), torch.eye(16, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        w.mean(dim=0), torch.zeros(16, dtype=torch.float64), atol=1e-9, rtol=0
+    )
+    # float32 input: same transform, float32 output
+    w32 = whitening.transform_unnormalised(x.float())
+    assert w32.dtype == torch.float32
+    torch.testing.assert_close(
+        covariance(w32.double()), torch.eye(16, dtype=torch.float64), atol=1e-4, rtol=0
+    )
+
+
+def test_apply_is_unit_norm_and_power_zero_is_a_rotation():
+    x = correlated(200, 8)
+    descriptors = fit_whitening(x).apply(x.float())
+    assert descriptors.dtype == torch.float32
+    torch.testing.assert_close(descriptors.norm(dim=1), torch.ones(200))
+    rotation = fit_whitening(x, power=0.0)
+    projection = rotation.projection
+    torch.testing.assert_close(projection.T @ projection, torch.eye(8, dtype=torch.float64))
+    # a rotation keeps distances between centred descriptors
+    w = rotation.transform_unnormalised(x)
+    torch.testing.assert_close(torch.cdist(w, w), torch.cdist(x, x))
+
+
+def test_dimension_reduction_keeps_the_top_principal_components():
+    x = correlated(300, 12, seed=1)
+    whitening = fit_whitening(x, dim=4, power=0.0)
+    centred = (x - x.mean(dim=0)).numpy()
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    expected_eigenvalues = singular[:4] ** 2 / (300 - 1)
+    np.testing.assert_allclose(whitening.eigenvalues.numpy(), expected_eigenvalues, rtol=1e-8)
+    # the same subspaces up to sign: |<v_k, u_k>| = 1
+    overlaps = np.abs(np.sum(whitening.projection.numpy() * vt[:4].T, axis=0))
+    np.testing.assert_allclose(overlaps, np.ones(4), atol=1e-6)
+    # whitened: each kept component has unit variance
+    w = fit_whitening(x, dim=4).transform_unnormalised(x)
+    torch.testing.assert_close(covariance(w), torch.eye(4, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_shrinkage_damps_the_weakest_components():
+    x = correlated(300, 12, seed=2)
+    full = fit_whitening(x)
+    shrunk = fit_whitening(x, shrinkage=0.5)
+    full_scale = full.projection.norm(dim=0)
+    shrunk_scale = shrunk.projection.norm(dim=0)
+    assert torch.all(shrunk_scale < full_scale)
+    ratio = shrunk_scale / full_scale
+    assert ratio[-1] < ratio[0]  # the smallest eigenvalue is damped the most
+
+
+def test_fold_into_classifier_reproduces_the_logits():
+    torch.manual_seed(0)
+    model = MultiGrain(trunk="resnet18", num_classes=10, small_input=True).eval()
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 1.0)
+        features = model.forward_features(torch.randn(600, 3, 8, 8))
+        # random-init embeddings share a large mean: cancel it in the bias so the
+        # predictions vary from image to image, and keep a non-trivial bias
+        mean_logits = model.classifier(model.pool(features)).mean(dim=0)
+        model.classifier.bias.sub_(mean_logits).add_(0.1 * torch.randn(10))
+        embeddings, logits = model.forward_head(features)
+    assert logits.argmax(dim=1).unique().numel() > 3
+    assert embeddings.shape == (600, 512)
+    descriptors = nn.functional.normalize(embeddings, dim=1)
+    whitening = fit_whitening(descriptors, shrinkage=1e-3)  # d = D = 512, well conditioned
+    folded = fold_into_classifier(model.classifier, whitening)
+    assert (folded.in_features, folded.out_features) == (512, 10)
+
+    with torch.no_grad():
+        unnormalised = whitening.transform_unnormalised(embeddings.double()).float()
+        torch.testing.assert_close(folded(unnormalised), logits, atol=1e-4, rtol=1e-4)
+        whitened = whitening.apply(embeddings)  # the descriptor users keep
+        norms = unnormalised.norm(dim=1, keepdim=True)
+        torch.testing.assert_close(folded(whitened * norms), logits, atol=1e-4, rtol=1e-4)
+        scaled = whitened @ folded.weight.T + folded.bias / norms  # = logits / ||w||
+    assert torch.equal(scaled.argmax(dim=1), logits.argmax(dim=1))
+
+    # folded(descriptor) alone is not proportional to the logits: b' = b + W mu is not
+    # scaled by 1 / ||w||, so exact logits need the norm (checked above)
+
+
+def test_fold_with_reduced_dimension_projects_on_the_kept_subspace():
+    x = correlated(300, 12, seed=3)
+    classifier = nn.Linear(12, 5)
+    whitening = fit_whitening(x, dim=6)
+    folded = fold_into_classifier(classifier, whitening)
+    basis = whitening.projection / whitening.projection.norm(dim=0)  # orthonormal V_d
+    reconstructed = (x - whitening.mean) @ basis @ basis.T + whitening.mean
+    with torch.no_grad():
+        expected = classifier(reconstructed.float())
+        got = folded(whitening.transform_unnormalised(x).float())
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_save_load_round_trip(tmp_path):
+    x = correlated(100, 8)
+    whitening = fit_whitening(x, dim=5, fitted_on={"source": "synthetic", "s": 500, "p": 3.0})
+    path = whitening.save(tmp_path / "sub" / "whitening.pt")
+    state = torch.load(path, weights_only=True)
+    assert state["kind"] == "multigrain.whitening"
+    loaded = Whitening.load(path)
+    assert loaded.fitted_on == {"num_descriptors": 100, "source": "synthetic", "s": 500, "p": 3.0}
+    for name in ("mean", "projection", "eigenvalues"):
+        assert torch.equal(getattr(loaded, name), getattr(whitening, name))
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(MultiGrainError, match="does not exist"):
+        Whitening.load(tmp_path / "missing.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(MultiGrainError, match="cannot load whitening"):
+        Whitening.load(garbage)
+    other = tmp_path / "other.pt"
+    torch.save({"model_state": {}}, other)
+    with pytest.raises(MultiGrainError, match="not a multigrain whitening"):
+        Whitening.load(other)
+
+
+def test_bad_inputs_raise():
+    x = correlated(20, 8)
+    with pytest.raises(MultiGrainError, match="descriptor size"):
+        fit_whitening(x, dim=9)
+    with pytest.raises(MultiGrainError, match="needs at least"):
+        fit_whitening(correlated(5, 8), dim=6)
+    with pytest.raises(MultiGrainError, match=r"\(N, D\)"):
+        fit_whitening(x[0])
+    with pytest.raises(MultiGrainError, match="NaN"):
+        fit_whitening(torch.full((4, 3), float("nan")))
+    # rank 2 data in 8 dimensions: full whitening of 4 components is ill-defined
+    low_rank = torch.randn(50, 2, dtype=torch.float64) @ torch.randn(2, 8, dtype=torch.float64)
+    with pytest.raises(MultiGrainError, match="shrinkage"):
+        fit_whitening(low_rank, dim=4)
+    fit_whitening(low_rank, dim=4, shrinkage=0.1)  # regularised: fine
+    whitening = fit_whitening(x, dim=4)
+    with pytest.raises(MultiGrainError, match="expects 8"):
+        whitening.apply(torch.randn(3, 7))
+    with pytest.raises(MultiGrainError, match="fitted on 8-d"):
+        fold_into_classifier(nn.Linear(7, 3), whitening)
