@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_pattern
+
 from multigrain.checkpoint import save_checkpoint
 from multigrain.embedding_store import load_embeddings
 from multigrain.models import MultiGrain
