@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from multigrain.atomic import atomic_write_bytes
 from multigrain.data.datasets import LabelledImages
 from multigrain.data.resize import prepare
 from multigrain.errors import MultiGrainError
@@ -205,7 +205,7 @@ class CalibrationResult:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_json` to ``path`` atomically."""
-        return _atomic_write(Path(path), self.to_json().encode("utf-8"))
+        return atomic_write_bytes(Path(path), self.to_json().encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CalibrationResult:
@@ -402,7 +402,7 @@ def plot_calibration(result: CalibrationResult, path: str | os.PathLike[str]) ->
     axes.grid(alpha=0.3)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    return _atomic_write(Path(path), buffer.getvalue())
+    return atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 class _evaluating:
@@ -430,18 +430,3 @@ def _check_indices(images: LabelledImages, indices: Sequence[int] | None) -> lis
     if bad:
         raise MultiGrainError(f"image indices {bad[:5]} out of range [0, {len(images)})")
     return chosen
-
-
-def _atomic_write(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path

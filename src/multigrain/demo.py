@@ -9,14 +9,13 @@ images: classification top-1, and retrieval of augmented copies among 1000 clean
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from multigrain.atomic import atomic_write_text
 from multigrain.checkpoint import model_from_checkpoint
 from multigrain.config import Precision, Schedule, TrainConfig
 from multigrain.data.sources import DatasetKind, open_heldout_images
@@ -88,14 +87,6 @@ def run_demo(
         trained=probe(trained, heldout, input_size=INPUT_SIZE),
         untrained=probe(untrained, heldout, input_size=INPUT_SIZE),
     )
-    _write_atomic(output_dir / "report.json", json.dumps(asdict(report), indent=2))
-    _write_atomic(output_dir / "report.md", "# MultiGrain demo\n\n" + report.summary() + "\n")
+    atomic_write_text(output_dir / "report.json", json.dumps(asdict(report), indent=2))
+    atomic_write_text(output_dir / "report.md", "# MultiGrain demo\n\n" + report.summary() + "\n")
     return report
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)

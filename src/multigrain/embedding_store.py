@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
+from multigrain.atomic import atomic_path, atomic_write, atomic_write_text
 from multigrain.errors import MultiGrainError
 
 FORMAT_VERSION = 1
@@ -72,31 +71,12 @@ def failures_name(rank: int) -> str:
     return f"failures-r{rank:03d}.tsv"
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-
-
-def write_atomic_bytes(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call `write(handle)` on a temporary file beside `path`, then rename it to `path`."""
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_shard(
     path: Path, descriptors: np.ndarray, paths: list[str], metadata: EmbeddingMetadata
 ) -> None:
     """One self-describing shard: descriptors (n, D) float32, their paths, the metadata."""
     assert len(paths) == descriptors.shape[0]
-    write_atomic_bytes(
+    atomic_write(
         path,
         lambda handle: np.savez(
             handle,
@@ -171,10 +151,7 @@ def merge_shards(output_dir: Path, order: Iterable[str], metadata: EmbeddingMeta
         embedded.update(shard.paths)
     rows = [path for path in order if path in embedded]
     row_of = {path: row for row, path in enumerate(rows)}
-    target = output_dir / "descriptors.npy"
-    fd, tmp = _atomic_target(target)
-    os.close(fd)
-    try:
+    with atomic_path(output_dir / "descriptors.npy") as tmp:
         out = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=np.float32, shape=(len(rows), metadata.dim)
         )
@@ -184,17 +161,9 @@ def merge_shards(output_dir: Path, order: Iterable[str], metadata: EmbeddingMeta
             out[index] = shard.descriptors[keep]
         out.flush()
         del out
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    write_atomic_bytes(
-        output_dir / "paths.txt", lambda h: h.write("".join(f"{p}\n" for p in rows).encode())
-    )
+    atomic_write_text(output_dir / "paths.txt", "".join(f"{p}\n" for p in rows))
     info = {**asdict(metadata), "count": len(rows)}
-    write_atomic_bytes(
-        output_dir / "metadata.json", lambda h: h.write(json.dumps(info, indent=2).encode())
-    )
+    atomic_write_text(output_dir / "metadata.json", json.dumps(info, indent=2))
     return len(rows)
 
 

@@ -15,7 +15,6 @@ import contextlib
 import importlib
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from multigrain.atomic import atomic_path
 from multigrain.errors import MultiGrainError
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def export_torchscript(
         # self-contained file that C++ (libtorch) and older runtimes load.
         warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated")
         traced = torch.jit.trace(model, example, check_trace=False)
-        with _atomic_target(path) as tmp_path:
+        with atomic_path(path) as tmp_path:
             torch.jit.save(traced, str(tmp_path))
     logger.info("exported TorchScript model to %s", path)
     return Path(path)
@@ -92,7 +92,7 @@ def export_onnx(
         INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
         **{name: {0: "batch"} for name in OUTPUT_NAMES},
     }
-    with _atomic_target(path) as tmp_path:
+    with atomic_path(path) as tmp_path:
         with _eval_mode(model), torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", message=".*will be removed.*")
@@ -140,18 +140,3 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
-
-
-@contextlib.contextmanager
-def _atomic_target(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success move it onto ``path``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp_name)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from multigrain.atomic import atomic_write
 from multigrain.errors import MultiGrainError
 
 logger = logging.getLogger(__name__)
@@ -86,19 +86,8 @@ class Whitening:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(self.to_dict(), handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        return path
+        state = self.to_dict()
+        return atomic_write(path, lambda handle: torch.save(state, handle))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Whitening:
