@@ -309,3 +309,73 @@ def export(
     else:
         raise MultiGrainError(f"--output {output}: use a .onnx (ONNX) or .pt (TorchScript) name")
     echo(f"exported {output} (p = {float(model.pool.p):g}; dynamic batch, height and width)")
+
+
+@app.command()
+def evaluate(
+    benchmark: Annotated[
+        str,
+        typer.Option(
+            help="imagenet | holidays | copydays | ukbench | roxford5k | rparis6k | disc21"
+        ),
+    ],
+    root: Annotated[Path, typer.Option(help="the benchmark's folder, as distributed")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="model weights file")],
+    resolution: Annotated[int, typer.Option("--resolution", "-s")] = 500,
+    exponent: Annotated[float | None, typer.Option("--exponent", "-p")] = None,
+    whitening: Annotated[Path | None, typer.Option(help="whitening file (retrieval)")] = None,
+    difficulty: Annotated[str, typer.Option(help="revisitop: easy | medium | hard")] = "medium",
+    upright: Annotated[bool, typer.Option(help="Holidays: apply the rotation list")] = True,
+    distractors: Annotated[Path | None, typer.Option(help="Copydays: distractor folder")] = None,
+    output: Annotated[Path | None, typer.Option(help="write the result as JSON")] = None,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    workers: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Score a model on a standard benchmark with its exact protocol (JSON + markdown)."""
+    import torch.nn.functional as F
+
+    from multigrain.atomic import atomic_write_text
+    from multigrain.benchmarks_std import READERS, BenchmarkName
+    from multigrain.benchmarks_std.types import ClassificationBenchmark, CopyDetectionBenchmark
+    from multigrain.checkpoint import model_identity
+    from multigrain.distributed import resolve_device
+    from multigrain.evaluate import (
+        EvaluationSettings,
+        evaluate_classification,
+        evaluate_copy_detection,
+        evaluate_retrieval,
+    )
+
+    name = parse_enum(BenchmarkName, benchmark, "--benchmark")
+    options: dict[str, object] = {}
+    if name in (BenchmarkName.ROXFORD5K, BenchmarkName.RPARIS6K):
+        options["difficulty"] = difficulty
+    elif name is BenchmarkName.HOLIDAYS:
+        options["upright"] = upright
+    elif name is BenchmarkName.COPYDAYS and distractors is not None:
+        options["distractors"] = distractors
+    bench = READERS[name](root, **options)
+    target = resolve_device(device)
+    model = prepare_model(checkpoint, resolution, exponent, target)
+    transform = load_whitening(whitening, model) if whitening else None
+    settings = EvaluationSettings(
+        model=model_identity(checkpoint), resolution=resolution, exponent=float(model.pool.p),
+        whitened=transform is not None, device=str(target), batch_size=batch_size,
+        num_workers=workers,
+    )  # fmt: skip
+
+    def describe(embeddings: torch.Tensor) -> torch.Tensor:
+        if transform is not None:
+            return transform.apply(embeddings)
+        return F.normalize(embeddings, dim=1)
+
+    if isinstance(bench, ClassificationBenchmark):
+        result = evaluate_classification(model, bench, settings)
+    elif isinstance(bench, CopyDetectionBenchmark):
+        result = evaluate_copy_detection(model, bench, settings, describe)
+    else:
+        result = evaluate_retrieval(model, bench, settings, describe)
+    echo(result.to_markdown())
+    if output is not None:
+        atomic_write_text(output, result.to_json())

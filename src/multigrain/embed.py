@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from multigrain.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
@@ -69,10 +70,17 @@ class EmbedReport:
 class _DecodedImages(Dataset[tuple[int, torch.Tensor | None, str]]):
     """Item i -> (i, (3, H, W) model input or None, failure reason or '')."""
 
-    def __init__(self, paths: Sequence[Path], resolution: int, max_pixels: int) -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        resolution: int,
+        max_pixels: int,
+        adjust: Callable[[int, Image.Image], Image.Image] | None = None,
+    ) -> None:
         self.paths = paths
         self.resolution = resolution
         self.max_pixels = max_pixels
+        self.adjust = adjust  # e.g. a query crop box: needs the full-resolution decode
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -80,10 +88,14 @@ class _DecodedImages(Dataset[tuple[int, torch.Tensor | None, str]]):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
         try:
             image = decode_image(
-                self.paths[index], longest_side=self.resolution, max_pixels=self.max_pixels
+                self.paths[index],
+                longest_side=None if self.adjust else self.resolution,
+                max_pixels=self.max_pixels,
             )
         except ImageDecodeError as error:
             return index, None, error.reason
+        if self.adjust is not None:
+            image = self.adjust(index, image)
         return index, prepare(image, self.resolution), ""
 
 
@@ -276,20 +288,24 @@ def embed_in_memory(
     amp_dtype: torch.dtype | None = None,
     normalise: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    adjust: Callable[[int, Image.Image], Image.Image] | None = None,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, list[str], list[EmbedFailure]]:
     """Embed a collection small enough to hold in memory (e.g. a whitening fit set).
 
     Returns ((N, D) float32 descriptors in the order of `paths` minus failures, their
-    paths, the failures). `normalise=False` gives the raw embeddings the classifier reads.
+    paths, the failures). `normalise=False` gives the raw embeddings the classifier reads;
+    `adjust(i, image)` changes image i after decoding (crop box, upright rotation).
     """
     loader = DataLoader(
-        _DecodedImages(list(paths), resolution, max_pixels),
+        _DecodedImages(list(paths), resolution, max_pixels, adjust),
         batch_size=1,
         collate_fn=_first,
         num_workers=num_workers,
     )
     failures: list[EmbedFailure] = []
     rows: dict[int, torch.Tensor] = {}
+    bar = _progress(len(paths), progress)
     for indices, images in shape_batches(
         iter(loader),
         batch_size=batch_size,
@@ -302,6 +318,10 @@ def embed_in_memory(
         if normalise:
             embedding = F.normalize(embedding, dim=1)
         rows.update(zip(indices, embedding.cpu(), strict=True))
+        if bar is not None:
+            bar.update(len(indices))
+    if bar is not None:
+        bar.close()
     order = sorted(rows)
     if not order:
         raise MultiGrainError("none of the images could be read: see the reasons logged above")
