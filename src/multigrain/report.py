@@ -1,0 +1,107 @@
+"""Evaluation reports people look at: markdown + JSON + an HTML page with a query grid and a plot.
+
+The HTML page is self-contained (thumbnails and the plot are embedded as data URIs), so the
+report folder can be moved or attached and still opens in any browser, offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from multigrain.atomic import atomic_write_bytes, atomic_write_text
+from multigrain.copy_breakdown import ALL, BreakdownRow
+from multigrain.data.images import decode_image
+
+
+@dataclass(frozen=True)
+class GridRow:
+    """One query and its best results; `correct[i]` marks a true match."""
+
+    query: Path
+    caption: str
+    results: list[Path]
+    scores: list[float]
+    correct: list[bool]
+
+
+def thumbnail_uri(path: Path, size: int = 128) -> str:
+    """A JPEG thumbnail of `path` as a data URI (a grey square when it cannot be read)."""
+    try:
+        image = decode_image(path, longest_side=size)
+        image.thumbnail((size, size))
+    except Exception:  # noqa: BLE001 - a report must not fail on one picture
+        image = Image.new("RGB", (size, size), (128, 128, 128))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def plot_breakdown(rows: Sequence[BreakdownRow], path: Path, *, metric: str = "map") -> Path:
+    """Grouped bars: `metric` per transform family (all strengths), one bar per method."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    chosen = [r for r in rows if r.strength == ALL and r.family != ALL]
+    families = list(dict.fromkeys(r.family for r in chosen))
+    methods = list(dict.fromkeys(r.method for r in chosen))
+    value = {(r.method, r.family): getattr(r, metric) for r in chosen}
+    figure = Figure(figsize=(max(6.0, 0.9 * len(families) + 2), 4.0))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    width = 0.8 / max(len(methods), 1)
+    for offset, method in enumerate(methods):
+        xs = [i + offset * width for i in range(len(families))]
+        axes.bar(xs, [value.get((method, f), 0.0) for f in families], width, label=method)
+    axes.set_xticks([i + 0.4 - width / 2 for i in range(len(families))], families, rotation=30)
+    axes.set_ylabel(metric)
+    axes.set_ylim(0, 1)
+    axes.legend()
+    axes.set_title(f"copy detection: {metric} per transform family")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_html(
+    path: Path, *, title: str, markdown_tables: Sequence[str], plot: Path | None,
+    grid: Sequence[GridRow],
+) -> Path:  # fmt: skip
+    """The report page: the tables (as preformatted markdown), the plot, the query grid."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>",
+        "body{font-family:sans-serif;margin:2em}pre{background:#f4f4f4;padding:1em}",
+        ".row{display:flex;gap:8px;margin:8px 0;align-items:flex-start}",
+        ".cell{text-align:center;font-size:12px}.cell img{display:block;border:4px solid #ccc}",
+        ".ok img{border-color:#2a2}.bad img{border-color:#d33}.query img{border-color:#36c}",
+        "</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for table in markdown_tables:
+        parts.append(f"<pre>{html.escape(table)}</pre>")
+    if plot is not None and plot.exists():
+        encoded = base64.b64encode(plot.read_bytes()).decode()
+        parts.append(f"<img alt='plot' src='data:image/png;base64,{encoded}'>")
+    if grid:
+        parts.append("<h2>Queries and their best results (green: correct)</h2>")
+    for row in grid:
+        cells = [
+            f"<div class='cell query'><img src='{thumbnail_uri(row.query)}'>"
+            f"{html.escape(row.caption)}</div>"
+        ]
+        for result, score, correct in zip(row.results, row.scores, row.correct, strict=True):
+            css = "ok" if correct else "bad"
+            cells.append(
+                f"<div class='cell {css}'><img src='{thumbnail_uri(result)}'>{score:.3f}</div>"
+            )
+        parts.append("<div class='row'>" + "".join(cells) + "</div>")
+    parts.append("</body></html>")
+    return atomic_write_text(path, "\n".join(parts))
