@@ -228,14 +228,14 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
                 terms = _optimizer_step(
                     config,
                     context,
-                    wrapped,
-                    criterion,
-                    optimizer,
-                    scaler,
-                    amp_dtype,
                     batches,
-                    step,
-                    memory_format,
+                    step=step,
+                    wrapped=wrapped,
+                    criterion=criterion,
+                    optimizer=optimizer,
+                    scaler=scaler,
+                    amp_dtype=amp_dtype,
+                    memory_format=memory_format,
                 )
                 step += 1
                 timer_images += config.batch_size
@@ -280,13 +280,14 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
 def _optimizer_step(
     config: TrainConfig,
     context: DistributedContext,
+    batches: Any,
+    *,
+    step: int,
     wrapped: nn.Module,
     criterion: JointLoss,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
     amp_dtype: torch.dtype | None,
-    batches: Any,
-    step: int,
     memory_format: torch.memory_format,
 ) -> JointLossOutput:
     """One optimiser step over `grad_accum_steps` micro-batches; returns the last loss terms."""
