@@ -328,6 +328,9 @@ def evaluate(
     upright: Annotated[bool, typer.Option(help="Holidays: apply the rotation list")] = True,
     distractors: Annotated[Path | None, typer.Option(help="Copydays: distractor folder")] = None,
     output: Annotated[Path | None, typer.Option(help="write the result as JSON")] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="builtin: folder for report.md/.json/.html and plots")
+    ] = None,
     batch_size: Annotated[int, typer.Option()] = 32,
     workers: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option()] = "auto",
@@ -347,6 +350,9 @@ def evaluate(
         evaluate_retrieval,
     )
 
+    if benchmark == "builtin":
+        _evaluate_builtin(root, checkpoint, resolution, exponent, device, report, output)
+        return
     name = parse_enum(BenchmarkName, benchmark, "--benchmark")
     options: dict[str, object] = {}
     if name in (BenchmarkName.ROXFORD5K, BenchmarkName.RPARIS6K):
@@ -379,3 +385,50 @@ def evaluate(
     echo(result.to_markdown())
     if output is not None:
         atomic_write_text(output, result.to_json())
+
+
+def _evaluate_builtin(
+    root: Path, checkpoint: Path, resolution: int, exponent: float | None, device: str,
+    report: Path | None, output: Path | None,
+) -> None:  # fmt: skip
+    from dataclasses import asdict
+
+    from multigrain.atomic import atomic_write_text
+    from multigrain.builtin_eval import evaluate_builtin
+    from multigrain.checkpoint import model_identity
+    from multigrain.distributed import resolve_device
+    from multigrain.weights import load_model
+
+    target = resolve_device(device)
+    classes = load_model(checkpoint).classes
+    model = prepare_model(checkpoint, resolution, exponent, target)
+    result = evaluate_builtin(
+        model, root, model_name=model_identity(checkpoint), resolution=resolution,
+        device=target, classes=classes, report=report,
+    )  # fmt: skip
+    echo(result.to_markdown())
+    if output is not None:
+        atomic_write_text(output, json.dumps(asdict(result), indent=2))
+    if report is not None:
+        echo(f"report: {report / 'report.html'}")
+
+
+@app.command("build-benchmark")
+def build_benchmark(
+    output: Annotated[Path, typer.Option("--output", "-o", help="folder to create")] = Path(
+        "data/builtin"
+    ),
+    seed: Annotated[int, typer.Option()] = 0,
+    max_pool: Annotated[int, typer.Option(help="at most this many source photos")] = 400,
+    overwrite: Annotated[bool, typer.Option()] = False,
+) -> None:
+    """Build the built-in benchmark of real photos from installed Debian packages."""
+    from multigrain.builtin import build_builtin_benchmark
+
+    manifest = build_builtin_benchmark(output, seed=seed, max_pool=max_pool, overwrite=overwrite)
+    counts = ", ".join(f"{key} {value}" for key, value in vars(manifest.counts).items())
+    photos = sum(manifest.per_package.values())
+    echo(
+        f"built {output} in {manifest.build_seconds:.0f} s from {photos} photos ({counts}); "
+        f"sources and licences in {output / 'manifest.json'}"
+    )

@@ -1,0 +1,166 @@
+"""The built-in benchmark: build a small one and read it back with the standard readers."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from multigrain.benchmarks_std import read_disc21, read_ukbench
+from multigrain.builtin import augment, build_builtin_benchmark, phash_descriptors
+from multigrain.builtin.pool import scan_pool
+from multigrain.builtin.sources import package_files
+from multigrain.errors import MultiGrainError
+
+MAX_POOL = 40
+
+
+def _require_packages() -> None:
+    try:
+        scan_pool()
+    except MultiGrainError as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(error))
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory):
+    _require_packages()
+    output = tmp_path_factory.mktemp("builtin") / "bench"
+    return output, build_builtin_benchmark(output, seed=0, max_pool=MAX_POOL, progress=False)
+
+
+def _sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def test_missing_package_names_apt_get() -> None:
+    with pytest.raises(MultiGrainError, match="apt-get install no-such-package-xyz"):
+        package_files("no-such-package-xyz")
+
+
+def test_manifest_sources_licences_and_counts(built) -> None:
+    output, manifest = built
+    saved = json.loads((output / "manifest.json").read_text())
+    assert saved["counts"]["pool"] == MAX_POOL == len(saved["images"])
+    assert sum(saved["per_package"].values()) == MAX_POOL
+    assert set(saved["licences"]) == set(saved["per_package"])
+    assert all(image["licence"] and image["package"] for image in saved["images"])
+    counts = manifest.counts
+    assert counts.train + counts.heldout == counts.pool
+    assert counts.references == counts.heldout
+    assert len(list((output / "copydetection" / "queries").glob("*.jpg"))) == counts.queries
+    train_files = list((output / "train").rglob("*.jpg"))
+    assert len(train_files) == counts.train_labelled
+    classes = {p.name for p in (output / "train").iterdir()}
+    assert {p.name for p in (output / "heldout_classes").iterdir()} <= classes
+
+
+def test_split_is_disjoint_by_source(built) -> None:
+    _, manifest = built
+    train = {i.sha1 for i in manifest.images if i.part == "train"}
+    heldout = {i.sha1 for i in manifest.images if i.part == "heldout"}
+    assert train and heldout and not train & heldout
+
+
+def test_readers_and_ground_truth(built) -> None:
+    output, manifest = built
+    copy = read_disc21(output / "copydetection")
+    assert len(copy.queries) == manifest.counts.queries
+    assert len(copy.references) == manifest.counts.references
+    queries = [q for q, _ in copy.ground_truth]
+    assert sorted(queries) == list(range(len(copy.queries)))  # exactly one reference each
+    instances = read_ukbench(output / "instances")
+    assert len(instances.database) == manifest.counts.instances > 0
+    with (output / "copydetection" / "queries.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    seen = {(row["family"], row["strength"]) for row in rows}
+    assert seen == {(f.value, s.value) for f in augment.Family for s in augment.Strength}
+
+
+def test_rebuild_is_byte_identical(built, tmp_path: Path) -> None:
+    output, _ = built
+    with pytest.raises(MultiGrainError, match="not empty"):
+        build_builtin_benchmark(output, max_pool=MAX_POOL, progress=False)
+    again = tmp_path / "again"
+    build_builtin_benchmark(again, seed=0, max_pool=MAX_POOL, progress=False)
+    for part in ("copydetection/queries", "copydetection/references", "instances"):
+        names = sorted(p.name for p in (output / part).glob("*.jpg"))
+        assert names == sorted(p.name for p in (again / part).glob("*.jpg"))
+        for name in names[:: max(1, len(names) // 10)]:
+            assert _sha1(output / part / name) == _sha1(again / part / name)
+    assert _sha1(output / "copydetection/queries.csv") == _sha1(again / "copydetection/queries.csv")
+
+
+def test_every_transform_runs() -> None:
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 128, 3), np.uint8))
+    for family in augment.Family:
+        for strength in augment.Strength:
+            out = augment.apply_transform(image, family, strength, np.random.default_rng(1))
+            assert out.mode == "RGB" and min(out.size) >= 8
+
+
+def _photo(tmp_path: Path, name: str, array: np.ndarray, quality: int | None = None) -> Path:
+    path = tmp_path / name
+    if quality is None:
+        Image.fromarray(array).save(path)
+    else:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, "JPEG", quality=quality)
+        path.write_bytes(buffer.getvalue())
+    return path
+
+
+def test_phash_cosine_matches_hamming(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (8, 8, 3)), np.ones((16, 16, 1))).astype(np.uint8)
+    other = np.kron(rng.integers(0, 256, (8, 8, 3)), np.ones((16, 16, 1))).astype(np.uint8)
+    paths = [
+        _photo(tmp_path, "a.png", smooth),
+        _photo(tmp_path, "b.png", smooth),
+        _photo(tmp_path, "c.jpg", smooth, quality=30),
+        _photo(tmp_path, "d.png", other),
+    ]
+    descriptors = phash_descriptors(paths)
+    assert descriptors.shape == (4, 64) and descriptors.dtype == np.float32
+    assert set(np.unique(descriptors * 8)) <= {-1.0, 1.0}
+    cosine = descriptors @ descriptors.T
+    hamming = (descriptors[:, None, :] != descriptors[None, :, :]).sum(-1)
+    np.testing.assert_allclose(cosine, 1 - 2 * hamming / 64, atol=1e-6)
+    assert cosine[0, 1] == pytest.approx(1.0)
+    assert cosine[0, 2] > cosine[0, 3]
+
+
+def test_evaluation_report_for_a_model_and_its_baselines(built, tmp_path: Path) -> None:
+    import torch
+
+    from multigrain.builtin_eval import evaluate_builtin
+    from multigrain.models import MultiGrain
+
+    output, _ = built
+    torch.manual_seed(0)
+    model = MultiGrain(trunk="resnet18", num_classes=4).eval()
+    result = evaluate_builtin(
+        model, output, model_name="random", resolution=64, device=torch.device("cpu"),
+        report=tmp_path / "report",
+    )  # fmt: skip
+    methods = {row.method for row in result.copy_detection}
+    assert methods == {"phash", "untrained", "trained"}
+    overall = {r.method: r for r in result.copy_detection if r.family == r.strength == "all"}
+    for row in overall.values():
+        assert 0.0 < row.map <= 1.0 and 0.0 <= row.micro_ap <= 1.0
+    # "trained" here is a random network seeded like the untrained one: identical scores
+    assert overall["trained"].map == pytest.approx(overall["untrained"].map)
+    assert set(result.instances) == methods
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("data:image/jpeg;base64,") >= 2 and "data:image/png;base64," in page
+    assert (tmp_path / "report" / "copy_map.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| all | strong |" in (tmp_path / "report" / "report.md").read_text()
