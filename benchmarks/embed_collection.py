@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from multigrain.atomic import atomic_write_text
 from multigrain.checkpoint import save_checkpoint
 from multigrain.models import MultiGrain
 
@@ -109,8 +110,7 @@ def main() -> None:
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+        atomic_write_text(args.output, text + "\n")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from multigrain.atomic import atomic_write_text
 from multigrain.index import ImageIndex
 
 DIM = 512
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb: getrusage ru_maxrss (process peak)",
         "results": [asdict(r) for r in results],
     }
-    args.output.write_text(json.dumps(report, indent=2))
+    atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
     return 0
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from multigrain.atomic import atomic_write_text
 from multigrain.distributed import resolve_device
 from multigrain.losses import JointLoss
 from multigrain.models import MultiGrain
@@ -130,8 +131,7 @@ def main() -> None:
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
+        atomic_write_text(args.output, text + "\n")
 
 
 if __name__ == "__main__":
