@@ -92,3 +92,10 @@ def test_foreign_index_is_refused(tmp_path):
     (tmp_path / "bad" / "CURRENT").write_text("nothing\n")
     result = cli("index", "add", str(tmp_path / "bad"), str(tmp_path), expect=2)
     assert "Traceback" not in result.stderr and "error:" in result.stderr
+
+
+def test_relative_index_paths(collection, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli("index", "build", str(collection / "ea"), "-o", "relative.index")
+    found = cli("search", "relative.index", str(collection / "ea"), "-k", "1", "--json")
+    assert len(found.stdout.splitlines()) == 6

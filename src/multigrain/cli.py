@@ -187,7 +187,7 @@ def _check_augmentation(value: str) -> None:
 
 
 def main() -> None:
-    from multigrain import cli_inference, cli_search  # noqa: F401  (register their commands)
+    from multigrain import cli_inference, cli_search, cli_serve  # noqa: F401  (register commands)
 
     """Entry point: run the app, turning MultiGrainError into one line and exit status 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

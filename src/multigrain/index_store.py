@@ -166,7 +166,7 @@ def _read_meta(
     if not path.is_file():
         raise MultiGrainError(f"{path} is missing: {REBUILD}")
     try:
-        connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
             info = dict(connection.execute("SELECT key, value FROM info").fetchall())
             rows = connection.execute(

@@ -1,0 +1,49 @@
+"""The `serve` subcommand: the HTTP service of :mod:`multigrain.service` under uvicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from multigrain.cli_common import app, echo
+
+
+@app.command()
+def serve(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="model weights file")],
+    index: Annotated[Path, typer.Option("--index", help="index folder (`multigrain index`)")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="where uploads are stored")],
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="MULTIGRAIN_TOKEN", help="bearer token for adding and removing"),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="largest upload in MiB")] = 20.0,
+    max_pixels: Annotated[int, typer.Option(help="refuse larger images")] = 50_000_000,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+) -> None:
+    """Serve search, classification and index edits over HTTP (web page at /, API at /docs)."""
+    import uvicorn
+
+    from multigrain.service import create_app
+
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(
+            f"warning: anyone who can reach {host}:{port} can add and remove images; "
+            "set MULTIGRAIN_TOKEN or --token",
+            err=True,
+        )
+    service = create_app(
+        checkpoint=checkpoint,
+        index_folder=index,
+        data_dir=data_dir,
+        token=token,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_pixels=max_pixels,
+        device=device,
+    )
+    echo(f"serving {index} on http://{host}:{port}/ (API docs at /docs)")
+    uvicorn.run(service, host=host, port=port)

@@ -1,0 +1,191 @@
+"""The HTTP service under a real uvicorn server on 127.0.0.1 (CPU, random-init ResNet-18)."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import uvicorn
+from PIL import Image
+
+from multigrain.checkpoint import save_checkpoint
+from multigrain.embed import embed_in_memory
+from multigrain.index import ImageIndex
+from multigrain.models import MultiGrain
+from multigrain.service import create_app
+
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+RESOLUTION = 64
+MAX_UPLOAD = 256 * 1024
+
+
+def _png_bytes(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    pixels[: 8 * (seed + 1) % 48] = rng.integers(0, 256, size=3, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[Path]]]:
+    root = tmp_path_factory.mktemp("service")
+    torch.manual_seed(0)
+    model = MultiGrain(trunk="resnet18", num_classes=3).eval()
+    checkpoint = root / "model.pt"
+    save_checkpoint(
+        checkpoint,
+        {
+            "model_state": model.state_dict(),
+            "architecture": model.architecture(),
+            "classes": ["cat", "dog", "fish"],
+        },
+    )
+    images = []
+    for seed in range(5):
+        path = root / "images" / f"img{seed}.png"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(_png_bytes(seed))
+        images.append(path)
+    descriptors, paths, failures = embed_in_memory(
+        model, images, resolution=RESOLUTION, device=torch.device("cpu")
+    )
+    assert not failures
+    metadata = {"resolution": RESOLUTION, "exponent": float(model.pool.p)}
+    ImageIndex.build(descriptors.numpy(), paths, metadata=metadata).save(root / "index")
+    app = create_app(
+        checkpoint=checkpoint,
+        index_folder=root / "index",
+        data_dir=root / "data",
+        token=TOKEN,
+        max_upload_bytes=MAX_UPLOAD,
+        max_pixels=1_000_000,
+    )
+    port = _free_port()
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{base}/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield base, images
+    uv.should_exit = True
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def _upload(data: bytes, name: str = "q.png") -> dict[str, tuple[str, bytes, str]]:
+    return {"image": (name, data, "application/octet-stream")}
+
+
+def test_search_finds_the_query_itself_and_classify_embed(server: tuple[str, list[Path]]) -> None:
+    base, images = server
+    for path in images:
+        hits = httpx.post(f"{base}/search", files=_upload(path.read_bytes()), data={"k": "3"})
+        assert hits.status_code == 200, hits.text
+        assert [h["path"] for h in hits.json()][:1] == [str(path)]
+        assert hits.json()[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    top = httpx.post(f"{base}/classify", files=_upload(images[0].read_bytes())).json()
+    assert {p["label"] for p in top} == {"cat", "dog", "fish"}
+    assert sum(p["score"] for p in top) == pytest.approx(1.0, abs=1e-4)
+    embedding = httpx.post(f"{base}/embed", files=_upload(images[0].read_bytes())).json()
+    assert embedding["dim"] == 512
+    assert np.linalg.norm(embedding["descriptor"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_concurrent_searches_and_adds(server: tuple[str, list[Path]]) -> None:
+    base, images = server
+    before = httpx.get(f"{base}/health").json()["images"]
+
+    def client(worker: int) -> list[int]:
+        added = []
+        with httpx.Client(base_url=base, timeout=30) as http:
+            for step in range(25):
+                data = _png_bytes(100 + worker * 25 + step)
+                if step % 3 == 0:
+                    response = http.post("/index", files=_upload(data), headers=AUTH)
+                    assert response.status_code == 200, response.text
+                    added.append(response.json()["id"])
+                else:
+                    response = http.post("/search", files=_upload(data), data={"k": "5"})
+                    assert response.status_code == 200, response.text
+        return added
+
+    with ThreadPoolExecutor(8) as pool:
+        added = [i for ids in pool.map(client, range(8)) for i in ids]
+    assert len(set(added)) == len(added) == 8 * 9
+    assert httpx.get(f"{base}/health").json()["images"] == before + len(added)
+    thumb = httpx.get(f"{base}/thumb/{added[0]}")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    # the index on disk holds every add too
+    query = _png_bytes(100)
+    hits = httpx.post(f"{base}/search", files=_upload(query), data={"k": "1"}).json()
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_bad_uploads_are_refused_with_a_reason(server: tuple[str, list[Path]]) -> None:
+    base, images = server
+    big = httpx.post(f"{base}/search", files=_upload(b"\0" * (MAX_UPLOAD + 1)))
+    assert big.status_code == 413
+    huge = httpx.post(f"{base}/search", files=_upload(b"\0" * (4 * MAX_UPLOAD)))
+    assert huge.status_code == 413
+    text = httpx.post(f"{base}/search", files=_upload(b"hello, not an image", "notes.txt"))
+    assert text.status_code == 422 and "not an image" in text.json()["detail"]
+    jpeg = io.BytesIO()
+    Image.open(images[0]).save(jpeg, format="JPEG")
+    truncated = httpx.post(f"{base}/classify", files=_upload(jpeg.getvalue()[:400], "t.jpg"))
+    assert 400 <= truncated.status_code < 500 and "t.jpg" in truncated.json()["detail"]
+    bomb = io.BytesIO()
+    Image.new("L", (2000, 1000)).save(bomb, format="PNG")
+    assert httpx.post(f"{base}/search", files=_upload(bomb.getvalue())).status_code == 413
+
+
+def test_edits_need_the_token_and_remove_works(server: tuple[str, list[Path]]) -> None:
+    base, images = server
+    data = images[0].read_bytes()
+    assert httpx.post(f"{base}/index", files=_upload(data)).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert httpx.post(f"{base}/index", files=_upload(data), headers=wrong).status_code == 401
+    assert httpx.delete(f"{base}/index/0").status_code == 401
+    added = httpx.post(f"{base}/index", files=_upload(data, "../../etc/x.png"), headers=AUTH)
+    assert added.status_code == 200
+    stored = Path(added.json()["path"])
+    assert stored.parent.name == "uploads" and stored.suffix == ".png" and stored.exists()
+    count = added.json()["images"]
+    removed = httpx.delete(f"{base}/index/{added.json()['id']}", headers=AUTH)
+    assert removed.status_code == 200 and removed.json()["images"] == count - 1
+    assert not stored.exists()
+    assert httpx.delete(f"{base}/index/{added.json()['id']}", headers=AUTH).status_code == 404
+
+
+def test_web_page_and_docs(server: tuple[str, list[Path]]) -> None:
+    base, _ = server
+    page = httpx.get(f"{base}/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "MultiGrain" in page.text and "http" not in page.text.split("<body>")[1].split("docs")[0]
+    assert httpx.get(f"{base}/docs").status_code == 200
+    assert "/search" in httpx.get(f"{base}/openapi.json").json()["paths"]
