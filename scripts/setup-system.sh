@@ -2,7 +2,7 @@
 # Installs the Debian packages that hold the built-in data, when they are missing.
 # Needs root (or sudo); prints the command to run by hand otherwise.
 set -euo pipefail
-packages=(dataset-fashion-mnist opencv-doc tuxpaint-stamps-default gcompris-qt-data libjxl-testdata)
+packages=(dataset-fashion-mnist opencv-doc tuxpaint-stamps-default gcompris-qt-data libjxl-testdata chromium)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

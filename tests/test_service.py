@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -189,3 +190,43 @@ def test_web_page_and_docs(server: tuple[str, list[Path]]) -> None:
     assert "MultiGrain" in page.text and "http" not in page.text.split("<body>")[1].split("docs")[0]
     assert httpx.get(f"{base}/docs").status_code == 200
     assert "/search" in httpx.get(f"{base}/openapi.json").json()["paths"]
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("MULTIGRAIN_TEST_ARTIFACTS", "runs/test-artifacts"))
+
+
+def test_real_browser_uploads_an_image_and_sees_results(server: tuple[str, list[Path]]) -> None:
+    """Debian's Chromium, headless, driven by Playwright: pick a file, see thumbnails."""
+    if not CHROMIUM.exists():
+        message = "Chromium not found: sudo apt-get install chromium (make test does it)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    base, images = server
+    flags = [
+        "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ]  # fmt: skip
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=flags)
+        try:
+            page = browser.new_page()
+            page.goto(f"{base}/")
+            page.set_input_files("#file", str(images[0]))
+            page.wait_for_selector("#results img", timeout=60_000)
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#results img')]"
+                ".every(img => img.complete && img.naturalWidth > 0)",
+                timeout=60_000,
+            )
+            assert page.locator("#results img").count() >= 1
+            assert page.locator("#classes li").count() >= 1
+            assert images[0].name in page.locator("#results").inner_html()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "web_page.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "web_page.png").stat().st_size > 1000
