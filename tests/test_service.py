@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import socket
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
