@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,3 +31,17 @@ def test_breakdown_on_a_hand_built_case():
     assert ("crop", "light") not in by_key  # empty subsets are left out
     table = breakdown_table(rows)
     assert "| blur | strong | 1 | 0.500 |" in table
+
+
+def test_normalised_micro_ap_uses_the_per_query_offsets():
+    references = torch.eye(3)
+    queries = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.6, 0.8], [0.0, 0.0, 1.0]])
+    rows = copy_detection_breakdown(
+        queries, references, [0, 1, 2], families=["a"] * 3, strengths=["s"] * 3, method="m",
+        neighbours=2, score_offsets=np.array([0.0, -0.5, 0.0]),
+    )  # fmt: skip
+    overall = next(r for r in rows if r.family == r.strength == ALL)
+    # query 1's scores move up by 0.5: its miss (1.3) now heads the global list, then its hit
+    # (1.1), then the two hits at 1.0 -> precisions at hits 1/2, 2/3, 3/4
+    assert overall.micro_ap_normalised == pytest.approx((1 / 2 + 2 / 3 + 3 / 4) / 3)
+    assert overall.micro_ap == pytest.approx((1 + 1 + 0.75) / 3)  # unchanged

@@ -7,7 +7,10 @@ family, a whole strength, everything) gets
 - mAP: each query has exactly one positive, so AP = 1 / rank of its reference (ties count
   against the query, see `metrics.rank_of_match`);
 - µAP: over the global list of each query's `neighbours` best (query, reference, score)
-  predictions, as in DISC21 (`metrics.micro_average_precision`).
+  predictions, as in DISC21 (`metrics.micro_average_precision`);
+- µAP after score normalisation, when per-query offsets are given: each query's scores
+  minus beta x its similarity to a background set (SSCD), so that one threshold means
+  the same for every query (`score_norm.background_similarity`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class BreakdownRow:
     num_queries: int
     map: float
     micro_ap: float
+    micro_ap_normalised: float = float("nan")
 
 
 def copy_detection_breakdown(
@@ -42,8 +46,12 @@ def copy_detection_breakdown(
     strengths: Sequence[str],
     method: str,
     neighbours: int = 10,
+    score_offsets: np.ndarray | None = None,
 ) -> list[BreakdownRow]:
-    """queries (Q, D), references (R, D) L2-normalised -> one row per subset of queries."""
+    """queries (Q, D), references (R, D) L2-normalised -> one row per subset of queries.
+
+    `score_offsets` (Q,): subtracted from each query's scores for the normalised µAP.
+    """
     similarity = queries.float() @ references.float().T
     truth = torch.as_tensor(list(reference_of_query), dtype=torch.long)
     ranks = rank_of_match(similarity, truth)
@@ -51,6 +59,7 @@ def copy_detection_breakdown(
     scores, indices = similarity.topk(k, dim=1)
     hits = (indices == truth[:, None]).numpy()
     scores_np = scores.numpy()
+    normalised = None if score_offsets is None else scores_np - np.asarray(score_offsets)[:, None]
     family_array, strength_array = np.asarray(families), np.asarray(strengths)
     subsets = [(f, s) for f in sorted(set(families)) for s in sorted(set(strengths))]
     subsets += [(f, ALL) for f in sorted(set(families))]
@@ -74,6 +83,11 @@ def copy_detection_breakdown(
                 map=single_positive_map(ranks[selected]),
                 micro_ap=micro_average_precision(
                     scores_np[mask].ravel(), hits[mask].ravel(), int(mask.sum())
+                ),
+                micro_ap_normalised=float("nan")
+                if normalised is None
+                else micro_average_precision(
+                    normalised[mask].ravel(), hits[mask].ravel(), int(mask.sum())
                 ),
             )
         )
