@@ -99,3 +99,21 @@ def test_relative_index_paths(collection, tmp_path, monkeypatch):
     cli("index", "build", str(collection / "ea"), "-o", "relative.index")
     found = cli("search", "relative.index", str(collection / "ea"), "-k", "1", "--json")
     assert len(found.stdout.splitlines()) == 6
+
+
+def test_threshold_and_background_normalisation(collection, tmp_path):
+    index = tmp_path / "index"
+    cli("index", "build", str(collection / "ea"), "-o", str(index))
+    strict = cli("search", str(index), str(collection / "ea"), "-k", "6", "--json",
+                 "--threshold", "0.9999")  # fmt: skip
+    for line in strict.stdout.splitlines():
+        row = json.loads(line)
+        assert [hit["path"] for hit in row["results"]] == [row["query"]]
+    # the queries themselves as background: each query's nearest background image is
+    # itself (similarity 1), so its own score becomes 1 - 1 = 0 and the others go negative
+    normalised = cli("search", str(index), str(collection / "ea"), "-k", "6", "--json",
+                     "--background", str(collection / "ea"))  # fmt: skip
+    for line in normalised.stdout.splitlines():
+        scores = [hit["score"] for hit in json.loads(line)["results"]]
+        assert scores[0] == pytest.approx(0.0, abs=1e-4)
+        assert all(score < 1e-4 for score in scores)

@@ -88,19 +88,38 @@ def search(
     ] = None,
     k: Annotated[int, typer.Option("-k", help="neighbours per query")] = 10,
     rerank: Annotated[bool, typer.Option(help="re-score the shortlist exactly")] = False,
+    background: Annotated[
+        Path | None,
+        typer.Option(help="`embed` output of unrelated images: normalise scores against it"),
+    ] = None,
+    beta: Annotated[float, typer.Option(help="weight of the background similarity")] = 1.0,
+    threshold: Annotated[
+        float | None, typer.Option(help="keep results scoring at least this (after normalising)")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per query")] = False,
 ) -> None:
-    """Nearest images of each query, with cosine scores."""
+    """Nearest images of each query, with cosine scores.
+
+    With --background, each query's scores become score - beta x (its similarity to its
+    nearest background image), as SSCD does, so that one --threshold means the same for
+    every query.
+    """
+    from multigrain.embedding_store import load_embeddings
     from multigrain.index import ImageIndex
+    from multigrain.score_norm import normalize_scores
 
     index = ImageIndex.load(index_folder)
     descriptors, names = _query_descriptors(queries, checkpoint, index.metadata)
     result = index.search(descriptors, k, rerank=rerank)
+    scores = result.scores
+    if background is not None:
+        reference = np.ascontiguousarray(load_embeddings(background).descriptors, np.float32)
+        scores = normalize_scores(descriptors, scores, reference, beta=beta)
     for row, name in enumerate(names):
         hits = [
             {"path": path, "score": round(float(score), 5)}
-            for path, score in zip(result.paths[row], result.scores[row], strict=True)
-            if path
+            for path, score in zip(result.paths[row], scores[row], strict=True)
+            if path and (threshold is None or score >= threshold)
         ]
         if json_out:
             echo(json.dumps({"query": name, "results": hits}))
