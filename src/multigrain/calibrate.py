@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,23 +239,16 @@ def grid_search(
             raise MultiGrainError(f"pooling exponents must be > 0, got {p}")
     table: list[CalibrationRow] = []
     num_images = 0
-    with _evaluating(model, device):
-        for s in resolutions:
-            maps = extract_feature_maps(
-                model,
-                images,
-                resolution=s,
-                indices=indices,
-                device=device,
-                autocast_dtype=autocast_dtype,
-            )
-            num_images = len(maps)
-            with torch.no_grad():
-                for p in exponents:
-                    top1 = top_k_accuracy(maps.logits(model.classifier, float(p)), maps.labels)
-                    table.append(CalibrationRow(int(s), float(p), top1))
-                    logger.info("s=%d p=%g top-1 %.4f", s, p, top1)
-            del maps
+    for s, maps in _maps_per_resolution(
+        model, images, resolutions, indices, device, autocast_dtype
+    ):
+        num_images = len(maps)
+        with torch.no_grad():
+            for p in exponents:
+                top1 = top_k_accuracy(maps.logits(model.classifier, float(p)), maps.labels)
+                table.append(CalibrationRow(int(s), float(p), top1))
+                logger.info("s=%d p=%g top-1 %.4f", s, p, top1)
+        del maps  # free this resolution's maps before the next are computed
     return CalibrationResult.from_table(table, method="grid", num_images=num_images)
 
 
@@ -354,23 +347,34 @@ def learn_exponents(
     table: list[CalibrationRow] = []
     num_images = 0
     start = _start(model, initial_p)
+    for s, maps in _maps_per_resolution(
+        model, images, resolutions, indices, device, autocast_dtype
+    ):
+        num_images = len(maps)
+        p = fit_exponent(maps, model.classifier, initial_p=start, steps=steps, lr=lr)
+        with torch.no_grad():
+            top1 = top_k_accuracy(maps.logits(model.classifier, p), maps.labels)
+        table.append(CalibrationRow(int(s), p, top1))
+        del maps  # free this resolution's maps before the next are computed
+    return CalibrationResult.from_table(table, method="learned", num_images=num_images)
+
+
+def _maps_per_resolution(
+    model: MultiGrain,
+    images: LabelledImages,
+    resolutions: Sequence[int],
+    indices: Sequence[int] | None,
+    device: str | torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> Iterator[tuple[int, FeatureMaps]]:
+    """(s, feature maps at s) for each s, model in eval mode. Callers drop each maps object
+    before asking for the next, so one resolution is held at a time."""
     with _evaluating(model, device):
         for s in resolutions:
-            maps = extract_feature_maps(
-                model,
-                images,
-                resolution=s,
-                indices=indices,
-                device=device,
+            yield s, extract_feature_maps(
+                model, images, resolution=s, indices=indices, device=device,
                 autocast_dtype=autocast_dtype,
-            )
-            num_images = len(maps)
-            p = fit_exponent(maps, model.classifier, initial_p=start, steps=steps, lr=lr)
-            with torch.no_grad():
-                top1 = top_k_accuracy(maps.logits(model.classifier, p), maps.labels)
-            table.append(CalibrationRow(int(s), p, top1))
-            del maps
-    return CalibrationResult.from_table(table, method="learned", num_images=num_images)
+            )  # fmt: skip
 
 
 def plot_calibration(result: CalibrationResult, path: str | os.PathLike[str]) -> Path:
