@@ -1,22 +1,39 @@
-"""Search speed, memory and recall of ImageIndex factories on synthetic descriptors.
+"""Search speed, memory and recall of ImageIndex factories on hard synthetic descriptors.
 
-Data (seeded): `--centres` Gaussian centres in 512-d, each database vector a centre plus
-isotropic noise, L2-normalised; 1000 queries are noisy copies of database vectors (the
-copy-detection case). Ground truth is the Flat index; recall@1 = fraction of queries whose
-top-1 id equals Flat's.
+Data (seeded, 512-d, L2-normalised, generated in chunks so 1M rows never need a float64
+copy): a Gaussian mixture of `--clusters` anisotropic clusters. Every vector lives in one
+random rotation with a decaying spectrum (axis i has standard deviation ~ i^-`--decay`,
+i^-1 by default, like the PCA spectrum of real CNN descriptors), and each cluster stretches
+every axis by its own log-uniform factor in [1/3, 3] and has its own width, so clusters
+overlap unevenly. Queries
+are 1000 database vectors plus noise drawn from the same spectrum (`--query-noise`, relative
+to a database vector's norm): the perturbed source row is often *not* the exact nearest
+neighbour, and the top-1 / top-2 score gap is small, so an approximate index must really
+search. `difficulty` in the JSON reports, per size, how often Flat's top-1 is the source
+row and the median gap between Flat's first and second scores.
 
-Memory: `rss_delta_mb` is the change of the process' *current* resident set size
-(/proc/self/statm) across the build, i.e. what the built ImageIndex holds (faiss index +
-the float32 reranking copy + paths), measured after the previous index was freed;
-`peak_rss_mb` is the process peak so far (resource.getrusage ru_maxrss), which includes
-the dataset itself and training temporaries and never decreases.
+Ground truth is Flat (exact). recall@1 = fraction of queries whose top-1 id equals Flat's;
+recall@10 = mean overlap of the top-10 with Flat's top-10, divided by 10.
 
-IVF lists are capped at train_size // 39 (faiss' minimum of 39 training points per list):
-with the default --train-size 10000 that is 256 lists, not 4096. Reason: on a 2-core
-machine faiss-cpu 1.15 spends ~130-150 s training PQ64 (8-bit, 512-d) on 10k points, and
-training time grows linearly with the sample, so 1M rows with IVF4096 (>= 160k training
-points) does not fit a 10-minute sweep there. Use --train-size 160000 --nlist 4096 on a
-bigger machine. HNSW at 1M (--hnsw-max-size) was skipped for the same reason.
+Indexes: Flat; IVF{nlist},Flat; IVF{nlist},PQ64 (with and without exact re-ranking of a 4k
+shortlist from the stored float32 descriptors); HNSW32,Flat; OPQ64,IVF{nlist},PQ64 with
+--opq. nlist is `--nlist` (4096) capped at the largest power of two <= size / 39, and IVF is
+trained on min(size, `--train-per-list` x nlist) rows (faiss wants >= 39 per list): 4096
+lists and 163,840 training rows at 1M, 2048 lists at 100k, 256 at 10k. IVF-PQ is trained
+without faiss' polysemous code ordering (see multigrain.index). Search settings (nprobe,
+efSearch; HNSW efConstruction is faiss' default, recorded) are in each result.
+
+Timings: `train_s` (ImageIndex.trained: k-means, PQ codebooks), `add_s` (ImageIndex.add:
+assignment / encoding / graph insertion, plus the float32 re-ranking copy), `queries_per_s`
+(1000 queries in one call, k = 10). Memory: `index_mb` is the faiss index as written to
+disk, `rerank_copy_mb` the float32 descriptors an ImageIndex keeps; `rss_delta_mb` is the
+current RSS after the build minus before it; `build_peak_mb` the highest RSS sampled every
+5 ms during the build minus the RSS before it (training temporaries included);
+`peak_rss_mb` the process peak so far (ru_maxrss, never decreases).
+
+Threads: faiss (OpenMP) uses `--threads` (default: the CPUs this process may run on). On
+cores shared with another busy job, OpenMP's spinning barriers make more threads *slower*;
+use --threads 1 there.
 
 Usage:
     python benchmarks/search_scale.py --sizes 10000,100000 --output search_scale.json
@@ -25,15 +42,21 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
+import math
 import os
 import resource
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import faiss
 import numpy as np
 
 from multigrain.atomic import atomic_write_text
@@ -41,6 +64,8 @@ from multigrain.index import ImageIndex
 
 DIM = 512
 NUM_QUERIES = 1000
+K = 10
+CHUNK = 100_000
 
 
 @dataclass(frozen=True)
@@ -57,11 +82,30 @@ class Measurement:
     size: int
     name: str
     factory: str
-    build_s: float
+    nlist: int | None
+    nprobe: int | None
+    ef_search: int | None
+    ef_construction: int | None
+    rerank: bool
+    train_rows: int
+    train_s: float
+    add_s: float
+    index_mb: float
+    rerank_copy_mb: float
     rss_delta_mb: float
+    build_peak_mb: float
     peak_rss_mb: float
     queries_per_s: float
     recall_at_1: float
+    recall_at_10: float
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    size: int
+    flat_top1_is_source: float  # fraction of queries whose exact top-1 is the perturbed row
+    median_top1_top2_gap: float  # median of Flat's score 1 - score 2
+    median_top1_score: float
 
 
 def current_rss_mb() -> float:
@@ -70,117 +114,234 @@ def current_rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def release_freed_memory() -> None:
+    """Collect, then hand freed heap pages back to the OS (glibc), so that the next build's
+    RSS delta is not hidden by reuse of the previous index's freed memory."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: deltas may be underestimated
+        pass
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def synthetic(size: int, *, centres: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(size, 512) clustered unit vectors and (1000, 512) noisy copies of some of them."""
+class RssSampler:
+    """Highest current RSS seen every `interval` seconds while the `with` block runs."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, current_rss_mb())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self.peak = current_rss_mb()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_mb())
+
+
+def synthetic(
+    size: int, *, clusters: int, spread: float, query_noise: float, decay: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(size, 512) database, (1000, 512) queries, (1000,) source row of each query."""
     rng = np.random.default_rng(seed)
-    centre = rng.standard_normal((centres, DIM)).astype(np.float32)
+    rotation = np.linalg.qr(rng.standard_normal((DIM, DIM)))[0].astype(np.float32)
+    spectrum = np.arange(1, DIM + 1, dtype=np.float32) ** -decay
+    spectrum /= np.linalg.norm(spectrum)  # a draw (z * spectrum) has expected norm 1
+    centres = (rng.standard_normal((clusters, DIM), dtype=np.float32) * spectrum) @ rotation
+    stretch = np.exp(rng.uniform(-np.log(3), np.log(3), (clusters, DIM))).astype(np.float32)
+    width = (spread * rng.uniform(0.5, 1.5, clusters)).astype(np.float32)
     data = np.empty((size, DIM), dtype=np.float32)
-    for start in range(0, size, 100_000):  # stream: no (size, 512) float64 temporary
-        stop = min(start + 100_000, size)
-        chunk = centre[rng.integers(0, centres, stop - start)]
-        chunk += rng.standard_normal((stop - start, DIM), dtype=np.float32)
+    for start in range(0, size, CHUNK):
+        stop = min(start + CHUNK, size)
+        member = rng.integers(0, clusters, stop - start)
+        z = rng.standard_normal((stop - start, DIM), dtype=np.float32)
+        z *= spectrum * stretch[member] * width[member, None]
+        chunk = centres[member] + z @ rotation
         data[start:stop] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
-    rows = rng.choice(size, NUM_QUERIES, replace=False)
-    queries = data[rows] + 0.02 * rng.standard_normal((NUM_QUERIES, DIM), dtype=np.float32)
+    sources = rng.choice(size, NUM_QUERIES, replace=False)
+    noise = (rng.standard_normal((NUM_QUERIES, DIM), dtype=np.float32) * spectrum) @ rotation
+    queries = data[sources] + query_noise * noise
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    return data, queries
+    return data, queries, sources
 
 
-def configs(nlist: int) -> list[Config]:
-    return [
+def configs(nlist: int, *, opq: bool) -> list[Config]:
+    ivf_flat, ivf_pq = f"IVF{nlist},Flat", f"IVF{nlist},PQ64"
+    result = [
         Config("Flat", "Flat"),
-        Config(f"IVF{nlist},Flat nprobe16", f"IVF{nlist},Flat", nprobe=16),
-        Config(f"IVF{nlist},PQ64 nprobe16", f"IVF{nlist},PQ64", nprobe=16),
-        Config(f"IVF{nlist},PQ64 nprobe16 rerank", f"IVF{nlist},PQ64", nprobe=16, rerank=True),
-        Config("HNSW32 efSearch64", "HNSW32", ef_search=64),
+        Config(f"{ivf_flat} nprobe16", ivf_flat, nprobe=16),
+        Config(f"{ivf_flat} nprobe64", ivf_flat, nprobe=64),
+        Config(f"{ivf_pq} nprobe16", ivf_pq, nprobe=16),
+        Config(f"{ivf_pq} nprobe64", ivf_pq, nprobe=64),
+        Config(f"{ivf_pq} nprobe64 rerank", ivf_pq, nprobe=64, rerank=True),
     ]
+    if opq:
+        opq_pq = f"OPQ64,IVF{nlist},PQ64"
+        result.append(Config(f"{opq_pq} nprobe64 rerank", opq_pq, nprobe=64, rerank=True))
+    result += [
+        Config("HNSW32,Flat efSearch64", "HNSW32,Flat", ef_search=64),
+        Config("HNSW32,Flat efSearch256", "HNSW32,Flat", ef_search=256),
+    ]
+    return result
 
 
-def run_size(
-    size: int, *, nlist: int, train_size: int, hnsw_max_size: int, centres: int, seed: int, k: int
-) -> list[Measurement]:
-    data, queries = synthetic(size, centres=centres, seed=seed)
-    paths = [f"{i}" for i in range(size)]
+def ivf_lists(size: int, wanted: int) -> int:
+    """`wanted` capped at the largest power of two with >= 39 training rows per list."""
+    return min(wanted, 2 ** int(math.log2(max(size // 39, 1))))
+
+
+def _inner(index: ImageIndex) -> Any:
+    inner = index.faiss_index
+    while hasattr(inner, "index"):  # IndexIDMap2 / IndexPreTransform wrappers
+        inner = faiss.downcast_index(inner.index)
+    return faiss.downcast_index(inner)
+
+
+def _index_mb(index: ImageIndex, folder: Path) -> float:
+    path = folder / "index.faiss"
+    faiss.write_index(index.faiss_index, str(path))
+    size = path.stat().st_size / 2**20
+    path.unlink()
+    return size
+
+
+def run_size(size: int, args: argparse.Namespace) -> tuple[Difficulty, list[Measurement]]:
+    data, queries, sources = synthetic(
+        size, clusters=args.clusters, spread=args.spread, query_noise=args.query_noise,
+        decay=args.decay, seed=args.seed,
+    )  # fmt: skip
+    paths = [str(i) for i in range(size)]
+    nlist = ivf_lists(size, args.nlist)
+    train_rows = min(size, args.train_per_list * nlist)
     results: list[Measurement] = []
     truth: np.ndarray | None = None
+    difficulty: Difficulty | None = None
     index: ImageIndex | None = None
-    built_factory = ""
-    build_s = rss_delta = 0.0
-    for config in configs(nlist):
-        if config.factory == "HNSW32" and size > hnsw_max_size:
+    built = ""
+    train_s = add_s = rss_delta = build_peak = index_mb = 0.0
+    for config in configs(nlist, opq=args.opq):
+        if config.factory.startswith("HNSW") and size > args.hnsw_max_size:
             print(f"  skip {config.name} at {size} (> --hnsw-max-size)", file=sys.stderr)
             continue
-        if config.factory != built_factory:  # rerank reuses the IVF-PQ index just built
+        if config.factory != built:  # several search settings share one built index
             index = None
-            gc.collect()
+            release_freed_memory()
             before = current_rss_mb()
-            start = time.perf_counter()
-            index = ImageIndex.build(
-                data, paths, factory=config.factory, train_size=train_size, seed=seed
-            )
-            build_s = time.perf_counter() - start
-            rss_delta = current_rss_mb() - before
-            built_factory = config.factory
+            with RssSampler() as sampler:
+                start = time.perf_counter()
+                index = ImageIndex.trained(
+                    data, factory=config.factory, train_size=train_rows, seed=args.seed
+                )
+                train_s = time.perf_counter() - start
+                start = time.perf_counter()
+                index.add(data, paths)
+                add_s = time.perf_counter() - start
+            rss_delta, build_peak = current_rss_mb() - before, sampler.peak - before
+            index_mb = _index_mb(index, args.scratch)
+            built = config.factory
         assert index is not None
         index.set_search_parameters(nprobe=config.nprobe, ef_search=config.ef_search)
         start = time.perf_counter()
-        found = index.search(queries, k, rerank=config.rerank)
+        found = index.search(queries, K, rerank=config.rerank)
         elapsed = time.perf_counter() - start
-        top1 = found.ids[:, 0]
-        if truth is None:
-            truth = top1
+        if truth is None:  # Flat comes first
+            truth = found.ids
+            gaps = found.scores[:, 0] - found.scores[:, 1]
+            difficulty = Difficulty(
+                size=size,
+                flat_top1_is_source=float(np.mean(truth[:, 0] == sources)),
+                median_top1_top2_gap=round(float(np.median(gaps)), 5),
+                median_top1_score=round(float(np.median(found.scores[:, 0])), 4),
+            )
+            print(f"  {difficulty}", file=sys.stderr)
+        inner = _inner(index)
+        overlap = [len(np.intersect1d(a, b)) for a, b in zip(found.ids, truth, strict=True)]
         measurement = Measurement(
             size=size,
             name=config.name,
             factory=config.factory,
-            build_s=round(build_s, 2),
+            nlist=int(inner.nlist) if hasattr(inner, "nlist") else None,
+            nprobe=config.nprobe,
+            ef_search=config.ef_search,
+            ef_construction=int(inner.hnsw.efConstruction) if hasattr(inner, "hnsw") else None,
+            rerank=config.rerank,
+            train_rows=train_rows if "IVF" in config.factory else 0,
+            train_s=round(train_s, 2),
+            add_s=round(add_s, 2),
+            index_mb=round(index_mb, 1),
+            rerank_copy_mb=round(index.descriptors.nbytes / 2**20, 1),
             rss_delta_mb=round(rss_delta, 1),
+            build_peak_mb=round(build_peak, 1),
             peak_rss_mb=round(peak_rss_mb(), 1),
             queries_per_s=round(NUM_QUERIES / elapsed, 1),
-            recall_at_1=float(np.mean(top1 == truth)),
+            recall_at_1=float(np.mean(found.ids[:, 0] == truth[:, 0])),
+            recall_at_10=round(float(np.mean(overlap)) / K, 4),
         )
         print(f"  {measurement}", file=sys.stderr)
         results.append(measurement)
-    return results
+    assert difficulty is not None
+    return difficulty, results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000,1000000")
-    parser.add_argument("--nlist", type=int, default=4096, help="IVF lists")
-    parser.add_argument("--train-size", type=int, default=10_000)
+    parser.add_argument("--nlist", type=int, default=4096, help="IVF lists (capped by size)")
+    parser.add_argument("--train-per-list", type=int, default=40, help="IVF training rows")
     parser.add_argument("--hnsw-max-size", type=int, default=10**9)
-    parser.add_argument("--centres", type=int, default=1000)
-    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--opq", action="store_true", help="also OPQ64,IVF,PQ64 (slow to train)")
+    parser.add_argument("--clusters", type=int, default=1000)
+    parser.add_argument("--spread", type=float, default=0.8, help="cluster width / centre norm")
+    parser.add_argument("--decay", type=float, default=1.0, help="std of axis i ~ i^-decay")
+    parser.add_argument("--query-noise", type=float, default=0.5)
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("search_scale.json"))
     args = parser.parse_args(argv)
-    results = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        # faiss wants >= 39 training points per list
-        nlist = min(args.nlist, min(size, args.train_size) // 39)
-        print(f"size {size} (IVF lists {nlist})", file=sys.stderr)
-        results += run_size(
-            size,
-            nlist=nlist,
-            train_size=args.train_size,
-            hnsw_max_size=args.hnsw_max_size,
-            centres=args.centres,
-            seed=args.seed,
-            k=args.k,
-        )
+    faiss.omp_set_num_threads(args.threads)
+    difficulties, results = [], []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        args.scratch = Path(scratch)
+        for size in (int(s) for s in args.sizes.split(",")):
+            print(f"size {size}", file=sys.stderr)
+            size_start = time.perf_counter()
+            difficulty, measured = run_size(size, args)
+            difficulties.append(difficulty)
+            results += measured
+            print(f"  size {size} took {time.perf_counter() - size_start:.0f} s", file=sys.stderr)
     report = {
         "dim": DIM,
         "num_queries": NUM_QUERIES,
-        "k": args.k,
-        "train_size": args.train_size,
+        "k": K,
+        "data": {
+            "clusters": args.clusters,
+            "spread": args.spread,
+            "decay": args.decay,
+            "query_noise": args.query_noise,
+            "seed": args.seed,
+        },  # fmt: skip
+        "nlist_wanted": args.nlist,
+        "train_per_list": args.train_per_list,
+        "faiss_threads": args.threads,
         "cpu_count": os.cpu_count(),
-        "memory": "rss_delta_mb: /proc/self/statm current RSS across the build; "
-        "peak_rss_mb: getrusage ru_maxrss (process peak)",
+        "faiss_version": faiss.__version__,
+        "total_s": round(time.perf_counter() - started, 1),
+        "difficulty": [asdict(d) for d in difficulties],
         "results": [asdict(r) for r in results],
     }
     atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""Search subcommands: index build/add/remove, search, dedup."""
+"""Search subcommands: index build/add/remove, search, calibrate-threshold, dedup."""
 
 from __future__ import annotations
 
@@ -92,29 +92,46 @@ def search(
         Path | None,
         typer.Option(help="`embed` output of unrelated images: normalise scores against it"),
     ] = None,
-    beta: Annotated[float, typer.Option(help="weight of the background similarity")] = 1.0,
+    beta: Annotated[
+        float | None,
+        typer.Option(help="weight of the background similarity [default: 1, or calibrated]"),
+    ] = None,
+    neighbours: Annotated[
+        int | None,
+        typer.Option(help="background images averaged per query [default: 1, or calibrated]"),
+    ] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="keep results scoring at least this (after normalising)")
+        float | None,
+        typer.Option(
+            help="keep results scoring at least this (after normalising) [default: the "
+            "index's threshold.json from `calibrate-threshold`, if any]"
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per query")] = False,
 ) -> None:
     """Nearest images of each query, with cosine scores.
 
-    With --background, each query's scores become score - beta x (its similarity to its
-    nearest background image), as SSCD does, so that one --threshold means the same for
-    every query.
+    With --background, each query's scores become score - beta x (its mean similarity to
+    its `neighbours` nearest background images), as SSCD does, so that one --threshold
+    means the same for every query. Without --threshold, the threshold stored by
+    `calibrate-threshold` applies, with the normalisation it was calibrated with.
     """
-    from multigrain.embedding_store import load_embeddings
     from multigrain.index import ImageIndex
-    from multigrain.score_norm import normalize_scores
+    from multigrain.threshold import load_threshold, threshold_path
 
     index = ImageIndex.load(index_folder)
+    if threshold is None and (stored := load_threshold(index_folder)) is not None:
+        background, beta, neighbours = stored.scoring(background, beta, neighbours)
+        threshold = stored.threshold
+        typer.echo(
+            f"using the threshold {threshold:.4f} calibrated for precision "
+            f"{stored.target_precision} ({threshold_path(index_folder)}; "
+            "--threshold overrides it)",
+            err=True,
+        )
     descriptors, names = _query_descriptors(queries, checkpoint, index.metadata)
     result = index.search(descriptors, k, rerank=rerank)
-    scores = result.scores
-    if background is not None:
-        reference = np.ascontiguousarray(load_embeddings(background).descriptors, np.float32)
-        scores = normalize_scores(descriptors, scores, reference, beta=beta)
+    scores = _normalised(descriptors, result.scores, background, beta, neighbours)
     for row, name in enumerate(names):
         hits = [
             {"path": path, "score": round(float(score), 5)}
@@ -127,6 +144,89 @@ def search(
             echo(name)
             for hit in hits:
                 echo(f"  {hit['score']:.4f}  {hit['path']}")
+
+
+@app.command("calibrate-threshold")
+def calibrate_threshold_command(
+    index_folder: Annotated[
+        Path, typer.Option("--index", help="index folder holding the reference images")
+    ],
+    queries: Annotated[
+        Path, typer.Option(help="`embed` output of the labelled queries, or their images with -c")
+    ],
+    ground_truth: Annotated[
+        Path, typer.Option(help="CSV 'query_id,reference_id' (DISC21 layout; ids = file stems)")
+    ],
+    precision: Annotated[float, typer.Option(help="precision the threshold must reach")] = 0.9,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", "-c", help="embed image queries with it")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", help="results scored per query")] = 10,
+    background: Annotated[
+        Path | None,
+        typer.Option(help="`embed` output of unrelated images: calibrate normalised scores"),
+    ] = None,
+    beta: Annotated[float, typer.Option(help="weight of the background similarity")] = 1.0,
+    neighbours: Annotated[int, typer.Option(help="background images averaged per query")] = 1,
+) -> None:
+    """Choose the score threshold reaching --precision on labelled queries; store it.
+
+    Every (query, top-k result) pair is labelled by the ground truth; the lowest threshold
+    whose accepted pairs reach the precision (the highest recall) is written to
+    INDEX/threshold.json, which `search` and `dedup --calibration` then use.
+    """
+    from multigrain.index import ImageIndex
+    from multigrain.threshold import (
+        calibrate_threshold,
+        check_references,
+        read_ground_truth,
+        save_threshold,
+    )
+
+    truth = read_ground_truth(ground_truth)
+    index = ImageIndex.load(index_folder)
+    check_references(index.paths, truth, index_folder)
+    descriptors, names = _query_descriptors(queries, checkpoint, index.metadata)
+    result = index.search(descriptors, k)
+    scores = _normalised(descriptors, result.scores, background, beta, neighbours)
+    calibration = calibrate_threshold(
+        scores, names, result.paths, truth, target_precision=precision,
+        background=background, beta=beta, neighbours=neighbours,
+    )  # fmt: skip
+    path = save_threshold(calibration, index_folder)
+    unlisted = len(names) - calibration.num_queries
+    unmatched = len(truth.queries) - calibration.num_queries
+    if unlisted:
+        typer.echo(f"ignored {unlisted} queries that {ground_truth} does not list", err=True)
+    if unmatched:
+        typer.echo(f"ignored {unmatched} queries of {ground_truth} absent from {queries}", err=True)
+    scale = "raw" if background is None else f"normalised (beta {beta}, {neighbours} nn)"
+    echo(
+        f"threshold {calibration.threshold:.4f} on {scale} scores: precision "
+        f"{calibration.precision:.3f} (target {precision}), recall {calibration.recall:.3f} "
+        f"on {calibration.num_pairs} labelled pairs ({calibration.num_positive_pairs} copies, "
+        f"{calibration.num_queries} queries, k={k}) -> {path}"
+    )
+
+
+def _normalised(
+    descriptors: np.ndarray,
+    scores: np.ndarray,
+    background: Path | None,
+    beta: float | None,
+    neighbours: int | None,
+) -> np.ndarray:
+    """Search scores (Q, k), SSCD-normalised against `background` when one is given."""
+    if background is None:
+        return scores
+    from multigrain.embedding_store import load_embeddings
+    from multigrain.score_norm import normalize_scores
+
+    reference = np.ascontiguousarray(load_embeddings(background).descriptors, np.float32)
+    return normalize_scores(
+        descriptors, scores, reference, beta=1.0 if beta is None else beta,
+        neighbours=1 if neighbours is None else neighbours,
+    )  # fmt: skip
 
 
 def _query_descriptors(
@@ -155,7 +255,7 @@ def _query_descriptors(
         checkpoint, resolution, float(str(exponent)) if exponent is not None else None, device
     )
     descriptors, paths, failures = embed_in_memory(
-        model, list_images(queries), resolution=resolution, device=device
+        model, list_images(queries), resolution=resolution, device=device, precision="auto"
     )
     for failure in failures:
         typer.echo(f"skipped {failure.path}: {failure.reason}", err=True)
@@ -165,7 +265,14 @@ def _query_descriptors(
 @app.command()
 def dedup(
     embeddings: Annotated[Path, typer.Argument(help="output folder of `multigrain embed`")],
-    threshold: Annotated[float, typer.Option(help="cosine similarity of a duplicate")] = 0.9,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="cosine similarity of a duplicate [default: --calibration's, or 0.9]"),
+    ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="index folder (or threshold.json) from `calibrate-threshold`"),
+    ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="groups as .json or .csv")] = Path(
         "duplicates.json"
     ),
@@ -179,11 +286,21 @@ def dedup(
         write_groups_json,
     )
     from multigrain.embedding_store import load_embeddings
+    from multigrain.threshold import load_raw_threshold, threshold_path
 
+    if threshold is None and calibration is not None:
+        stored = load_raw_threshold(calibration)
+        threshold = stored.threshold
+        typer.echo(
+            f"using the threshold {threshold:.4f} calibrated for precision "
+            f"{stored.target_precision} ({threshold_path(calibration)})",
+            err=True,
+        )
     data = load_embeddings(embeddings)
     groups = find_duplicate_groups(
-        np.ascontiguousarray(data.descriptors, dtype=np.float32), data.paths, threshold=threshold
-    )
+        np.ascontiguousarray(data.descriptors, dtype=np.float32), data.paths,
+        threshold=0.9 if threshold is None else threshold,
+    )  # fmt: skip
     if output.suffix == ".csv":
         write_groups_csv(groups, output)
     else:

@@ -24,6 +24,16 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(help="largest upload in MiB")] = 20.0,
     max_pixels: Annotated[int, typer.Option(help="refuse larger images")] = 50_000_000,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+    max_batch: Annotated[
+        int, typer.Option(min=1, help="images of concurrent requests embedded in one forward")
+    ] = 16,
+    batch_wait_ms: Annotated[
+        float, typer.Option(min=0.0, help="how long a forward waits for more requests")
+    ] = 5.0,
+    request_timeout: Annotated[
+        float | None,
+        typer.Option(help="seconds a request may wait for the model before a 503 [default: none]"),
+    ] = None,
 ) -> None:
     """Serve search, classification and index edits over HTTP (web page at /, API at /docs)."""
     import uvicorn
@@ -44,6 +54,12 @@ def serve(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         max_pixels=max_pixels,
         device=device,
+        max_batch=max_batch,
+        batch_wait_s=batch_wait_ms / 1000,
+        request_timeout=request_timeout,
     )
+    threshold = service.state.service.threshold
+    if threshold is not None:
+        echo(f"hits scoring >= {threshold:.4f} (the index's threshold.json) are marked as matches")
     echo(f"serving {index} on http://{host}:{port}/ (API docs at /docs)")
     uvicorn.run(service, host=host, port=port)

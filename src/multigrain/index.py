@@ -93,6 +93,27 @@ class ImageIndex:
             train_size: IVF/PQ/OPQ are trained on at most this many rows, drawn with `seed`.
         """
         x = _as_matrix(descriptors, None)
+        result = cls.trained(
+            x, factory=factory, whitening=whitening, metadata=metadata,
+            train_size=train_size, seed=seed,
+        )  # fmt: skip
+        result.add(x, paths)
+        return result
+
+    @classmethod
+    def trained(
+        cls,
+        descriptors: np.ndarray,
+        *,
+        factory: str = "Flat",
+        whitening: Whitening | None = None,
+        metadata: dict[str, Any] | None = None,
+        train_size: int = 100_000,
+        seed: int = 0,
+    ) -> ImageIndex:
+        """An empty index, trained if the factory needs it on at most `train_size` of the
+        (N, D) `descriptors` (drawn with `seed`); arguments as in :meth:`build`."""
+        x = _as_matrix(descriptors, None)
         dim = x.shape[1]
         mean = projection = None
         if whitening is not None:
@@ -111,6 +132,7 @@ class ImageIndex:
                 f"invalid faiss factory string {factory!r}: try 'Flat', 'IVF1024,Flat', "
                 "'IVF1024,PQ32', 'OPQ32,IVF1024,PQ32' or 'HNSW32'"
             ) from error
+        _skip_polysemous_training(base)
         index = base
         if projection is not None:
             assert mean is not None
@@ -127,7 +149,7 @@ class ImageIndex:
                 sample = x[np.sort(rng.choice(x.shape[0], train_size, replace=False))]
             logger.info("training %s on %d descriptors", factory, sample.shape[0])
             index.train(np.ascontiguousarray(sample))
-        result = cls(
+        return cls(
             faiss_index=index,
             factory=factory,
             dim=dim,
@@ -140,8 +162,6 @@ class ImageIndex:
             whitening_mean=mean,
             whitening_projection=projection,
         )
-        result.add(x, paths)
-        return result
 
     def save(self, folder: str | Path) -> Path:
         """Write atomically to `folder` (see :mod:`multigrain.index_store`)."""
@@ -334,6 +354,16 @@ def _linear_transform(mean: np.ndarray, projection: np.ndarray) -> Any:
     faiss.copy_array_to_vector((-mean @ projection).astype(np.float32), transform.b)
     transform.is_trained = True
     return transform
+
+
+def _skip_polysemous_training(index: Any) -> None:
+    """IVF-PQ from index_factory trains a polysemous code ordering by default. Only a
+    Hamming-threshold search (polysemous_ht, L2) uses it, and it made training ~15x slower
+    (170 s instead of 11 s for IVF256,PQ64 on 5k 512-d vectors, one core)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    concrete: Any = None if ivf is None else faiss.downcast_index(ivf)
+    if hasattr(concrete, "do_polysemous_training"):
+        concrete.do_polysemous_training = False
 
 
 def _is_hnsw(index: Any) -> bool:

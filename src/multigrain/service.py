@@ -4,41 +4,46 @@
 are embedded exactly as the indexed images were) and the index once, and returns a FastAPI
 app. Design choices:
 
-* Uploads are never decoded from memory: the bytes go to ``data_dir/tmp/<uuid>.upload`` and
-  through :func:`multigrain.data.images.decode_image`, so the service applies the same safety
-  rules as the batch tools (pixel budget read from the header, EXIF orientation, clear errors).
-  Added images move to ``data_dir/uploads/<uuid>.<ext>``, the extension chosen from the
-  file's magic bytes. No client-provided name ever reaches the filesystem.
-* One ``threading.Lock`` serialises every index access (search, add, remove, save). A Flat
-  search over a small index takes microseconds next to the model's forward pass, which runs
-  outside the lock, so a read-write lock would buy little.
+* Uploads go to ``data_dir/tmp/<uuid>.upload`` and through the batch tools' safe decoder
+  (:mod:`multigrain.service_uploads`); added images move to ``data_dir/uploads/<uuid>.<ext>``.
+  No client-provided name ever reaches the filesystem.
+* Index access is serialised by one lock, and index edits are saved by group commit
+  (:mod:`multigrain.service_state`).
+* Forwards are batched across concurrent requests (:mod:`multigrain.batching`): /embed,
+  /classify, /search and /index decode their upload in a worker thread, then await one
+  row of a shared forward.
+* ``request_timeout`` bounds the time from the endpoint's start (the upload is received by
+  then) to the end of the forward; past it the answer is 503 with a Retry-After header. An
+  add that times out is never applied: the deadline is checked before the index changes.
+* A threshold stored by ``multigrain calibrate-threshold`` (on raw scores) marks each hit
+  with ``match``.
 * Request bodies announcing more than ``max_upload_bytes`` (plus multipart overhead) are
   refused with 413 before they are read; chunked bodies are checked after reading.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import io
 import logging
-import threading
-import uuid
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from multigrain.data.images import ImageDecodeError, decode_image
-from multigrain.data.resize import prepare
 from multigrain.errors import MultiGrainError
 from multigrain.index import ImageIndex
-from multigrain.models import MultiGrain
+from multigrain.service_schemas import Added, ClassScore, Embedding, Health, Hit, top_classes
+from multigrain.service_state import Service
+from multigrain.service_uploads import decode_http_error, extension_of, store_upload
 
 logger = logging.getLogger(__name__)
 
@@ -47,77 +52,8 @@ MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and small form fields
 THUMBNAIL_SIDE = 192
 MAX_K = 100
 
-# magic bytes -> extension of a stored upload (the format decode_image then reads)
-_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", ".jpg"),
-    (b"\x89PNG\r\n\x1a\n", ".png"),
-    (b"GIF8", ".gif"),
-    (b"BM", ".bmp"),
-    (b"II*\x00", ".tif"),
-    (b"MM\x00*", ".tif"),
-)
-
 # module level: with postponed annotations, FastAPI resolves these names in module globals
 ImageField = Annotated[UploadFile, File(description="an image file")]
-
-
-class Health(BaseModel):
-    status: str
-    images: int
-
-
-class Embedding(BaseModel):
-    dim: int
-    descriptor: list[float]
-
-
-class ClassScore(BaseModel):
-    label: str
-    index: int
-    score: float
-
-
-class Hit(BaseModel):
-    id: int
-    path: str
-    score: float
-
-
-class Added(BaseModel):
-    id: int
-    path: str
-    images: int
-
-
-@dataclass
-class Service:
-    """Everything the endpoints share; index access only under ``lock``."""
-
-    model: MultiGrain
-    classes: list[str]
-    index: ImageIndex
-    index_folder: Path
-    data_dir: Path
-    resolution: int
-    token: str | None
-    max_upload_bytes: int
-    max_pixels: int
-    device: torch.device
-    lock: threading.Lock
-
-    @torch.no_grad()
-    def infer(self, image_path: Path) -> tuple[np.ndarray, torch.Tensor]:
-        """Image file -> ((1, D) float32 L2-normalised descriptor, (num_classes,) logits)."""
-        image = decode_image(image_path, longest_side=self.resolution, max_pixels=self.max_pixels)
-        batch = prepare(image, self.resolution).unsqueeze(0).to(self.device)
-        embedding, logits = self.model(batch)
-        descriptor = F.normalize(embedding.float(), dim=1).cpu().numpy().astype(np.float32)
-        return descriptor, logits[0].float().cpu()
-
-    def path_of(self, image_id: int) -> str | None:
-        with self.lock:
-            rows = np.flatnonzero(self.index.ids == image_id)
-            return self.index.paths[int(rows[0])] if rows.size else None
 
 
 def create_app(
@@ -129,9 +65,20 @@ def create_app(
     max_upload_bytes: int = 20 * 1024 * 1024,
     max_pixels: int = 50_000_000,
     device: str = "cpu",
+    max_batch: int = 16,
+    batch_wait_s: float = 0.005,
+    request_timeout: float | None = None,
 ) -> FastAPI:
-    """Load the model and the index once and return the app (see the module docstring)."""
+    """Load the model and the index once and return the app (see the module docstring).
+
+    max_batch and batch_wait_s shape the micro-batches; request_timeout (seconds) bounds
+    each request's wait for its forward.
+    """
+    from multigrain.threshold import load_threshold
     from multigrain.weights import load_model
+
+    if request_timeout is not None and request_timeout <= 0:
+        raise MultiGrainError(f"request timeout must be > 0 seconds, got {request_timeout}")
 
     # absolute: index_store opens its sqlite file by URI, which a relative path cannot be
     index_folder, data_dir = index_folder.resolve(), data_dir.resolve()
@@ -150,6 +97,10 @@ def create_app(
     loaded.model.to(torch_device).eval()
     for sub in ("tmp", "uploads"):
         (data_dir / sub).mkdir(parents=True, exist_ok=True)
+    stored = load_threshold(index_folder)
+    if stored is not None and stored.background is not None:
+        logger.warning("the threshold of %s is on normalised scores: not applied", index_folder)
+        stored = None
     service = Service(
         model=loaded.model,
         classes=list(loaded.classes),
@@ -161,14 +112,24 @@ def create_app(
         max_upload_bytes=max_upload_bytes,
         max_pixels=max_pixels,
         device=torch_device,
-        lock=threading.Lock(),
+        request_timeout=request_timeout,
+        threshold=None if stored is None else stored.threshold,
+        max_batch=max_batch,
+        batch_wait_s=batch_wait_s,
     )
     logger.info("serving %d images at s=%d, p=%s", len(index), resolution, exponent)
     return _build_app(service)
 
 
 def _build_app(service: Service) -> FastAPI:
-    app = FastAPI(title="MultiGrain", summary="embed, classify and search images")
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await service.batcher.close()
+
+    app = FastAPI(
+        title="MultiGrain", summary="embed, classify and search images", lifespan=lifespan
+    )
     app.state.service = service
 
     @app.middleware("http")
@@ -199,52 +160,53 @@ def _build_app(service: Service) -> FastAPI:
     @app.get("/health")
     def health() -> Health:
         with service.lock:
-            return Health(status="ok", images=len(service.index))
+            return Health(status="ok", images=len(service.index), threshold=service.threshold)
 
     @app.post("/embed")
-    def embed(image: ImageField) -> Embedding:
-        descriptor, _ = _infer_upload(service, image)
+    async def embed(image: ImageField) -> Embedding:
+        descriptor, _ = await _infer_upload(service, image, _deadline(service))
         return Embedding(dim=descriptor.shape[1], descriptor=descriptor[0].tolist())
 
     @app.post("/classify")
-    def classify(image: ImageField) -> list[ClassScore]:
-        _, logits = _infer_upload(service, image)
-        return _top_classes(logits, service.classes, 5)
+    async def classify(image: ImageField) -> list[ClassScore]:
+        _, logits = await _infer_upload(service, image, _deadline(service))
+        return top_classes(logits, service.classes, 5)
 
     @app.post("/search")
-    def search(image: ImageField, k: Annotated[int, Form(ge=1, le=MAX_K)] = 10) -> list[Hit]:
-        descriptor, _ = _infer_upload(service, image)
-        with service.lock:
-            if len(service.index) == 0:
-                return []
-            result = service.index.search(descriptor, min(k, len(service.index)))
-        return [
-            Hit(id=int(i), path=p, score=float(s))
-            for i, p, s in zip(result.ids[0], result.paths[0], result.scores[0], strict=True)
-            if i >= 0
-        ]
+    async def search(image: ImageField, k: Annotated[int, Form(ge=1, le=MAX_K)] = 10) -> list[Hit]:
+        descriptor, _ = await _infer_upload(service, image, _deadline(service))
+        return await run_in_threadpool(_search_index, service, descriptor, k)
 
     @app.post("/index", dependencies=[Depends(require_token)])
-    def add(image: ImageField, name: Annotated[str | None, Form()] = None) -> Added:
+    async def add(image: ImageField, name: Annotated[str | None, Form()] = None) -> Added:
         # `name` is accepted for clients' bookkeeping and logged, never used as a path
-        stored = _store_upload(service, image)
-        try:
-            descriptor, _ = service.infer(stored)
-            final = service.data_dir / "uploads" / f"{stored.stem}{_extension(stored)}"
-            stored.rename(final)
-            stored = final
+        deadline = _deadline(service)
+        stored = await run_in_threadpool(_store_upload, service, image)
+        committed = False  # set once the index holds the image: then the file must stay
+
+        def commit(descriptor: np.ndarray, final: Path) -> tuple[int, int]:
+            nonlocal committed
             with service.lock:
                 ids = service.index.add(descriptor, [str(final)])
-                service.index.save(service.index_folder)
-                count = len(service.index)
-        except ImageDecodeError as error:
-            stored.unlink(missing_ok=True)
-            raise _decode_http_error(error, image) from None
+                committed = True
+                service.edits += 1
+                edit, count = service.edits, len(service.index)
+            service.persist(edit)
+            return int(ids[0]), count
+
+        try:
+            descriptor, _ = await _infer_path(service, stored, image, deadline)
+            _check_deadline(service, deadline)  # the last point where an add may give up
+            final = service.data_dir / "uploads" / f"{stored.stem}{extension_of(stored)}"
+            stored.rename(final)
+            stored = final
+            image_id, count = await run_in_threadpool(commit, descriptor, final)
         except BaseException:
-            stored.unlink(missing_ok=True)
+            if not committed:
+                stored.unlink(missing_ok=True)
             raise
-        logger.info("added %s (%r) as id %d", final.name, name, int(ids[0]))
-        return Added(id=int(ids[0]), path=str(final), images=count)
+        logger.info("added %s (%r) as id %d", final.name, name, image_id)
+        return Added(id=image_id, path=str(final), images=count)
 
     @app.delete("/index/{image_id}", dependencies=[Depends(require_token)])
     def remove(image_id: int) -> Health:
@@ -254,8 +216,9 @@ def _build_app(service: Service) -> FastAPI:
                 raise HTTPException(404, f"no image with id {image_id} in the index")
             path = Path(service.index.paths[int(rows[0])])
             service.index.remove([image_id])
-            service.index.save(service.index_folder)
-            count = len(service.index)
+            service.edits += 1
+            edit, count = service.edits, len(service.index)
+        service.persist(edit)
         if path.parent == service.data_dir / "uploads":  # only files the service itself stored
             path.unlink(missing_ok=True)
         return Health(status="ok", images=count)
@@ -280,54 +243,71 @@ def _build_app(service: Service) -> FastAPI:
 
 
 def _store_upload(service: Service, upload: UploadFile) -> Path:
-    """Copy an upload to data_dir/tmp/<uuid>.upload; 413 over the byte limit, 400 if empty."""
-    data = upload.file.read(service.max_upload_bytes + 1)
-    if len(data) > service.max_upload_bytes:
-        raise HTTPException(
-            413,
-            f"upload is over the limit of {service.max_upload_bytes} bytes: send a smaller file",
-        )
-    if not data:
-        raise HTTPException(400, "empty upload: send an image file in the 'image' field")
-    path = service.data_dir / "tmp" / f"{uuid.uuid4().hex}.upload"
-    path.write_bytes(data)
-    return path
+    return store_upload(upload, service.data_dir / "tmp", service.max_upload_bytes)
 
 
-def _infer_upload(service: Service, upload: UploadFile) -> tuple[np.ndarray, torch.Tensor]:
-    """Store, decode and embed an upload, then delete the temporary copy."""
-    path = _store_upload(service, upload)
+def _deadline(service: Service) -> float | None:
+    """time.monotonic() by which the request's forward must be done; None: no limit."""
+    if service.request_timeout is None:
+        return None
+    return time.monotonic() + service.request_timeout
+
+
+def _check_deadline(service: Service, deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise _timeout_error(service)
+
+
+def _timeout_error(service: Service) -> HTTPException:
+    return HTTPException(
+        503,
+        f"the request took longer than the server's timeout of {service.request_timeout} s: "
+        "the server is busy, retry later (or start it with a larger --request-timeout)",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _infer_path(
+    service: Service, path: Path, upload: UploadFile, deadline: float | None
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Decode a stored upload, embed it in a shared batch -> ((1, D), (classes,) logits)."""
     try:
-        return service.infer(path)
+        image = await run_in_threadpool(service.load_input, path)
     except ImageDecodeError as error:
-        raise _decode_http_error(error, upload) from None
+        raise decode_http_error(error, upload) from None
+    _check_deadline(service, deadline)
+    timeout = None if deadline is None else deadline - time.monotonic()
+    try:
+        descriptor, logits = await service.batcher.submit(image, timeout=timeout)
+    except TimeoutError:
+        raise _timeout_error(service) from None
+    return descriptor.numpy()[None].astype(np.float32), logits
+
+
+async def _infer_upload(
+    service: Service, upload: UploadFile, deadline: float | None
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Store, decode and embed an upload, then delete the temporary copy."""
+    path = await run_in_threadpool(_store_upload, service, upload)
+    try:
+        return await _infer_path(service, path, upload, deadline)
     finally:
         path.unlink(missing_ok=True)
 
 
-def _decode_http_error(error: ImageDecodeError, upload: UploadFile) -> HTTPException:
-    # the message names the upload as the client called it, never the server-side path
-    status = 413 if "over the limit" in error.reason else 422
-    return HTTPException(
-        status, f"cannot read the uploaded image {upload.filename!r}: {error.reason}"
-    )
-
-
-def _extension(path: Path) -> str:
-    with path.open("rb") as handle:
-        head = handle.read(16)
-    for signature, extension in _SIGNATURES:
-        if head.startswith(signature):
-            return extension
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return ".webp"
-    return ".img"
-
-
-def _top_classes(logits: torch.Tensor, classes: list[str], k: int) -> list[ClassScore]:
-    probabilities = torch.softmax(logits, dim=0)
-    scores, indices = probabilities.topk(min(k, probabilities.numel()))
+def _search_index(service: Service, descriptor: np.ndarray, k: int) -> list[Hit]:
+    with service.lock:
+        if len(service.index) == 0:
+            return []
+        result = service.index.search(descriptor, min(k, len(service.index)))
+    threshold = service.threshold
     return [
-        ClassScore(label=classes[int(i)], index=int(i), score=float(s))
-        for s, i in zip(scores, indices, strict=True)
+        Hit(
+            id=int(i),
+            path=p,
+            score=float(s),
+            match=None if threshold is None else bool(s >= threshold),
+        )
+        for i, p, s in zip(result.ids[0], result.paths[0], result.scores[0], strict=True)
+        if i >= 0
     ]

@@ -1,0 +1,61 @@
+"""Uploads of the HTTP service: stored under a server-chosen name, typed by magic bytes.
+
+Uploads are never decoded from memory: the bytes go to ``<tmp>/<uuid>.upload`` and through
+:func:`multigrain.data.images.decode_image`, so the service applies the same safety rules as
+the batch tools (pixel budget read from the header, EXIF orientation, clear errors). An
+added image is renamed with the extension its magic bytes name. No client-provided name
+ever reaches the filesystem; error messages quote it, never the server-side path.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from fastapi import HTTPException, UploadFile
+
+from multigrain.data.images import ImageDecodeError
+
+# magic bytes -> extension of a stored upload (the format decode_image then reads)
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", ".jpg"),
+    (b"\x89PNG\r\n\x1a\n", ".png"),
+    (b"GIF8", ".gif"),
+    (b"BM", ".bmp"),
+    (b"II*\x00", ".tif"),
+    (b"MM\x00*", ".tif"),
+)
+
+
+def store_upload(upload: UploadFile, folder: Path, max_bytes: int) -> Path:
+    """Copy an upload to folder/<uuid>.upload; 413 over `max_bytes`, 400 if empty."""
+    data = upload.file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise HTTPException(
+            413, f"upload is over the limit of {max_bytes} bytes: send a smaller file"
+        )
+    if not data:
+        raise HTTPException(400, "empty upload: send an image file in the 'image' field")
+    path = folder / f"{uuid.uuid4().hex}.upload"
+    path.write_bytes(data)
+    return path
+
+
+def decode_http_error(error: ImageDecodeError, upload: UploadFile) -> HTTPException:
+    """413 for an image over the pixel limit, 422 for anything unreadable."""
+    status = 413 if "over the limit" in error.reason else 422
+    return HTTPException(
+        status, f"cannot read the uploaded image {upload.filename!r}: {error.reason}"
+    )
+
+
+def extension_of(path: Path) -> str:
+    """The image extension that the file's first bytes announce ('.img' if none)."""
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    for signature, extension in _SIGNATURES:
+        if head.startswith(signature):
+            return extension
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return ".webp"
+    return ".img"
