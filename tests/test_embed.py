@@ -20,6 +20,7 @@ from multigrain.embed import embed_collection
 from multigrain.embedding_store import EmbeddingMetadata, list_shards, load_embeddings
 from multigrain.errors import MultiGrainError
 from multigrain.models import MultiGrain
+from multigrain.precision import cpu_supports_bf16
 
 CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 SIZES = [(64, 48), (48, 64), (64, 48), (40, 40), (64, 48), (80, 30), (48, 64), (40, 40), (33, 70)]
@@ -202,12 +203,15 @@ def test_cli_on_a_messy_folder(model, messy_folder, tmp_path):
     bomb_reason = next(r for p, r in reasons.items() if p.endswith("bomb.png"))
     assert "pixels" in bomb_reason
     assert embedded.metadata.resolution == 64 and embedded.metadata.dim == 512
+    # the default precision is recorded as what ran, never as "auto"
+    assert embedded.metadata.precision == ("bf16" if cpu_supports_bf16() else "fp32")
 
 
 @pytest.mark.slow
 def test_torchrun_splits_the_collection(model, photo_folder, tmp_path):
     checkpoint = write_checkpoint(model, tmp_path / "model.pt")
-    common = [str(photo_folder), "-c", str(checkpoint), "--resolution", "64", "--device", "cpu"]
+    common = [str(photo_folder), "-c", str(checkpoint), "--resolution", "64", "--device", "cpu",
+              "--precision", "fp32"]  # fmt: skip
     single = subprocess.run(
         [sys.executable, "-m", "multigrain", "embed", *common, "-o", str(tmp_path / "one")],
         capture_output=True, text=True, timeout=300,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from multigrain.data.images import load_rgb
-from multigrain.data.resize import prepare
+from multigrain.embed import embed_in_memory
 from multigrain.errors import MultiGrainError
 from multigrain.models import MultiGrain
+from multigrain.precision import InferencePrecision
 
 logger = logging.getLogger(__name__)
 
@@ -59,16 +59,23 @@ def classify_images(
     exponent: float | None = None,
     top_k: int = 5,
     device: str | torch.device = "cpu",
+    precision: InferencePrecision | str = InferencePrecision.FP32,
+    batch_size: int = 32,
+    num_workers: int = 0,
 ) -> list[Prediction]:
     """Top-k predictions for each image, resized to longest side s (aspect kept, no crop).
 
     ``scores = softmax(logits)[top-k]`` with ``logits = W gem(trunk(image), p) + b``; p is
     ``exponent`` for the call (the model's own exponent when None) and is restored
-    afterwards, as is the train/eval mode. Images run one at a time on ``device`` (the
-    model is moved there).
+    afterwards, as is the train/eval mode. The trunk runs at `precision` through the fast
+    inference path (images of one shape batched, see multigrain.embed); pooling and the
+    classifier run in fp32. The model is moved to ``device``.
 
     Returns:
         One :class:`Prediction` per path, in order; ``min(top_k, K)`` classes each.
+
+    Raises:
+        MultiGrainError: an image cannot be read (the first one is named).
     """
     if len(classes) != model.num_classes:
         raise MultiGrainError(
@@ -78,26 +85,33 @@ def classify_images(
     if top_k < 1:
         raise MultiGrainError(f"top_k must be >= 1, got {top_k}")
     k = min(top_k, model.num_classes)
+    device = torch.device(device)
     was_training = model.training
     model.to(device).eval()
-    predictions: list[Prediction] = []
     try:
         with pooling_exponent(model, exponent), torch.no_grad():
-            for path in paths:
-                image = prepare(load_rgb(path), resolution)[None].to(device)
-                _, logits = model(image)
-                scores, indices = logits.float().softmax(dim=1)[0].topk(k)
-                index_list = [int(i) for i in indices.tolist()]
-                predictions.append(
-                    Prediction(
-                        path=str(path),
-                        labels=[str(classes[i]) for i in index_list],
-                        indices=index_list,
-                        scores=[float(s) for s in scores.tolist()],
-                    )
-                )
+            embeddings, kept, failures = embed_in_memory(
+                model, [Path(p) for p in paths], resolution=resolution, device=device,
+                batch_size=batch_size, num_workers=num_workers, precision=precision,
+                normalise=False,
+            )  # fmt: skip
+            if failures:
+                raise MultiGrainError(f"cannot read image {failures[0].path}: {failures[0].reason}")
+            logits = model.classifier(embeddings.to(device)).float().cpu()
     finally:
         model.train(was_training)
+    scores, indices = logits.softmax(dim=1).topk(k, dim=1)
+    predictions = []
+    for path, row_scores, row_indices in zip(kept, scores.tolist(), indices.tolist(), strict=True):
+        index_list = [int(i) for i in row_indices]
+        predictions.append(
+            Prediction(
+                path=path,
+                labels=[str(classes[i]) for i in index_list],
+                indices=index_list,
+                scores=[float(value) for value in row_scores],
+            )
+        )
     logger.info("classified %d images at s=%d", len(predictions), resolution)
     return predictions
 

@@ -10,11 +10,18 @@ import torch
 import typer
 
 from multigrain.cli_common import app, echo, parse_enum, parse_list
+from multigrain.embed import DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, DEFAULT_SHARD_SIZE
 from multigrain.errors import MultiGrainError
 from multigrain.models import MultiGrain
+from multigrain.precision import InferencePrecision
 from multigrain.whitening import Whitening
 
 CALIBRATION_SUFFIX = ".calibration.json"
+PRECISION_HELP = (
+    "auto (bf16 where the CPU/GPU runs it natively, else fp32) | fp32 | bf16 | fp16 (CUDA) | "
+    "int8 (CPU, onnxruntime, calibrated on the images; opt-in: costs accuracy)"
+)
+WORKERS_HELP = "decoding processes (default: 1 on a CPU with >= 2 cores, up to 8 with CUDA)"
 
 
 def calibration_path(checkpoint: Path) -> Path:
@@ -67,10 +74,12 @@ def embed(
         float | None,
         typer.Option("--exponent", "-p", help="GeM exponent p* (default: the model's)"),
     ] = None,
-    batch_size: Annotated[int, typer.Option()] = 32,
-    shard_size: Annotated[int, typer.Option(help="descriptors per output shard")] = 10_000,
-    workers: Annotated[int, typer.Option(help="decoding processes")] = 0,
-    precision: Annotated[str, typer.Option(help="fp32 | bf16 | auto")] = "fp32",
+    batch_size: Annotated[int, typer.Option()] = DEFAULT_BATCH_SIZE,
+    shard_size: Annotated[
+        int, typer.Option(help="descriptors per output shard")
+    ] = DEFAULT_SHARD_SIZE,
+    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = DEFAULT_PRECISION.value,
     device: Annotated[str, typer.Option()] = "auto",
     max_pixels: Annotated[int | None, typer.Option(help="refuse larger images")] = None,
     whitening: Annotated[
@@ -85,27 +94,26 @@ def embed(
     """
     from multigrain.checkpoint import model_identity
     from multigrain.collection import list_images
-    from multigrain.config import Precision
     from multigrain.data.images import DEFAULT_MAX_PIXELS
+    from multigrain.data.inference_loading import default_num_workers
     from multigrain.distributed import init_distributed, shutdown_distributed
     from multigrain.embed import embed_collection
     from multigrain.embedding_store import EmbeddingMetadata
-    from multigrain.precision import autocast_dtype
+    from multigrain.precision import resolve_inference_precision
 
     context = init_distributed(device)
     try:
         paths = list_images(inputs)
+        used = resolve_inference_precision(precision, context.device)
         model = prepare_model(checkpoint, resolution, exponent, context.device)
         transform = load_whitening(whitening, model) if whitening else None
-        model.to(memory_format=torch.channels_last)
-        dtype = autocast_dtype(parse_enum(Precision, precision, "--precision"), context.device)
         metadata = EmbeddingMetadata(
             model=model_identity(checkpoint),
             resolution=resolution,
             exponent=float(model.pool.p),
             whitened=transform is not None,
             dim=transform.output_dim if transform is not None else model.embedding_dim,
-            precision=precision,
+            precision=used.value,  # what ran, not what was asked: "auto" -> "bf16" or "fp32"
         )
         report = embed_collection(
             model,
@@ -115,8 +123,8 @@ def embed(
             context=context,
             batch_size=batch_size,
             shard_size=shard_size,
-            num_workers=workers,
-            amp_dtype=dtype,
+            num_workers=default_num_workers(context.device) if workers is None else workers,
+            precision=used,
             whitening=transform.apply if transform is not None else None,
             resume=resume,
             max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
@@ -126,7 +134,8 @@ def embed(
     if context.is_main:
         echo(
             f"embedded {report.num_embedded} images ({report.num_already_done} already done) "
-            f"in {report.seconds:.1f} s, {report.images_per_second:.1f} images/s -> {output}"
+            f"in {report.seconds:.1f} s, {report.images_per_second:.1f} images/s, "
+            f"{metadata.precision} -> {output}"
         )
     for failure in report.failures:
         typer.echo(f"skipped {failure.path}: {failure.reason}", err=True)
@@ -147,12 +156,17 @@ def calibrate(
     output: Annotated[
         Path | None, typer.Option(help="default: CHECKPOINT.calibration.json")
     ] = None,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 where native, else fp32) | fp32 | bf16 | fp16")
+    ] = "auto",
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
     """Choose p* for each test resolution s: a grid scored by top-1, or p learned by SGD."""
     from multigrain.calibrate import grid_search, learn_exponents, plot_calibration
+    from multigrain.config import Precision
     from multigrain.data.sources import DatasetKind, open_heldout_images
     from multigrain.distributed import resolve_device
+    from multigrain.precision import autocast_dtype
     from multigrain.weights import load_model
 
     if method not in ("grid", "learned"):
@@ -164,13 +178,16 @@ def calibrate(
     indices = _spread(len(images), num_images)
     sizes = parse_list(resolutions, "--resolutions")
     target = resolve_device(device)
+    dtype = autocast_dtype(parse_enum(Precision, precision, "--precision"), target)
     if method == "grid":
         result = grid_search(
             model, images, resolutions=sizes, exponents=parse_list(exponents, "--exponents", float),
-            indices=indices, device=target,
+            indices=indices, device=target, autocast_dtype=dtype,
         )  # fmt: skip
     else:
-        result = learn_exponents(model, images, resolutions=sizes, indices=indices, device=target)
+        result = learn_exponents(
+            model, images, resolutions=sizes, indices=indices, device=target, autocast_dtype=dtype
+        )
     destination = output or calibration_path(checkpoint)
     result.save(destination)
     plot = plot_calibration(result, destination.with_suffix(".png"))
@@ -199,7 +216,8 @@ def whiten(
     power: Annotated[float, typer.Option(help="eigenvalue power: 0.5 whitens, 0 rotates")] = 0.5,
     shrinkage: Annotated[float, typer.Option(help="x mean eigenvalue added to each")] = 0.0,
     batch_size: Annotated[int, typer.Option()] = 32,
-    workers: Annotated[int, typer.Option()] = 0,
+    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
     """Fit PCA whitening on the embeddings of a separate image set (same s and p*).
@@ -209,15 +227,19 @@ def whiten(
     """
     from multigrain.checkpoint import model_identity
     from multigrain.collection import list_images
+    from multigrain.data.inference_loading import default_num_workers
     from multigrain.distributed import resolve_device
     from multigrain.embed import embed_in_memory
+    from multigrain.precision import resolve_inference_precision
     from multigrain.whitening import fit_whitening
 
     target = resolve_device(device)
+    used = resolve_inference_precision(precision, target)
     model = prepare_model(checkpoint, resolution, exponent, target)
     embeddings, paths, failures = embed_in_memory(
         model, list_images(inputs), resolution=resolution, device=target,
-        batch_size=batch_size, num_workers=workers, normalise=False,
+        batch_size=batch_size, normalise=False, precision=used,
+        num_workers=default_num_workers(target) if workers is None else workers,
     )  # fmt: skip
     for failure in failures:
         typer.echo(f"skipped {failure.path}: {failure.reason}", err=True)
@@ -226,6 +248,7 @@ def whiten(
         fitted_on={
             "images": str(inputs), "model": model_identity(checkpoint),
             "resolution": resolution, "exponent": float(model.pool.p), "input": "raw embedding",
+            "precision": used.value,
         },
     )  # fmt: skip
     whitening.save(output)
@@ -261,15 +284,21 @@ def classify(
         Path | None, typer.Option(help="classify through folded whitening")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    batch_size: Annotated[int, typer.Option()] = 32,
+    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
     """Top-k classes with probabilities; class names come from the checkpoint."""
     from multigrain.classify import classify_images
     from multigrain.collection import list_images
+    from multigrain.data.inference_loading import default_num_workers
     from multigrain.distributed import resolve_device
+    from multigrain.precision import resolve_inference_precision
     from multigrain.weights import load_model
 
     target = resolve_device(device)
+    used = resolve_inference_precision(precision, target)
     classes = load_model(checkpoint).classes
     model = prepare_model(checkpoint, resolution, exponent, target)
     if whitening is not None:
@@ -278,7 +307,8 @@ def classify(
         )
     predictions = classify_images(
         model, list_images(inputs), classes=classes, resolution=resolution, top_k=top_k,
-        device=target,
+        device=target, precision=used, batch_size=batch_size,
+        num_workers=default_num_workers(target) if workers is None else workers,
     )  # fmt: skip
     for prediction in predictions:
         if json_out:
@@ -332,7 +362,8 @@ def evaluate(
         Path | None, typer.Option(help="builtin: folder for report.md/.json/.html and plots")
     ] = None,
     batch_size: Annotated[int, typer.Option()] = 32,
-    workers: Annotated[int, typer.Option()] = 0,
+    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
     """Score a model on a standard benchmark with its exact protocol (JSON + markdown)."""
@@ -342,6 +373,7 @@ def evaluate(
     from multigrain.benchmarks_std import READERS, BenchmarkName
     from multigrain.benchmarks_std.types import ClassificationBenchmark, CopyDetectionBenchmark
     from multigrain.checkpoint import model_identity
+    from multigrain.data.inference_loading import default_num_workers
     from multigrain.distributed import resolve_device
     from multigrain.evaluate import (
         EvaluationSettings,
@@ -349,9 +381,12 @@ def evaluate(
         evaluate_copy_detection,
         evaluate_retrieval,
     )
+    from multigrain.precision import resolve_inference_precision
 
+    target = resolve_device(device)
+    used = resolve_inference_precision(precision, target)
     if benchmark == "builtin":
-        _evaluate_builtin(root, checkpoint, resolution, exponent, device, report, output)
+        _evaluate_builtin(root, checkpoint, resolution, exponent, target, used, report, output)
         return
     name = parse_enum(BenchmarkName, benchmark, "--benchmark")
     options: dict[str, object] = {}
@@ -362,13 +397,13 @@ def evaluate(
     elif name is BenchmarkName.COPYDAYS and distractors is not None:
         options["distractors"] = distractors
     bench = READERS[name](root, **options)
-    target = resolve_device(device)
     model = prepare_model(checkpoint, resolution, exponent, target)
     transform = load_whitening(whitening, model) if whitening else None
     settings = EvaluationSettings(
         model=model_identity(checkpoint), resolution=resolution, exponent=float(model.pool.p),
         whitened=transform is not None, device=str(target), batch_size=batch_size,
-        num_workers=workers,
+        num_workers=default_num_workers(target) if workers is None else workers,
+        precision=used.value,
     )  # fmt: skip
 
     def describe(embeddings: torch.Tensor) -> torch.Tensor:
@@ -388,27 +423,27 @@ def evaluate(
 
 
 def _evaluate_builtin(
-    root: Path, checkpoint: Path, resolution: int, exponent: float | None, device: str,
-    report: Path | None, output: Path | None,
+    root: Path, checkpoint: Path, resolution: int, exponent: float | None,
+    target: torch.device, precision: InferencePrecision, report: Path | None,
+    output: Path | None,
 ) -> None:  # fmt: skip
     from dataclasses import asdict
 
     from multigrain.atomic import atomic_write_text
     from multigrain.builtin_eval import evaluate_builtin
     from multigrain.checkpoint import model_identity
-    from multigrain.distributed import resolve_device
     from multigrain.weights import load_model
 
-    target = resolve_device(device)
     classes = load_model(checkpoint).classes
     model = prepare_model(checkpoint, resolution, exponent, target)
     result = evaluate_builtin(
         model, root, model_name=model_identity(checkpoint), resolution=resolution,
-        device=target, classes=classes, report=report,
+        device=target, classes=classes, report=report, precision=precision,
     )  # fmt: skip
-    echo(result.to_markdown())
+    echo(result.to_markdown() + f"\n\nprecision: {precision.value}")
     if output is not None:
-        atomic_write_text(output, json.dumps(asdict(result), indent=2))
+        values = {**asdict(result), "precision": precision.value}
+        atomic_write_text(output, json.dumps(values, indent=2))
     if report is not None:
         echo(f"report: {report / 'report.html'}")
 

@@ -1,19 +1,20 @@
 """Images -> descriptors at resolution s and exponent p* (SPEC §4).
 
-Each image is resized so that its longest side is s (aspect kept, no crop). Images are
-batched only with others of the same resized shape, so a batched descriptor is the
-one-image-at-a-time descriptor up to float round-off. Decoding runs in DataLoader workers;
-pending images are held in per-shape buckets whose total is capped, so memory is bounded
-by the batch size whatever the collection's size. Results go to self-describing shards
-(see embedding_store), unreadable images to a failure list; `resume` skips both.
-Under `torchrun`, rank r takes every W-th image of the sorted listing.
+Each image is resized so that its longest side is s (aspect kept, no crop) and batched
+only with others of the same resized shape (data.inference_loading), decoded in worker
+processes while the model runs. The model runs through the fast inference path
+(inference.py: batch norm folded, channels-last, bf16 where the CPU or GPU has it, or int8
+through onnxruntime when asked), so a batched descriptor equals the one-image-at-a-time
+descriptor up to the precision's round-off. Results go to self-describing shards (see
+embedding_store), unreadable images to a failure list; `resume` skips both. Under
+`torchrun`, rank r takes every W-th image of the sorted listing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
-from multigrain.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
-from multigrain.data.resize import prepare
+from multigrain.data.images import DEFAULT_MAX_PIXELS
+from multigrain.data.inference_loading import DecodedImages, decoded_batches
+from multigrain.data.resize import normalise as normalise_images
 from multigrain.distributed import DistributedContext
 from multigrain.embedding_store import (
     SHARD_FOLDER,
@@ -41,10 +42,16 @@ from multigrain.embedding_store import (
     write_shard,
 )
 from multigrain.errors import MultiGrainError
+from multigrain.inference import Trunk, embed_features, inference_trunk
 from multigrain.models import MultiGrain
-from multigrain.precision import autocast
+from multigrain.precision import InferencePrecision, resolve_inference_precision
 
 logger = logging.getLogger(__name__)
+
+#: Defaults shared by the CLI and benchmarks/embed_throughput.py (what "our default" runs).
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_SHARD_SIZE = 4096  # descriptors per shard: 32 MiB of buffer at D = 2048
+DEFAULT_PRECISION = InferencePrecision.AUTO
 
 
 @dataclass(frozen=True)
@@ -67,100 +74,59 @@ class EmbedReport:
         return self.num_embedded / self.seconds if self.seconds > 0 else 0.0
 
 
-class _DecodedImages(Dataset[tuple[int, torch.Tensor | None, str]]):
-    """Item i -> (i, (3, H, W) model input or None, failure reason or '')."""
-
-    def __init__(
-        self,
-        paths: Sequence[Path],
-        resolution: int,
-        max_pixels: int,
-        adjust: Callable[[int, Image.Image], Image.Image] | None = None,
-    ) -> None:
-        self.paths = paths
-        self.resolution = resolution
-        self.max_pixels = max_pixels
-        self.adjust = adjust  # e.g. a query crop box: needs the full-resolution decode
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
-        try:
-            image = decode_image(
-                self.paths[index],
-                longest_side=None if self.adjust else self.resolution,
-                max_pixels=self.max_pixels,
-            )
-        except ImageDecodeError as error:
-            return index, None, error.reason
-        if self.adjust is not None:
-            image = self.adjust(index, image)
-        return index, prepare(image, self.resolution), ""
-
-
-def _first(
-    items: list[tuple[int, torch.Tensor | None, str]],
-) -> tuple[int, torch.Tensor | None, str]:
-    return items[0]
-
-
-def shape_batches(
-    items: Iterator[tuple[int, torch.Tensor | None, str]],
-    *,
-    batch_size: int,
-    on_failure: Callable[[int, str], None],
-    max_pending: int | None = None,
-) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Group decoded images by shape -> (indices, (B, 3, H, W)) batches of one shape.
-
-    A bucket is emitted when it holds `batch_size` images; when all buckets together hold
-    `max_pending` images (default 4 x batch_size) the fullest is emitted early.
-    """
-    limit = max_pending or 4 * batch_size
-    buckets: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
-    pending = 0
-    for index, tensor, reason in items:
-        if tensor is None:
-            on_failure(index, reason)
-            continue
-        bucket = buckets.setdefault(tuple(tensor.shape), [])
-        bucket.append((index, tensor))
-        pending += 1
-        if len(bucket) >= batch_size or pending >= limit:
-            key = (
-                tuple(tensor.shape)
-                if len(bucket) >= batch_size
-                else max(buckets, key=lambda k: len(buckets[k]))
-            )
-            chosen = buckets.pop(key)
-            pending -= len(chosen)
-            yield [i for i, _ in chosen], torch.stack([t for _, t in chosen])
-    for chosen in buckets.values():
-        yield [i for i, _ in chosen], torch.stack([t for _, t in chosen])
-
-
 @torch.no_grad()
 def embed_batch(
     model: MultiGrain,
+    trunk: Trunk,
     images: torch.Tensor,
     *,
-    device: torch.device,
-    amp_dtype: torch.dtype | None = None,
     whitening: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    normalise_output: bool = True,
 ) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, D) float32 descriptors: embedding, optional whitening, L2-normalised.
+    """(B, 3, H, W) uint8 images -> (B, D) float32 descriptors on the model's device.
 
-    `whitening` maps raw embeddings (B, D) to L2-normalised whitened descriptors (B, d),
-    e.g. `Whitening.apply`.
+    Normalised with the ImageNet statistics, run through `trunk`, GeM-pooled in fp32 with
+    the model's exponent, then whitened by `whitening` (raw (B, D) -> L2-normalised (B, d),
+    e.g. `Whitening.apply`) or L2-normalised; `normalise_output=False` returns the raw GeM
+    embedding that the classifier reads.
     """
-    images = images.to(device).contiguous(memory_format=torch.channels_last)
-    with autocast(device, amp_dtype):
-        embedding, _ = model(images)
-    embedding = embedding.float()
+    device = model.pool.p.device
+    features = trunk(normalise_images(images.to(device, non_blocking=True)))
+    embedding = embed_features(model, features)
     if whitening is not None:
         return whitening(embedding)
-    return F.normalize(embedding, dim=1)
+    return F.normalize(embedding, dim=1) if normalise_output else embedding
+
+
+def build_trunk(
+    model: MultiGrain,
+    precision: InferencePrecision | str,
+    *,
+    device: torch.device,
+    calibration_paths: Sequence[Path] = (),
+    resolution: int = 224,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    adjust: Callable[[int, Image.Image], Image.Image] | None = None,
+    calibration_images: int = 32,
+) -> Trunk:
+    """The trunk that runs `model` at `precision` on `device` (see inference.py).
+
+    int8 is calibrated on up to `calibration_images` of `calibration_paths`, spread evenly
+    over them and decoded at `resolution` exactly as they will be embedded.
+    """
+    used = resolve_inference_precision(precision, device)
+    if used is not InferencePrecision.INT8:
+        return inference_trunk(model, precision=used, device=device)
+    from multigrain.quantize import int8_trunk
+
+    step = max(1, len(calibration_paths) // calibration_images)
+    decoded = DecodedImages(list(calibration_paths), resolution, max_pixels, adjust)
+    calibration = []
+    for index in range(0, len(calibration_paths), step)[:calibration_images]:
+        image = decoded[index][1]
+        if image is not None:
+            calibration.append(normalise_images(image[None]))
+    return int8_trunk(model, calibration)
 
 
 def embed_collection(
@@ -170,10 +136,11 @@ def embed_collection(
     output_dir: Path,
     metadata: EmbeddingMetadata,
     context: DistributedContext,
-    batch_size: int = 32,
-    shard_size: int = 10_000,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    shard_size: int = DEFAULT_SHARD_SIZE,
     num_workers: int = 0,
-    amp_dtype: torch.dtype | None = None,
+    precision: InferencePrecision | str = InferencePrecision.FP32,
+    trunk: Trunk | None = None,
     whitening: Callable[[torch.Tensor], torch.Tensor] | None = None,
     resume: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -182,7 +149,11 @@ def embed_collection(
     """Embed this rank's share of `paths` into `output_dir`; rank 0 then merges all shards.
 
     The model must already be on `context.device`, in eval mode, with its pool exponent
-    set to `metadata.exponent`.
+    set to `metadata.exponent`. It runs at `precision` (resolved on the device: record
+    `resolve_inference_precision(precision, device).value` in `metadata.precision`), or
+    through `trunk` when one is given (e.g. a compiled one; `precision` is then ignored).
+    Memory stays bounded whatever the number of images: 2 batches decoded ahead, 4 batches
+    pending per shape, at most `shard_size` descriptors before a shard is written.
     """
     if batch_size < 1 or shard_size < 1:
         raise MultiGrainError("--batch-size and --shard-size must be >= 1")
@@ -203,6 +174,12 @@ def embed_collection(
     report = EmbedReport(output_dir, len(share), 0, len(share) - len(todo))
     if report.num_already_done:
         logger.info("resuming: %d of %d images already done", report.num_already_done, len(share))
+    todo_paths = [Path(p) for p in todo]
+    if trunk is None and todo:
+        trunk = build_trunk(
+            model, precision, device=context.device, calibration_paths=todo_paths,
+            resolution=metadata.resolution, max_pixels=max_pixels,
+        )  # fmt: skip
 
     failure_file = open(output_dir / failures_name(context.rank), "a", encoding="utf-8")  # noqa: SIM115
     shard_index = next_shard_index(output_dir, context.rank)
@@ -229,20 +206,15 @@ def embed_collection(
         if bar is not None:
             bar.update(1)
 
-    loader = DataLoader(
-        _DecodedImages([Path(p) for p in todo], metadata.resolution, max_pixels),
-        batch_size=1,
-        collate_fn=_first,
-        num_workers=num_workers,
-        prefetch_factor=4 if num_workers else None,
-    )
+    batches = decoded_batches(
+        todo_paths, resolution=metadata.resolution, batch_size=batch_size,
+        num_workers=num_workers, max_pixels=max_pixels, on_failure=on_failure,
+        device=context.device,
+    )  # fmt: skip
     try:
-        for indices, images in shape_batches(
-            iter(loader), batch_size=batch_size, on_failure=on_failure
-        ):
-            descriptors = embed_batch(
-                model, images, device=context.device, amp_dtype=amp_dtype, whitening=whitening
-            )
+        for indices, images in batches:
+            assert trunk is not None  # built above whenever there is work to do
+            descriptors = embed_batch(model, trunk, images, whitening=whitening)
             buffer_rows.append(descriptors.cpu().numpy())
             buffer_paths.extend(todo[i] for i in indices)
             report.num_embedded += len(indices)
@@ -283,9 +255,10 @@ def embed_in_memory(
     *,
     resolution: int,
     device: torch.device,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     num_workers: int = 0,
-    amp_dtype: torch.dtype | None = None,
+    precision: InferencePrecision | str = InferencePrecision.FP32,
+    trunk: Trunk | None = None,
     normalise: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     adjust: Callable[[int, Image.Image], Image.Image] | None = None,
@@ -296,27 +269,22 @@ def embed_in_memory(
     Returns ((N, D) float32 descriptors in the order of `paths` minus failures, their
     paths, the failures). `normalise=False` gives the raw embeddings the classifier reads;
     `adjust(i, image)` changes image i after decoding (crop box, upright rotation).
+    `precision` and `trunk` as in `embed_collection`; the model must be on `device`.
     """
-    loader = DataLoader(
-        _DecodedImages(list(paths), resolution, max_pixels, adjust),
-        batch_size=1,
-        collate_fn=_first,
-        num_workers=num_workers,
-    )
+    if trunk is None:
+        trunk = build_trunk(
+            model, precision, device=device, calibration_paths=list(paths),
+            resolution=resolution, max_pixels=max_pixels, adjust=adjust,
+        )  # fmt: skip
     failures: list[EmbedFailure] = []
     rows: dict[int, torch.Tensor] = {}
     bar = _progress(len(paths), progress)
-    for indices, images in shape_batches(
-        iter(loader),
-        batch_size=batch_size,
+    for indices, images in decoded_batches(
+        list(paths), resolution=resolution, batch_size=batch_size, num_workers=num_workers,
+        max_pixels=max_pixels, adjust=adjust, device=device,
         on_failure=lambda i, reason: failures.append(EmbedFailure(str(paths[i]), reason)),
-    ):
-        images = images.to(device).contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp_dtype):
-            embedding, _ = model(images)
-        embedding = embedding.float()
-        if normalise:
-            embedding = F.normalize(embedding, dim=1)
+    ):  # fmt: skip
+        embedding = embed_batch(model, trunk, images, normalise_output=normalise)
         rows.update(zip(indices, embedding.cpu(), strict=True))
         if bar is not None:
             bar.update(len(indices))
@@ -324,5 +292,6 @@ def embed_in_memory(
         bar.close()
     order = sorted(rows)
     if not order:
-        raise MultiGrainError("none of the images could be read: see the reasons logged above")
+        first = f"cannot read image {failures[0].path}: {failures[0].reason}" if failures else ""
+        raise MultiGrainError(f"none of the {len(paths)} images could be read; first: {first}")
     return torch.stack([rows[i] for i in order]), [str(paths[i]) for i in order], failures

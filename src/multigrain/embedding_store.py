@@ -11,7 +11,7 @@ Layout of an output folder OUT:
 Why npz for the self-describing format: numpy alone reads it (`allow_pickle=False`, no
 extra dependency), it holds the paths as a plain unicode array next to the float32
 descriptors and a JSON metadata string, and every shard stands on its own. The merged
-`descriptors.npy` is written through a memory map, so merging a million rows never holds
+`descriptors.npy` is written row block by row block, so merging a million rows never holds
 them all in memory. Every file is written to a temporary name and renamed into place.
 """
 
@@ -22,10 +22,11 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from multigrain.atomic import atomic_path, atomic_write, atomic_write_text
+from multigrain.atomic import atomic_write, atomic_write_text
 from multigrain.errors import MultiGrainError
 
 FORMAT_VERSION = 1
@@ -144,27 +145,49 @@ def merge_shards(output_dir: Path, order: Iterable[str], metadata: EmbeddingMeta
     """Write descriptors.npy / paths.txt / metadata.json in the order of `order`.
 
     Paths listed in `order` but absent from the shards (unreadable images) are left out.
-    Memory: one shard at a time plus a path -> row dictionary.
+    Memory: one shard at a time plus a path -> row dictionary. Rows are written with
+    positioned writes rather than through a memory map, whose written pages would count
+    in the process's resident memory (N x D x 4 bytes) until the file is closed.
     """
     embedded: set[str] = set()
     for shard in iter_shards(output_dir):
         embedded.update(shard.paths)
     rows = [path for path in order if path in embedded]
     row_of = {path: row for row, path in enumerate(rows)}
-    with atomic_path(output_dir / "descriptors.npy") as tmp:
-        out = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.float32, shape=(len(rows), metadata.dim)
-        )
+    row_bytes = metadata.dim * 4
+
+    def write(handle: BinaryIO) -> None:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (len(rows), metadata.dim)}
+        np.lib.format.write_array_header_1_0(handle, header)
+        handle.flush()
+        start = handle.tell()
+        handle.truncate(start + len(rows) * row_bytes)
         for shard in iter_shards(output_dir):
-            index = [row_of[path] for path in shard.paths if path in row_of]
-            keep = [i for i, path in enumerate(shard.paths) if path in row_of]
-            out[index] = shard.descriptors[keep]
-        out.flush()
-        del out
+            pairs = sorted(
+                (row_of[path], i) for i, path in enumerate(shard.paths) if path in row_of
+            )
+            values = np.ascontiguousarray(shard.descriptors, dtype="<f4")
+            for run in _consecutive_runs(pairs):
+                block = values[[i for _, i in run]].tobytes()
+                os.pwrite(handle.fileno(), block, start + run[0][0] * row_bytes)
+
+    atomic_write(output_dir / "descriptors.npy", write)
     atomic_write_text(output_dir / "paths.txt", "".join(f"{p}\n" for p in rows))
     info = {**asdict(metadata), "count": len(rows)}
     atomic_write_text(output_dir / "metadata.json", json.dumps(info, indent=2))
     return len(rows)
+
+
+def _consecutive_runs(pairs: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
+    """Sorted (row, i) pairs -> lists of pairs whose rows follow each other (one write each)."""
+    run: list[tuple[int, int]] = []
+    for pair in pairs:
+        if run and pair[0] != run[-1][0] + 1:
+            yield run
+            run = []
+        run.append(pair)
+    if run:
+        yield run
 
 
 def load_embeddings(source: str | os.PathLike[str], *, mmap: bool = False) -> Embeddings:

@@ -52,6 +52,7 @@ class EvaluationSettings:
     device: str = "cpu"
     batch_size: int = 32
     num_workers: int = 0
+    precision: str = "fp32"  # the inference precision run (resolved: never "auto")
 
 
 @dataclass
@@ -76,7 +77,7 @@ class EvaluationResult:
         return (
             f"{head}\n{rule}\n| {self.benchmark} | {self.protocol} | {values} |\n\n"
             f"model {s.model}, s = {s.resolution}, p = {s.exponent:g}, "
-            f"whitening {'on' if s.whitened else 'off'}; {self._sizes()}"
+            f"whitening {'on' if s.whitened else 'off'}, {s.precision}; {self._sizes()}"
         )
 
     def _sizes(self) -> str:
@@ -116,7 +117,7 @@ def _describe(
     embeddings, kept, failed = embed_in_memory(
         model, paths, resolution=settings.resolution, device=torch.device(settings.device),
         batch_size=settings.batch_size, num_workers=settings.num_workers, normalise=False,
-        adjust=adjust, progress=True,
+        adjust=adjust, progress=True, precision=settings.precision,
     )  # fmt: skip
     failures.extend(f"{f.path}: {f.reason}" for f in failed)
     if len(kept) != len(paths):

@@ -1,14 +1,30 @@
-"""Mixed-precision choice: bf16 autocast where the hardware runs it natively, else fp32."""
+"""Numeric precision: bf16 where the hardware runs it natively, else fp32.
+
+Training uses :class:`multigrain.config.Precision` through :func:`autocast_dtype`.
+Inference (embed, classify, evaluate) uses :class:`InferencePrecision`, which adds int8
+(onnxruntime static quantisation, CPU only) and is resolved once, by
+:func:`resolve_inference_precision`, to the precision actually run -- the one recorded in
+output metadata.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from enum import Enum
 
 import torch
 
 from multigrain.config import Precision
 from multigrain.errors import MultiGrainError
+
+
+class InferencePrecision(str, Enum):
+    AUTO = "auto"  # bf16 where the hardware runs it natively (CUDA: bf16 or fp16), else fp32
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"  # CUDA only
+    INT8 = "int8"  # onnxruntime static quantisation, CPU only (multigrain.quantize)
 
 
 def cpu_supports_bf16() -> bool:
@@ -31,6 +47,44 @@ def autocast_dtype(precision: Precision | str, device: torch.device) -> torch.dt
     if precision is Precision.FP16 and device.type != "cuda":
         raise MultiGrainError("fp16 autocast is for CUDA only: use --precision bf16 or fp32 on CPU")
     return torch.bfloat16 if precision is Precision.BF16 else torch.float16
+
+
+def resolve_inference_precision(
+    precision: InferencePrecision | str, device: torch.device
+) -> InferencePrecision:
+    """The precision inference will actually run on `device` (never AUTO).
+
+    AUTO gives bf16 on a CPU with native bf16 (else fp32) and, on CUDA, bf16 where supported
+    (else fp16). int8 is opt-in only: it needs calibration and costs accuracy (see
+    benchmarks/quality_guard.py).
+    """
+    try:
+        precision = InferencePrecision(precision)
+    except ValueError:
+        valid = ", ".join(p.value for p in InferencePrecision)
+        raise MultiGrainError(f"--precision {precision!r} is not one of: {valid}") from None
+    if precision is InferencePrecision.AUTO:
+        if device.type == "cuda":
+            supported = torch.cuda.is_bf16_supported()
+            return InferencePrecision.BF16 if supported else InferencePrecision.FP16
+        return InferencePrecision.BF16 if cpu_supports_bf16() else InferencePrecision.FP32
+    if precision is InferencePrecision.FP16 and device.type != "cuda":
+        raise MultiGrainError("fp16 is for CUDA only: use --precision bf16 or fp32 on CPU")
+    if precision is InferencePrecision.INT8 and device.type != "cpu":
+        raise MultiGrainError("int8 runs on the CPU (onnxruntime): use --device cpu or bf16")
+    return precision
+
+
+def compute_dtype(precision: InferencePrecision) -> torch.dtype:
+    """The floating dtype of weights and activations for a resolved float precision."""
+    dtypes = {
+        InferencePrecision.FP32: torch.float32,
+        InferencePrecision.BF16: torch.bfloat16,
+        InferencePrecision.FP16: torch.float16,
+    }
+    if precision not in dtypes:
+        raise MultiGrainError(f"no torch dtype for precision {precision.value}: resolve it first")
+    return dtypes[precision]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,158 @@
+"""Files -> batches of same-shape uint8 images at test resolution s, decoded ahead of use.
+
+Decoding runs in DataLoader worker processes (or inline with ``num_workers=0``) and stays
+up to ``2 x batch_size`` images ahead, so the next batch is decoded while the model runs
+on the current one. Images are resized so that their longest side is s (SPEC §4) and
+batched only with others of the same shape; pending images wait in per-shape buckets whose
+total is capped, so memory is bounded by the batch size whatever the collection's size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from multigrain.data.images import ImageDecodeError, decode_image
+from multigrain.data.resize import resize_longest_side, to_uint8_tensor
+
+Item = tuple[int, torch.Tensor | None, str]  # (index, (3, H, W) uint8 or None, failure reason)
+
+#: Added to the nice value of decoding workers that share the CPU with the model: the
+#: model's threads then win the cores and the workers decode in the gaps (single-threaded
+#: phases, shard writes), staying up to 2 batches ahead.
+CPU_DECODE_NICENESS = 10
+
+
+class DecodedImages(Dataset[Item]):
+    """Item i -> (i, (3, H, W) uint8 image with max(H, W) == s, or None, reason or '').
+
+    uint8 rather than normalised float32: a quarter of the bytes through worker queues and
+    pending buckets; :func:`multigrain.data.resize.normalise` runs on whole batches.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        resolution: int,
+        max_pixels: int,
+        adjust: Callable[[int, Image.Image], Image.Image] | None = None,
+    ) -> None:
+        self.paths = paths
+        self.resolution = resolution
+        self.max_pixels = max_pixels
+        self.adjust = adjust  # e.g. a query crop box: needs the full-resolution decode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Item:
+        try:
+            image = decode_image(
+                self.paths[index],
+                longest_side=None if self.adjust else self.resolution,
+                max_pixels=self.max_pixels,
+            )
+        except ImageDecodeError as error:
+            return index, None, error.reason
+        if self.adjust is not None:
+            image = self.adjust(index, image)
+        return index, to_uint8_tensor(resize_longest_side(image, self.resolution)), ""
+
+
+def _first(items: list[Item]) -> Item:
+    return items[0]
+
+
+class _Niceness:
+    """worker_init_fn: raise the worker's nice value by `increment` (picklable)."""
+
+    def __init__(self, increment: int) -> None:
+        self.increment = increment
+
+    def __call__(self, worker_id: int) -> None:
+        if self.increment:
+            os.nice(self.increment)
+
+
+def default_num_workers(device: torch.device) -> int:
+    """Decoding processes when the user gives none.
+
+    CPU: one, at a lower priority (CPU_DECODE_NICENESS), so decoding overlaps the model's
+    forward without taking cores from it; none on a single core. CUDA: the model is rarely
+    the bottleneck there, so up to 8, leaving one core for the main process.
+    """
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return max(1, min(8, cores - 1))
+    return 1 if cores >= 2 else 0
+
+
+def shape_batches(
+    items: Iterator[Item],
+    *,
+    batch_size: int,
+    on_failure: Callable[[int, str], None],
+    max_pending: int | None = None,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Group decoded images by shape -> (indices, (B, 3, H, W)) batches of one shape.
+
+    A bucket is emitted when it holds `batch_size` images; when all buckets together hold
+    `max_pending` images (default 4 x batch_size) the fullest is emitted early.
+    """
+    limit = max_pending or 4 * batch_size
+    buckets: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
+    pending = 0
+    for index, tensor, reason in items:
+        if tensor is None:
+            on_failure(index, reason)
+            continue
+        bucket = buckets.setdefault(tuple(tensor.shape), [])
+        bucket.append((index, tensor))
+        pending += 1
+        if len(bucket) >= batch_size or pending >= limit:
+            key = (
+                tuple(tensor.shape)
+                if len(bucket) >= batch_size
+                else max(buckets, key=lambda k: len(buckets[k]))
+            )
+            chosen = buckets.pop(key)
+            pending -= len(chosen)
+            yield [i for i, _ in chosen], torch.stack([t for _, t in chosen])
+    for chosen in buckets.values():
+        yield [i for i, _ in chosen], torch.stack([t for _, t in chosen])
+
+
+def decoded_batches(
+    paths: Sequence[Path],
+    *,
+    resolution: int,
+    batch_size: int,
+    num_workers: int,
+    max_pixels: int,
+    on_failure: Callable[[int, str], None],
+    adjust: Callable[[int, Image.Image], Image.Image] | None = None,
+    device: torch.device | None = None,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """paths -> (indices into `paths`, (B, 3, H, W) uint8) batches; failures to `on_failure`.
+
+    `device` is where the batches will go: CUDA pins them; on the CPU, workers run at a
+    lower priority than the model.
+    """
+    on_cuda = device is not None and device.type == "cuda"
+    loader = DataLoader(
+        DecodedImages(paths, resolution, max_pixels, adjust),
+        batch_size=1,
+        collate_fn=_first,
+        num_workers=num_workers,
+        # each worker keeps this many images decoded ahead: 2 batches in all
+        prefetch_factor=math.ceil(2 * batch_size / num_workers) if num_workers else None,
+        pin_memory=on_cuda,
+        worker_init_fn=_Niceness(0 if on_cuda else CPU_DECODE_NICENESS),
+    )
+    return shape_batches(iter(loader), batch_size=batch_size, on_failure=on_failure)

@@ -1,0 +1,136 @@
+"""The fast inference path against the plain model: folding, bf16, int8, batching, merging."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from multigrain.data.images import load_rgb
+from multigrain.data.resize import normalise, prepare, to_uint8_tensor
+from multigrain.embed import embed_in_memory
+from multigrain.embedding_store import (
+    SHARD_FOLDER,
+    EmbeddingMetadata,
+    load_embeddings,
+    merge_shards,
+    write_shard,
+)
+from multigrain.inference import fold_batch_norm, inference_trunk
+from multigrain.models import MultiGrain
+from multigrain.precision import InferencePrecision
+
+CPU = torch.device("cpu")
+SHAPES = [(96, 72), (72, 96), (96, 72), (80, 80), (96, 72), (60, 96)]
+
+
+@pytest.fixture(scope="module")
+def model() -> MultiGrain:
+    torch.manual_seed(0)
+    model = MultiGrain(trunk="resnet18", num_classes=3)
+    # trained-looking batch-norm statistics, so folding them in is not the identity
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("fast")
+    rng = np.random.default_rng(3)
+    paths = []
+    for index, (width, height) in enumerate(SHAPES):
+        y, x = np.mgrid[0:height, 0:width]
+        base = np.sin(x / rng.uniform(3, 9))[..., None] * np.cos(y / rng.uniform(3, 9))[..., None]
+        pixels = 128 + 100 * base * rng.uniform(0.3, 1, 3) + rng.normal(0, 8, (height, width, 3))
+        path = root / f"{index}.png"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def reference(model: MultiGrain, paths: list[Path], resolution: int) -> torch.Tensor:
+    """One image at a time, fp32, NCHW, the plain model: what the fast path must reproduce."""
+    with torch.no_grad():
+        rows = [model(prepare(load_rgb(p), resolution)[None])[0] for p in paths]
+    return F.normalize(torch.cat(rows), dim=1)
+
+
+def test_folded_trunk_computes_the_same_function(model):
+    folded = fold_batch_norm(model.features)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.features.modules())  # untouched
+    x = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.features(x)
+        np.testing.assert_allclose(folded(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+
+
+def test_uint8_batches_normalise_to_the_per_image_inputs(photos):
+    images = [load_rgb(p) for p in photos[:3]]
+    batch = normalise(torch.stack([to_uint8_tensor(i.resize((32, 24))) for i in images]))
+    expected = torch.stack([prepare(i.resize((32, 24)), 32) for i in images])
+    assert torch.equal(batch, expected)
+
+
+def test_fp32_fast_path_matches_the_plain_model(model, photos):
+    fast, paths, failures = embed_in_memory(
+        model, photos, resolution=64, device=CPU, batch_size=3, precision="fp32"
+    )
+    assert not failures and paths == [str(p) for p in photos]
+    np.testing.assert_allclose(fast, reference(model, photos, 64), atol=1e-4)
+
+
+def test_bf16_descriptors_stay_close_to_fp32(model, photos):
+    plain = reference(model, photos, 64)
+    fast, _, _ = embed_in_memory(model, photos, resolution=64, device=CPU, precision="bf16")
+    cosine = (fast * plain).sum(dim=1)
+    assert cosine.min() > 0.99, cosine
+    # not vacuous: bf16 does change the numbers, and different images differ
+    assert (fast - plain).abs().max() > 1e-5
+    assert (plain[0] @ plain[1]) < 0.999
+
+
+def test_bf16_trunk_holds_bf16_weights_channels_last(model):
+    trunk = inference_trunk(model, precision=InferencePrecision.BF16, device=CPU)
+    weights = [m.weight for m in trunk.module.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w.dtype == torch.bfloat16 for w in weights)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert next(model.parameters()).dtype == torch.float32  # the model is left alone
+
+
+def test_int8_descriptors_stay_close_to_fp32(model, photos):
+    pytest.importorskip("onnxruntime")
+    plain = reference(model, photos, 64)
+    fast, _, _ = embed_in_memory(model, photos, resolution=64, device=CPU, precision="int8")
+    cosine = (fast * plain).sum(dim=1)
+    assert cosine.min() > 0.95, cosine
+
+
+def test_merge_follows_the_listing_and_skips_missing(tmp_path):
+    metadata = EmbeddingMetadata(
+        model="m", resolution=8, exponent=3.0, whitened=False, dim=3, precision="bf16"
+    )
+    rows = {f"p{i}": np.full(3, i, dtype=np.float32) for i in range(7)}
+    # shards in processing order (shape batches reorder images), one image never embedded
+    for index, names in enumerate([["p3", "p0", "p1"], ["p6", "p4", "p5"], ["p2"]]):
+        write_shard(
+            tmp_path / SHARD_FOLDER / f"part-r000-{index:05d}.npz",
+            np.stack([rows[n] for n in names]), names, metadata,
+        )  # fmt: skip
+    order = [f"p{i}" for i in range(8)]  # p7 failed: listed, never embedded
+    assert merge_shards(tmp_path, order, metadata) == 7
+    merged = load_embeddings(tmp_path)
+    assert merged.paths == order[:7]
+    np.testing.assert_array_equal(merged.descriptors[:, 0], np.arange(7))
+    assert json.loads((tmp_path / "metadata.json").read_text())["precision"] == "bf16"

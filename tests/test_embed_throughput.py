@@ -1,0 +1,48 @@
+"""benchmarks/embed_throughput.py: a tiny run writes the JSON the README table is made from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "embed_throughput.py"
+
+
+def test_smoke_run_reports_every_mode(tmp_path):
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    (photos / "queries").mkdir(parents=True)
+    for index, (width, height) in enumerate([(96, 72), (72, 96), (50, 40)]):
+        pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(photos / f"{index}.jpg", quality=90)
+    Image.fromarray(pixels).save(photos / "copy.jpg", quality=90)  # same bytes as 2.jpg
+    Image.fromarray(pixels).save(photos / "queries" / "q.jpg")  # AugLy queries are skipped
+    Image.fromarray(pixels).save(photos / "not-a-jpeg.png")
+    output = tmp_path / "out.json"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--trunk", "resnet18", "--resolutions", "64",
+         "--images", "4", "--modes", "baseline,default", "--photos", str(photos),
+         "--matmul-size", "256", "--in-process", "--output", str(output)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["device"] == "cpu" and report["default_precision_here"] in ("bf16", "fp32")
+    [row] = report["results"]
+    # 50x40 is smaller than s = 64 and is left out; the two 96-px photos are cycled to 4 files
+    assert row["set"]["distinct_photos"] == 2 and row["set"]["images"] == 4
+    modes = {m["mode"]: m for m in row["modes"]}
+    assert set(modes) == {"baseline", "default"}
+    assert modes["default"]["precision"] == report["default_precision_here"]
+    for measured in modes.values():
+        assert measured["images_per_second"] > 0 and measured["seconds"] > 0
+        forward = measured["forward"]
+        assert forward["gflop_per_image"] > 0 and 0 < forward["fraction_of_bf16_matmul"]
+        assert measured["cosine_to_baseline"]["min"] > 0.98  # the same descriptors, computed fast
+    assert modes["baseline"]["speedup_vs_baseline"] == 1.0
+    assert modes["baseline"]["forward"]["shape"][0] == 1  # the baseline runs one image at a time
