@@ -143,14 +143,19 @@ def test_evaluation_report_for_a_model_and_its_baselines(built, tmp_path: Path) 
     import torch
 
     from multigrain.builtin_eval import evaluate_builtin
+    from multigrain.calibrate import CalibrationResult, CalibrationRow
     from multigrain.models import MultiGrain
 
     output, _ = built
     torch.manual_seed(0)
     model = MultiGrain(trunk="resnet18", num_classes=4).eval()
+    calibration = CalibrationResult.from_table(
+        [CalibrationRow(s, p, top1) for s, p, top1 in [(64, 1, 0.2), (64, 3, 0.3), (96, 3, 0.4)]],
+        method="grid", num_images=10,
+    )  # fmt: skip
     result = evaluate_builtin(
         model, output, model_name="random", resolution=64, device=torch.device("cpu"),
-        report=tmp_path / "report",
+        report=tmp_path / "report", calibration=calibration,
     )  # fmt: skip
     methods = {row.method for row in result.copy_detection}
     assert methods == {"phash", "untrained", "trained"}
@@ -163,4 +168,66 @@ def test_evaluation_report_for_a_model_and_its_baselines(built, tmp_path: Path) 
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count("data:image/jpeg;base64,") >= 2 and "data:image/png;base64," in page
     assert (tmp_path / "report" / "copy_map.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "report" / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+    assert page.count("data:image/png;base64,") == 2
     assert "| all | strong |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_demo_pipeline_on_the_built_benchmark(built, tmp_path: Path) -> None:
+    """`multigrain demo` end to end at toy size: every step runs and the report is complete."""
+    import json
+
+    from multigrain.demo_builtin import DemoSettings, run_builtin_demo
+
+    output, _ = built
+    settings = DemoSettings(
+        steps=2, batch_size=12, train_resolution=48, test_resolution=64,
+        calibration_resolutions=(48,), calibration_exponents=(1.0, 3.0), workers=0,
+        whitening_dim=16,
+    )  # fmt: skip
+    summary = run_builtin_demo(output_dir=tmp_path / "demo", data_root=output, settings=settings)
+    assert summary.steps == 2 and summary.exponent in (1.0, 3.0)
+    assert 0.0 <= summary.index_recall_at_1 <= 1.0
+    assert set(summary.headline) == {"phash", "untrained", "trained", "trained+whitening"}
+    assert "held-out top-1" in summary.headline["trained"]
+    folder = tmp_path / "demo"
+    for name in ("report.html", "report.md", "report.json", "calibration.png", "copy_map.png"):
+        assert (folder / name).stat().st_size > 0, name
+    saved = json.loads((folder / "report.json").read_text())
+    assert saved["summary"]["steps"] == 2 and saved["result"]["resolution"] == 64
+    markdown = (folder / "report.md").read_text()
+    assert markdown.startswith("# multigrain demo") and "| copy mAP (strong) |" in markdown
+    assert (folder / "index" / "index.faiss").exists() or any((folder / "index").iterdir())
+
+
+def test_experiments_quick_report_structure(built, tmp_path: Path, fashion_mnist_root) -> None:
+    """`multigrain experiments --quick`: every question answered in the report."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from multigrain.cli import app
+
+    output, _ = built
+    folder = tmp_path / "experiments"
+    args = ["experiments", "--quick", "-o", str(folder), "--data-root", str(output)]
+    outcome = CliRunner().invoke(app, args)
+    assert outcome.exit_code == 0, outcome.output
+    saved = json.loads((folder / "experiments.json").read_text())
+    assert [r["dataset"] for r in saved["results"]] == ["builtin", "fashion-mnist"]
+    for result in saved["results"]:
+        variants = {m["variant"] for m in result["measurements"]}
+        assert len(variants) == 5
+        assert {m["question"] for m in result["measurements"]} == {"all", "RQ1", "RQ2", "RQ3"}
+        assert len(result["grid"]) == 4  # 2 resolutions x 2 exponents
+        for point in result["grid"]:
+            assert 0 <= point["top1"] <= 1 and 0 < point["retrieval_map"] <= 1
+    whitening = saved["results"][0]["whitening"]
+    assert set(whitening) == {
+        "copy mAP", "copy mAP, whitened", "held-out top-1", "held-out top-1, whitening folded"
+    }  # fmt: skip
+    markdown = (folder / "experiments.md").read_text()
+    for heading in ("## builtin", "## fashion-mnist", "RQ1:", "RQ2:", "RQ3:", "RQ4:", "Whitening:"):
+        assert heading in markdown, heading
+    page = (folder / "experiments.html").read_text()
+    assert page.count("data:image/png;base64,") == 2

@@ -331,7 +331,9 @@ def test_eval_transform_center_crops_grayscale_to_rgb() -> None:
 # --------------------------------------------------------------------------- AugmentedDataset
 
 
-@pytest.mark.parametrize("kind", [AugmentationKind.FULL, AugmentationKind.AUTOAUGMENT])
+@pytest.mark.parametrize(
+    "kind", [AugmentationKind.FULL, AugmentationKind.AUTOAUGMENT, AugmentationKind.COPY]
+)
 def test_augmented_dataset_is_deterministic_per_key(kind: AugmentationKind) -> None:
     dataset = AugmentedDataset(SyntheticImages(4), train_transform(kind, input_size=32))
     torch_state, python_state = torch.get_rng_state(), random.getstate()
@@ -344,6 +346,31 @@ def test_augmented_dataset_is_deterministic_per_key(kind: AugmentationKind) -> N
     # the caller's random streams are untouched
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert random.getstate() == python_state
+
+
+def test_batch_fetch_decodes_each_source_once_and_matches_single_fetches() -> None:
+    class CountingImages(SyntheticImages):
+        def __init__(self, size: int) -> None:
+            super().__init__(size)
+            self.loads: list[int] = []
+
+        def load(self, index: int) -> Image.Image:
+            self.loads.append(index)
+            return super().load(index)
+
+    images = CountingImages(4)
+    dataset = AugmentedDataset(images, train_transform("copy", input_size=32))
+    keys = [(1, 10), (3, 11), (1, 12), (3, 13), (1, 14), (3, 15)]
+    batch = dataset.__getitems__(keys)
+    assert sorted(images.loads) == [1, 3]
+    for (tensor, label, index), key in zip(batch, keys, strict=True):
+        single, single_label, single_index = dataset[key]
+        assert torch.equal(tensor, single) and (label, index) == (single_label, single_index)
+    # the DataLoader uses the batch path
+    images.loads.clear()
+    sampler = RepeatedAugmentationSampler(4, batch_size=6, num_repeats=3, seed=0)
+    next(iter(make_training_loader(dataset, sampler)))
+    assert len(images.loads) == 2
 
 
 def test_collate_and_batch_to() -> None:

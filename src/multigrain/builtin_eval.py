@@ -20,14 +20,20 @@ import torch.nn.functional as F
 
 from multigrain.atomic import atomic_write_text
 from multigrain.benchmarks_std import read_disc21, read_ukbench
+from multigrain.calibrate import CalibrationResult, plot_calibration
 from multigrain.collection import list_images
 from multigrain.copy_breakdown import BreakdownRow, breakdown_table, copy_detection_breakdown
 from multigrain.embed import embed_in_memory
 from multigrain.errors import MultiGrainError
 from multigrain.metrics import mean_average_precision, top_k_accuracy, ukbench_score
 from multigrain.models import MultiGrain
+from multigrain.precision import InferencePrecision
 from multigrain.report import GridRow, plot_breakdown, write_html
 from multigrain.score_norm import background_similarity
+from multigrain.whitening import Whitening
+
+#: Method name of the model's descriptors after whitening.
+WHITENED = "trained+whitening"
 
 
 @dataclass
@@ -69,11 +75,13 @@ def _read_query_table(path: Path) -> tuple[list[str], list[str]]:
 
 
 def _network_descriptors(
-    model: MultiGrain, paths: list[Path], resolution: int, device: torch.device
-) -> torch.Tensor:
+    model: MultiGrain, paths: list[Path], resolution: int, device: torch.device,
+    precision: InferencePrecision | str = InferencePrecision.FP32,
+) -> torch.Tensor:  # fmt: skip
     embeddings, kept, failures = embed_in_memory(
-        model, paths, resolution=resolution, device=device, normalise=True, progress=True
-    )
+        model, paths, resolution=resolution, device=device, normalise=True, progress=True,
+        precision=precision,
+    )  # fmt: skip
     if failures:
         raise MultiGrainError(
             f"unreadable benchmark image {failures[0].path}: {failures[0].reason}"
@@ -90,9 +98,41 @@ def evaluate_builtin(
     device: torch.device,
     classes: list[str] | None = None,
     report: Path | None = None,
+    calibration: CalibrationResult | None = None,
+    whitening: Whitening | None = None,
     seed: int = 0,
+    precision: InferencePrecision | str = InferencePrecision.FP32,
 ) -> BuiltinResult:
-    """Score `model`, the untrained network and pHash on every part of the benchmark."""
+    """Score `model`, the untrained network and pHash on every part of the benchmark.
+
+    With ``report`` the report is written there; ``calibration`` (the model's p*/s
+    table, if calibrated) adds its plot to it. ``whitening`` (fitted on the model's
+    L2-normalised descriptors at this s and p) adds the method ``trained+whitening``.
+    Both networks run at ``precision`` (multigrain.precision; int8 calibrates on each
+    image set it embeds).
+    """
+    result, grid = score_builtin(
+        model, root, model_name=model_name, resolution=resolution, device=device,
+        classes=classes, whitening=whitening, seed=seed, precision=precision,
+    )  # fmt: skip
+    if report is not None:
+        write_report(result, report, grid, calibration=calibration)
+    return result
+
+
+def score_builtin(
+    model: MultiGrain,
+    root: Path,
+    *,
+    model_name: str,
+    resolution: int,
+    device: torch.device,
+    classes: list[str] | None = None,
+    whitening: Whitening | None = None,
+    seed: int = 0,
+    precision: InferencePrecision | str = InferencePrecision.FP32,
+) -> tuple[BuiltinResult, list[GridRow]]:
+    """The scores of :func:`evaluate_builtin` and the report's query grid, nothing written."""
     from multigrain.builtin.phash import phash_descriptors
 
     copies = read_disc21(root / "copydetection")
@@ -111,11 +151,22 @@ def evaluate_builtin(
     )
     untrained.to(device).eval()
 
-    def describe(method: str, paths: list[Path]) -> torch.Tensor:
-        if method == "phash":
-            return F.normalize(torch.from_numpy(phash_descriptors(paths)).float(), dim=1)
-        network = model if method == "trained" else untrained
-        return _network_descriptors(network, paths, resolution, device)
+    computed: dict[tuple[str, str], torch.Tensor] = {}
+
+    def describe(method: str, part: str, paths: list[Path]) -> torch.Tensor:
+        if (method, part) not in computed:
+            if method == "phash":
+                descriptors = torch.from_numpy(phash_descriptors(paths)).float()
+                computed[method, part] = F.normalize(descriptors, dim=1)
+            elif method == WHITENED:
+                assert whitening is not None
+                computed[method, part] = whitening.apply(describe("trained", part, paths))
+            else:
+                network = model if method == "trained" else untrained
+                computed[method, part] = _network_descriptors(
+                    network, paths, resolution, device, precision
+                )
+        return computed[method, part]
 
     background_paths = list_images(root / "train")
     if (root / "train_unlabelled").is_dir():
@@ -123,10 +174,12 @@ def evaluate_builtin(
     rows: list[BreakdownRow] = []
     instance_scores: dict[str, dict[str, float]] = {}
     grid: list[GridRow] = []
-    for method in ("phash", "untrained", "trained"):
-        queries = describe(method, copies.queries)
-        references = describe(method, copies.references)
-        offsets = background_similarity(queries.numpy(), describe(method, background_paths).numpy())
+    methods = ["phash", "untrained", "trained"] + ([WHITENED] if whitening is not None else [])
+    for method in methods:
+        queries = describe(method, "queries", copies.queries)
+        references = describe(method, "references", copies.references)
+        background = describe(method, "background", background_paths)
+        offsets = background_similarity(queries.numpy(), background.numpy())
         rows += copy_detection_breakdown(
             queries, references, truth, families=families, strengths=strengths, method=method,
             score_offsets=offsets,
@@ -134,7 +187,7 @@ def evaluate_builtin(
         if method == "trained":
             grid = _grid(queries, references, copies.queries, copies.references, truth,
                          families, strengths)  # fmt: skip
-        views = describe(method, instances.database)
+        views = describe(method, "instances", instances.database)
         rankings = torch.argsort(views @ views.T, dim=1, descending=True).numpy()
         groups = np.arange(len(instances.database)) // 4
         own = [np.array([q]) for q in range(len(instances.database))]
@@ -145,16 +198,15 @@ def evaluate_builtin(
         }
     result = BuiltinResult(
         model_name, resolution, float(model.pool.p), rows, instance_scores,
-        _classification(model, untrained, root, classes, resolution, device),
+        _classification(model, untrained, root, classes, resolution, device, precision),
     )  # fmt: skip
-    if report is not None:
-        write_report(result, report, grid)
-    return result
+    return result, grid
 
 
 def _classification(
     model: MultiGrain, untrained: MultiGrain, root: Path, classes: list[str] | None,
     resolution: int, device: torch.device,
+    precision: InferencePrecision | str = InferencePrecision.FP32,
 ) -> dict[str, float]:  # fmt: skip
     from multigrain.data.datasets import ImageFolderImages
 
@@ -168,8 +220,9 @@ def _classification(
     scores = {}
     for name, network in (("untrained", untrained), ("trained", model)):
         embeddings, _, _ = embed_in_memory(
-            network, images.paths, resolution=resolution, device=device, normalise=False
-        )
+            network, images.paths, resolution=resolution, device=device, normalise=False,
+            precision=precision,
+        )  # fmt: skip
         with torch.no_grad():
             logits = network.classifier(embeddings.to(device)).cpu()
         scores[name] = top_k_accuracy(logits, labels, 1)
@@ -202,14 +255,27 @@ def _grid(
     ]
 
 
-def write_report(result: BuiltinResult, folder: Path, grid: list[GridRow]) -> Path:
-    """folder/report.json, report.md, copy_map.png and report.html."""
+def write_report(
+    result: BuiltinResult, folder: Path, grid: list[GridRow],
+    *, calibration: CalibrationResult | None = None, title: str = "multigrain: built-in benchmark",
+    summary: str = "", extra: dict[str, object] | None = None,
+) -> Path:  # fmt: skip
+    """folder/report.json, report.md, copy_map.png (+ calibration.png) and report.html.
+
+    ``summary`` (markdown) goes above the detailed tables; ``extra`` is stored in the JSON
+    next to the result (under ``"summary"``).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "report.json", json.dumps(asdict(result), indent=2))
+    document: dict[str, object] = {"result": asdict(result)}
+    if extra is not None:
+        document["summary"] = extra
+    atomic_write_text(folder / "report.json", json.dumps(document, indent=2))
     markdown = result.to_markdown()
-    atomic_write_text(folder / "report.md", "# Built-in benchmark\n\n" + markdown + "\n")
-    plot = plot_breakdown(result.copy_detection, folder / "copy_map.png")
+    tables = [summary, markdown] if summary else [markdown]
+    atomic_write_text(folder / "report.md", f"# {title}\n\n" + "\n\n".join(tables) + "\n")
+    plots = [plot_breakdown(result.copy_detection, folder / "copy_map.png")]
+    if calibration is not None:
+        plots.append(plot_calibration(calibration, folder / "calibration.png"))
     return write_html(
-        folder / "report.html", title="multigrain: built-in benchmark",
-        markdown_tables=[markdown], plot=plot, grid=grid,
+        folder / "report.html", title=title, markdown_tables=tables, plots=plots, grid=grid,
     )  # fmt: skip

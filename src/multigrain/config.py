@@ -37,6 +37,7 @@ class TrainConfig:
     data_root: str | None = None
     file_list: str | None = None
     limit: int | None = None  # use only the first N training images (quick experiments)
+    unlabelled_root: str | None = None  # extra images without labels (instances only)
     augmentation: str = "full"
     # model
     trunk: str = "resnet50"

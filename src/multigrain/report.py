@@ -71,10 +71,13 @@ def plot_breakdown(rows: Sequence[BreakdownRow], path: Path, *, metric: str = "m
 
 
 def write_html(
-    path: Path, *, title: str, markdown_tables: Sequence[str], plot: Path | None,
-    grid: Sequence[GridRow],
+    path: Path, *, title: str, markdown_tables: Sequence[str], plots: Sequence[Path],
+    grid: Sequence[GridRow], notes: Sequence[str] = (),
 ) -> Path:  # fmt: skip
-    """The report page: the tables (as preformatted markdown), the plot, the query grid."""
+    """The report page: notes, the tables (as preformatted markdown), the plots, the query grid.
+
+    Everything is inlined (images as data URIs), so the page opens from anywhere.
+    """
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>",
@@ -85,11 +88,13 @@ def write_html(
         "</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
+    for note in notes:
+        parts.append(f"<p>{html.escape(note)}</p>")
     for table in markdown_tables:
         parts.append(f"<pre>{html.escape(table)}</pre>")
-    if plot is not None and plot.exists():
+    for plot in plots:
         encoded = base64.b64encode(plot.read_bytes()).decode()
-        parts.append(f"<img alt='plot' src='data:image/png;base64,{encoded}'>")
+        parts.append(f"<img alt='{html.escape(plot.stem)}' src='data:image/png;base64,{encoded}'>")
     if grid:
         parts.append("<h2>Queries and their best results (green: correct)</h2>")
     for row in grid:

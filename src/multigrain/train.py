@@ -101,7 +101,11 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     checkpoint_path = output_dir / CHECKPOINT_NAME
 
     images = open_training_images(
-        config.dataset, data_root=config.data_root, file_list=config.file_list, limit=config.limit
+        config.dataset,
+        data_root=config.data_root,
+        file_list=config.file_list,
+        limit=config.limit,
+        unlabelled=config.unlabelled_root,
     )
     per_process_batch = config.batch_size // (context.world_size * config.grad_accum_steps)
     sampler = RepeatedAugmentationSampler(

@@ -111,6 +111,34 @@ class ImageFolderImages:
         return load_rgb(self.paths[index])
 
 
+#: Label of an image without a class: the classification loss ignores it.
+UNLABELLED = -1
+
+
+class WithUnlabelled:
+    """A labelled collection followed by extra images without labels (label ``UNLABELLED``).
+
+    The extra images serve as instance sources only: repeated augmentations of them
+    train the margin loss, and the classification loss skips them. Classes are those
+    of the labelled collection; the extra images come after its images, in sorted order.
+    """
+
+    def __init__(self, labelled: LabelledImages, extra_paths: Sequence[Path]) -> None:
+        self._labelled = labelled
+        self._extra = list(extra_paths)
+        self.classes: list[str] = list(labelled.classes)
+        self.labels: list[int] = list(labelled.labels) + [UNLABELLED] * len(self._extra)
+        logger.info("%d labelled + %d unlabelled training images", len(labelled), len(self._extra))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> Image.Image:
+        if index >= len(self._labelled):
+            return load_rgb(self._extra[index - len(self._labelled)])
+        return self._labelled.load(index)
+
+
 class FileListImages:
     """Images listed in a text file, one ``<path><TAB or spaces><label>`` per line.
 
@@ -193,7 +221,24 @@ class AugmentedDataset(Dataset[tuple[Tensor, int, int]]):
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int, int]:
         """``(index, sample_seed) -> (image (3, S, S) float, label, index)``."""
         index, sample_seed = key
-        image = self.images.load(index)
+        return self._augment(self.images.load(index), index, sample_seed)
+
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[tuple[Tensor, int, int]]:
+        """A whole batch of keys, decoding each source image once.
+
+        Repeated augmentations put m copies of each source in a batch; the DataLoader
+        hands the batch's keys here (``__getitems__``), so a file is read and decoded
+        once per batch instead of m times. Each item equals ``self[key]``.
+        """
+        decoded: dict[int, Image.Image] = {}
+        items = []
+        for index, sample_seed in keys:
+            if index not in decoded:
+                decoded[index] = self.images.load(index)
+            items.append(self._augment(decoded[index], index, sample_seed))
+        return items
+
+    def _augment(self, image: Image.Image, index: int, sample_seed: int) -> tuple[Tensor, int, int]:
         python_state = random.getstate()
         try:
             with torch.random.fork_rng(devices=[]):

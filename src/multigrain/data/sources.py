@@ -6,7 +6,12 @@ from enum import Enum
 
 from PIL import Image
 
-from multigrain.data.datasets import FileListImages, ImageFolderImages, LabelledImages
+from multigrain.data.datasets import (
+    FileListImages,
+    ImageFolderImages,
+    LabelledImages,
+    WithUnlabelled,
+)
 from multigrain.data.fashion_mnist import FashionMNISTImages
 from multigrain.errors import MultiGrainError
 
@@ -43,8 +48,13 @@ def open_training_images(
     data_root: str | None = None,
     file_list: str | None = None,
     limit: int | None = None,
+    unlabelled: str | None = None,
 ) -> LabelledImages:
-    """Open the labelled training collection `kind` (see DatasetKind for the layouts)."""
+    """Open the labelled training collection `kind` (see DatasetKind for the layouts).
+
+    ``unlabelled`` (a folder, glob or list file) adds images without labels after the
+    labelled ones: instance sources for the margin loss, ignored by the classifier.
+    """
     kind = DatasetKind(kind)
     if kind is DatasetKind.FASHION_MNIST:
         images: LabelledImages = (
@@ -60,7 +70,13 @@ def open_training_images(
         if not file_list:
             raise MultiGrainError("a file-list dataset needs --file-list FILE")
         images = FileListImages(file_list, root=data_root)
-    return FirstImages(images, limit) if limit is not None else images
+    if limit is not None:
+        images = FirstImages(images, limit)
+    if unlabelled:
+        from multigrain.collection import list_images
+
+        images = WithUnlabelled(images, list_images(unlabelled))
+    return images
 
 
 def open_heldout_images(

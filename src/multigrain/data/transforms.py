@@ -15,6 +15,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
+from multigrain.data.copy_augment import copy_distortions
 from multigrain.errors import MultiGrainError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -42,6 +43,7 @@ class AugmentationKind(str, Enum):
     NONE = "none"  # resize + center crop only (the evaluation transform)
     FULL = "full"  # RandomResizedCrop + flip + colour jitter + PCA lighting (the paper's)
     AUTOAUGMENT = "autoaugment"  # RandomResizedCrop + flip + AutoAugment ImageNet policy
+    COPY = "copy"  # FULL + copy-detection edits (rotation, frames, overlays, blur, JPEG, ...)
 
 
 def lighting(image: Tensor, alpha: Tensor, eigenvalues: Tensor, eigenvectors: Tensor) -> Tensor:
@@ -127,8 +129,11 @@ def train_transform(
     ``FULL`` is the paper's recipe: RandomResizedCrop, horizontal flip,
     ColorJitter(0.4, 0.4, 0.4) and PCA lighting (alphastd 0.1, applied to the
     [0, 1] image before normalisation). ``AUTOAUGMENT`` replaces jitter and
-    lighting by torchvision's AutoAugment ImageNet policy. ``NONE`` is
-    :func:`eval_transform`.
+    lighting by torchvision's AutoAugment ImageNet policy. ``COPY`` is ``FULL`` with
+    stronger colour jitter plus the copy edits of
+    :func:`multigrain.data.copy_augment.copy_distortions` (rotation, borders and caption
+    bands, text and sticker overlays, blur, low resolution, JPEG), for training copy
+    detection. ``NONE`` is :func:`eval_transform`.
 
     RandomResizedCrop keeps at least 8% of the image area (the ImageNet default)
     but 25% when ``input_size <= 64``: tiny images such as Fashion-MNIST's 28 px
@@ -157,7 +162,15 @@ def train_transform(
         v2.RandomResizedCrop(input_size, scale=scale, antialias=True),
         v2.RandomHorizontalFlip(),
     ]
-    if kind is AugmentationKind.FULL:
+    if kind is AugmentationKind.COPY:
+        steps += copy_distortions()
+        steps += [
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            Lighting(0.1),
+            v2.Normalize(mean=list(mean), std=list(std)),
+        ]
+    elif kind is AugmentationKind.FULL:
         steps += [
             v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
             v2.ToImage(),

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from multigrain.data.datasets import UNLABELLED
 from multigrain.errors import MultiGrainError
 from multigrain.losses.margin import MarginLoss
 from multigrain.losses.sampling import distance_weighted_sampling
@@ -67,7 +68,8 @@ class JointLoss(nn.Module):
         Args:
             embeddings: (N, D) raw embeddings (L2-normalised here for the margin term).
             logits: (N, K) classifier outputs.
-            labels: (N,) class indices.
+            labels: (N,) class indices; ``UNLABELLED`` (-1) marks an image without a class,
+                which only the margin term sees.
             instance_ids: (N,) source-image ids; equal ids are positive pairs.
             generator: random generator for the negative sampling.
             margin_embeddings: optional (M, D) raw embeddings to mine triplets from and
@@ -83,7 +85,13 @@ class JointLoss(nn.Module):
             margin_embeddings, margin_instance_ids = embeddings, instance_ids
         lam = self.classification_weight
         zero = logits.new_zeros(())
-        classification = F.cross_entropy(logits, labels) if lam > 0 else zero
+        classification = zero
+        if lam > 0 and bool((labels != UNLABELLED).any()):
+            # images without a class are instance sources only
+            classification = F.cross_entropy(logits, labels, ignore_index=UNLABELLED)
+        elif lam > 0:
+            # no labelled image here: a zero that keeps the classifier in the graph (DDP)
+            classification = logits.sum() * 0.0
         margin = zero
         num_triplets = num_active = 0
         if lam < 1:
