@@ -231,3 +231,35 @@ def test_experiments_quick_report_structure(built, tmp_path: Path, fashion_mnist
         assert heading in markdown, heading
     page = (folder / "experiments.html").read_text()
     assert page.count("data:image/png;base64,") == 2
+
+
+def test_cli_report_plots_the_stored_calibration(built, tmp_path: Path) -> None:
+    """`evaluate --benchmark builtin --report` adds the p*/s plot when the checkpoint has one."""
+    import torch
+    from typer.testing import CliRunner
+
+    import multigrain.cli_inference  # noqa: F401  (registers evaluate)
+    from multigrain.calibrate import CalibrationResult, CalibrationRow
+    from multigrain.checkpoint import save_checkpoint
+    from multigrain.cli import app
+    from multigrain.models import MultiGrain
+
+    output, _ = built
+    torch.manual_seed(0)
+    model = MultiGrain(trunk="resnet18", num_classes=3)
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(
+        checkpoint,
+        {"model_state": model.state_dict(), "architecture": model.architecture(),
+         "classes": ["a", "b", "c"]},
+    )  # fmt: skip
+    CalibrationResult.from_table(
+        [CalibrationRow(48, 3.0, 0.5), CalibrationRow(48, 4.0, 0.6)], method="grid", num_images=4
+    ).save(tmp_path / "model.pt.calibration.json")
+    args = ["evaluate", "--benchmark", "builtin", "--root", str(output), "-c", str(checkpoint),
+            "-s", "48", "--report", str(tmp_path / "report")]  # fmt: skip
+    outcome = CliRunner().invoke(app, args)
+    assert outcome.exit_code == 0, outcome.output
+    assert (tmp_path / "report" / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+    # p* of the stored calibration (4 at s=48) is what the model was evaluated with
+    assert "p = 4" in (tmp_path / "report" / "report.md").read_text()

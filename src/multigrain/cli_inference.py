@@ -431,14 +431,18 @@ def _evaluate_builtin(
 
     from multigrain.atomic import atomic_write_text
     from multigrain.builtin_eval import evaluate_builtin
+    from multigrain.calibrate import CalibrationResult
     from multigrain.checkpoint import model_identity
     from multigrain.weights import load_model
 
     classes = load_model(checkpoint).classes
     model = prepare_model(checkpoint, resolution, exponent, target)
+    stored = calibration_path(checkpoint)
+    calibration = CalibrationResult.load(stored) if stored.exists() else None
     result = evaluate_builtin(
         model, root, model_name=model_identity(checkpoint), resolution=resolution,
         device=target, classes=classes, report=report, precision=precision,
+        calibration=calibration,
     )  # fmt: skip
     echo(result.to_markdown() + f"\n\nprecision: {precision.value}")
     if output is not None:
