@@ -86,6 +86,19 @@ def test_readers_and_ground_truth(built) -> None:
     assert seen == {(f.value, s.value) for f in augment.Family for s in augment.Strength}
 
 
+def test_pool_keys_do_not_depend_on_the_python_environment() -> None:
+    """Keys order the pool: a key holding the virtualenv's path would make the benchmark
+    depend on where the checkout lives (it did: scikit-image photos sorted before or after
+    /usr/share depending on the venv's path)."""
+    import sys
+
+    from multigrain.builtin.sources import SOURCES
+
+    keys = [candidate.key for candidate in SOURCES["scikit-image"]()]
+    assert keys and all(key.startswith("scikit-image:data/") for key in keys)
+    assert not any(sys.prefix in key for key in keys)
+
+
 def test_rebuild_is_byte_identical(built, tmp_path: Path) -> None:
     output, _ = built
     with pytest.raises(MultiGrainError, match="not empty"):

@@ -59,7 +59,8 @@ DEBIAN_PACKAGES = ("opencv-doc", "tuxpaint-stamps-default", "gcompris-qt-data", 
 class Candidate:
     """One image before filtering; `read()` returns its encoded bytes."""
 
-    key: str  # stable identifier: a file path, or "bundle.rcc:/inner/path"
+    key: str  # stable identifier: a system file path, "bundle.rcc:/inner/path" or
+    # "scikit-image:data/<name>" (never a path inside a virtual environment)
     package: str
     licence: str
     label: str  # "" when the source gives no class
@@ -163,7 +164,12 @@ def _skimage() -> Iterator[Candidate]:
     for name in _SKIMAGE_PHOTOS:
         path = folder / name
         if path.is_file():
-            yield _file_candidate(path, "scikit-image", "BSD-3-Clause", "", f"skimage:{name}")
+            # keyed by its name inside the package, not by the path of the environment:
+            # keys order the pool, and the build must not depend on where Python lives
+            yield Candidate(
+                f"scikit-image:data/{name}", "scikit-image", "BSD-3-Clause", "",
+                f"skimage:{name}", path.read_bytes,
+            )  # fmt: skip
 
 
 SOURCES: dict[str, Callable[[], Iterator[Candidate]]] = {
