@@ -265,26 +265,22 @@ def _index_and_search(
     from multigrain.benchmarks_std import read_disc21
 
     copies = read_disc21(data_root / "copydetection")
-    references, kept, _ = embed_in_memory(
-        model,
-        copies.references,
-        resolution=settings.test_resolution,
-        device=device,
-        precision=settings.precision,
-    )
+
+    def embed(paths: list[Path]) -> tuple[torch.Tensor, list[str]]:
+        descriptors, kept, _ = embed_in_memory(
+            model, paths, resolution=settings.test_resolution, device=device,
+            precision=settings.precision,
+        )  # fmt: skip
+        return descriptors, kept
+
+    references, kept = embed(copies.references)
     index = ImageIndex.build(
         references.numpy(),
         kept,
         metadata={"resolution": settings.test_resolution, "exponent": float(model.pool.p)},
     )
     index.save(folder)
-    queries, _, _ = embed_in_memory(
-        model,
-        copies.queries,
-        resolution=settings.test_resolution,
-        device=device,
-        precision=settings.precision,
-    )
+    queries, _ = embed(copies.queries)
     found = ImageIndex.load(folder).search(queries.numpy(), 1)
     truth = dict(copies.ground_truth)
     hits = [

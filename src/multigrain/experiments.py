@@ -312,7 +312,8 @@ def _run_dataset(dataset: str, folder: Path, data_root: Path, scale: Scale) -> D
     assert reference is not None
     if dataset == "builtin":
         results.grid = _builtin_grid(reference, data_root, scale, reference_maps)
-        results.whitening = _builtin_whitening(reference, data_root, scale)
+        assert reference_maps is not None
+        results.whitening = _builtin_whitening(reference, data_root, scale, reference_maps)
     else:
         results.grid = _fashion_grid(reference, scale)
     return results
@@ -346,23 +347,25 @@ def _fashion_grid(model: MultiGrain, scale: Scale) -> list[GridPoint]:
     return points
 
 
-def _builtin_whitening(model: MultiGrain, data_root: Path, scale: Scale) -> dict[str, float]:
+def _builtin_whitening(
+    model: MultiGrain, data_root: Path, scale: Scale, maps: _BuiltinMaps
+) -> dict[str, float]:
     """Copy mAP without/with whitening (fitted on the training photos); top-1 before/after
-    folding the whitening into the classifier (must not change)."""
+    folding the whitening into the classifier (must not change). ``maps``: the model's
+    feature maps at the test resolution."""
     from multigrain.collection import list_images
     from multigrain.embed import embed_in_memory
 
     s, p = scale.builtin.test_resolution, float(model.pool.p)
     training = list_images(data_root / "train")
     cpu = torch.device("cpu")
-    fit_on, _, _ = embed_in_memory(model, training, resolution=s, device=cpu)
+    raw_fit, _, _ = embed_in_memory(model, training, resolution=s, device=cpu, normalise=False)
+    fit_on = F.normalize(raw_fit, dim=1)
     dim = min(scale.builtin.whitening_dim, len(fit_on) - 1)
     whitening = fit_whitening(fit_on, dim=dim, shrinkage=scale.builtin.whitening_shrinkage)
     # folding acts on raw embeddings: a second whitening fitted on them, as many
     # components as the fit set allows (the fold is exact only when d = D)
-    raw_fit, _, _ = embed_in_memory(model, training, resolution=s, device=cpu, normalise=False)
     raw_whitening = fit_whitening(raw_fit, dim=min(raw_fit.shape[1], len(raw_fit) - 1))
-    maps = _BuiltinMaps.extract(model, data_root, s)
     top1, plain_map = maps.scores(model, p)
     with torch.no_grad():
         queries = whitening.apply(F.normalize(_descriptors(maps.queries, p), dim=1))
