@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check the demo's report: the trained model must beat pHash and the untrained network.
 
-Usage: check_demo.py [runs/demo/report.json] [--method trained]
+Usage: check_demo.py [runs/demo/report.json] [--method trained+whitening]
 
 Reads the copy-detection mAP over all held-out queries and over the strong distortions,
 prints them, and exits 1 (naming the failed comparison) if the model does not beat both
@@ -26,7 +26,7 @@ def copy_map(report: dict, method: str, strength: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("report", nargs="?", default="runs/demo/report.json", type=Path)
-    parser.add_argument("--method", default="trained", help="the model's method name")
+    parser.add_argument("--method", default="trained+whitening", help="the model's method name")
     args = parser.parse_args()
     if not args.report.exists():
         print(f"{args.report} does not exist: run `make demo` first", file=sys.stderr)

@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from multigrain.data.images import load_rgb
+from multigrain.data.inference_loading import shape_batches
 from multigrain.data.resize import normalise, prepare, to_uint8_tensor
 from multigrain.embed import embed_in_memory
 from multigrain.embedding_store import (
@@ -134,3 +135,20 @@ def test_merge_follows_the_listing_and_skips_missing(tmp_path):
     assert merged.paths == order[:7]
     np.testing.assert_array_equal(merged.descriptors[:, 0], np.arange(7))
     assert json.loads((tmp_path / "metadata.json").read_text())["precision"] == "bf16"
+
+
+def test_shape_batches_keep_every_image_once_in_a_bounded_set_of_batch_sizes():
+    shapes = [(3, 8, 8 + (k % 7)) for k in range(203)]  # 7 shapes, interleaved
+    items = (
+        (k, torch.full(shape, k % 256, dtype=torch.uint8), "") for k, shape in enumerate(shapes)
+    )
+    failures: list[int] = []
+    batches = list(shape_batches(items, batch_size=16, on_failure=lambda i, _: failures.append(i)))
+    seen = [i for indices, _ in batches for i in indices]
+    assert sorted(seen) == list(range(203)) and not failures
+    for indices, batch in batches:
+        assert batch.shape[0] == len(indices)
+        assert {tuple(batch.shape[1:])} == {shapes[i] for i in indices}
+        assert batch[:, 0, 0, 0].tolist() == [i % 256 for i in indices]
+    # sizes: full batches or powers of two, so oneDNN sees few distinct shapes
+    assert {len(indices) for indices, _ in batches} <= {16, 8, 4, 2, 1}

@@ -47,7 +47,8 @@ class DemoSettings:
     batch_size: int = 48
     train_resolution: int = 128
     test_resolution: int = 224
-    lr: float = 0.05
+    lr: float = 0.02
+    warmup_epochs: float = 3.0  # without it the first steps blow up (loss 14 at step 10)
     augmentation: str = "copy"
     calibration_resolutions: tuple[int, ...] = (128, 160, 224, 288)
     calibration_exponents: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
@@ -201,6 +202,7 @@ def _train_config(settings: DemoSettings, data_root: Path, output_dir: Path) -> 
         classification_weight=0.5,
         max_steps=settings.steps,
         lr=settings.lr,
+        warmup_epochs=settings.warmup_epochs,
         schedule=Schedule.COSINE,
         weight_decay=5e-4,
         precision=Precision.AUTO,

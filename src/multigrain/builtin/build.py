@@ -44,7 +44,7 @@ LONGEST_SIDE = 512
 JPEG_QUALITY = 90
 HELDOUT_FRACTION = 0.35
 QUERY_SOURCE_FRACTION = 2 / 3  # of the held-out photos; the rest are distractors
-QUERIES_PER_REFERENCE = 3
+QUERIES_PER_REFERENCE = 9
 INSTANCE_MIN_SIDE = 640  # longest side of a photo used for the instance part
 DEFAULT_MAX_POOL = 400
 

@@ -103,7 +103,10 @@ def shape_batches(
     """Group decoded images by shape -> (indices, (B, 3, H, W)) batches of one shape.
 
     A bucket is emitted when it holds `batch_size` images; when all buckets together hold
-    `max_pending` images (default 4 x batch_size) the fullest is emitted early.
+    `max_pending` images (default 4 x batch_size) the fullest is emitted early. A partial
+    bucket goes out as batches of power-of-two sizes (13 -> 8 + 4 + 1): oneDNN builds and
+    caches kernels per input shape, batch size included, so arbitrary partial sizes would
+    let that cache (and peak memory) grow with the number of images.
     """
     limit = max_pending or 4 * batch_size
     buckets: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
@@ -123,9 +126,22 @@ def shape_batches(
             )
             chosen = buckets.pop(key)
             pending -= len(chosen)
-            yield [i for i, _ in chosen], torch.stack([t for _, t in chosen])
+            yield from _split(chosen, batch_size)
     for chosen in buckets.values():
-        yield [i for i, _ in chosen], torch.stack([t for _, t in chosen])
+        yield from _split(chosen, batch_size)
+
+
+def _split(
+    chosen: list[tuple[int, torch.Tensor]], batch_size: int
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """One full batch as it is; a partial one as power-of-two pieces, largest first."""
+    start = 0
+    while start < len(chosen):
+        left = len(chosen) - start
+        size = left if left >= batch_size else 1 << (left.bit_length() - 1)
+        piece = chosen[start : start + size]
+        start += size
+        yield [i for i, _ in piece], torch.stack([t for _, t in piece])
 
 
 def decoded_batches(

@@ -33,6 +33,9 @@ IMAGENET_EIGENVECTORS: tuple[tuple[float, float, float], ...] = (
 SMALL_INPUT_SIZE = 64
 SMALL_INPUT_CROP_SCALE = (0.25, 1.0)
 DEFAULT_CROP_SCALE = (0.08, 1.0)
+#: The copy recipe keeps at least a quarter of the image: two copies of a source must
+#: overlap for the margin loss to teach copy detection (8% crops rarely do).
+COPY_CROP_SCALE = (0.25, 1.0)
 
 ImageTransform = Callable[[Image.Image], Tensor]
 
@@ -157,6 +160,8 @@ def train_transform(
             input_size=input_size, grayscale_to_rgb=grayscale_to_rgb, mean=mean, std=std
         )
     scale = SMALL_INPUT_CROP_SCALE if input_size <= SMALL_INPUT_SIZE else DEFAULT_CROP_SCALE
+    if kind is AugmentationKind.COPY:
+        scale = COPY_CROP_SCALE
     steps: list[nn.Module] = [ToRGB()] if grayscale_to_rgb else []
     steps += [
         v2.RandomResizedCrop(input_size, scale=scale, antialias=True),
