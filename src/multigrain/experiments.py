@@ -86,7 +86,7 @@ FULL = Scale(
     seeds=(0, 1),
     builtin=DemoSettings(steps=300, batch_size=48, train_resolution=128, test_resolution=224),
     fashion_steps=250,
-    fashion_batch=64,
+    fashion_batch=60,
     fashion_images=1000,
     resolutions=(128, 224, 320),
     fashion_resolutions=(32, 48, 64),
