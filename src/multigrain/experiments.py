@@ -163,6 +163,7 @@ def _train_fashion(variant: Variant, seed: int, scale: Scale, folder: Path) -> M
     config = TrainConfig(
         dataset=DatasetKind.FASHION_MNIST,
         trunk="resnet18",
+        small_input=True,  # CIFAR-style stem: a 4x4 last map at 32 px, not 1x1
         input_size=32,
         batch_size=scale.fashion_batch,
         num_repeats=variant.num_repeats,
