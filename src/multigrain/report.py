@@ -66,7 +66,7 @@ def plot_breakdown(rows: Sequence[BreakdownRow], path: Path, *, metric: str = "m
     axes.set_title(f"copy detection: {metric} per transform family")
     figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")  # keep the legend
     return atomic_write_bytes(path, buffer.getvalue())
 
 
