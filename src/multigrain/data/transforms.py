@@ -140,7 +140,8 @@ def train_transform(
 
     RandomResizedCrop keeps at least 8% of the image area (the ImageNet default)
     but 25% when ``input_size <= 64``: tiny images such as Fashion-MNIST's 28 px
-    ones keep too few pixels of the object with the default.
+    ones keep too few pixels of the object with the default. ``COPY`` always keeps
+    25%, so that the m copies of a source overlap.
 
     Args:
         kind: the augmentation recipe (an :class:`AugmentationKind` or its value).
@@ -159,9 +160,10 @@ def train_transform(
         return eval_transform(
             input_size=input_size, grayscale_to_rgb=grayscale_to_rgb, mean=mean, std=std
         )
-    scale = SMALL_INPUT_CROP_SCALE if input_size <= SMALL_INPUT_SIZE else DEFAULT_CROP_SCALE
     if kind is AugmentationKind.COPY:
         scale = COPY_CROP_SCALE
+    else:
+        scale = SMALL_INPUT_CROP_SCALE if input_size <= SMALL_INPUT_SIZE else DEFAULT_CROP_SCALE
     steps: list[nn.Module] = [ToRGB()] if grayscale_to_rgb else []
     steps += [
         v2.RandomResizedCrop(input_size, scale=scale, antialias=True),
