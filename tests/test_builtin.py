@@ -186,6 +186,62 @@ def test_evaluation_report_for_a_model_and_its_baselines(built, tmp_path: Path) 
     assert "| all | strong |" in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_whitening_is_scored_with_its_untrained_control(built) -> None:
+    """The control whitening is fitted as the model's: for identical networks, identical scores."""
+    import torch
+
+    from multigrain.builtin_eval import UNTRAINED_WHITENED, WHITENED, score_builtin
+    from multigrain.collection import list_images
+    from multigrain.embed import embed_in_memory
+    from multigrain.models import MultiGrain
+    from multigrain.whitening import fit_whitening
+
+    output, _ = built
+    torch.manual_seed(0)  # the untrained network of score_builtin(seed=0) gets these weights
+    model = MultiGrain(trunk="resnet18", num_classes=4).eval()
+    photos = list_images(output / "train") + list_images(output / "train_unlabelled")
+    cpu = torch.device("cpu")
+    descriptors, _, _ = embed_in_memory(model, photos, resolution=64, device=cpu, normalise=True)
+    whitening = fit_whitening(descriptors, dim=12, shrinkage=0.1)
+    result, _ = score_builtin(
+        model, output, model_name="random", resolution=64, device=torch.device("cpu"),
+        whitening=whitening,
+    )  # fmt: skip
+    rows = {(r.method, r.family, r.strength): r for r in result.copy_detection}
+    assert {method for method, _, _ in rows} == {
+        "phash", "untrained", "trained", UNTRAINED_WHITENED, WHITENED
+    }  # fmt: skip
+    for (method, family, strength), row in rows.items():
+        if method == WHITENED:
+            control = rows[UNTRAINED_WHITENED, family, strength]
+            assert row.map == pytest.approx(control.map, abs=1e-6)
+    assert result.instances[WHITENED]["map"] == pytest.approx(
+        result.instances[UNTRAINED_WHITENED]["map"], abs=1e-6
+    )
+    # whitening changes the ranking: the whitened rows are not the raw ones
+    raw, whitened = rows["trained", "all", "all"], rows[WHITENED, "all", "all"]
+    assert (raw.map, raw.micro_ap) != (whitened.map, whitened.micro_ap)
+
+
+def test_control_whitening_repeats_the_fit() -> None:
+    import torch
+
+    from multigrain.builtin_eval import control_whitening
+    from multigrain.whitening import fit_whitening
+
+    generator = torch.Generator().manual_seed(0)
+    first = torch.nn.functional.normalize(torch.randn(40, 16, generator=generator), dim=1)
+    other = torch.nn.functional.normalize(torch.randn(30, 16, generator=generator), dim=1)
+    whitening = fit_whitening(first, dim=10, power=0.25, shrinkage=0.2)
+    control = control_whitening(whitening, other)
+    expected = fit_whitening(other, dim=10, power=0.25, shrinkage=0.2)
+    assert control.output_dim == 10
+    assert control.fitted_on["power"] == 0.25 and control.fitted_on["shrinkage"] == 0.2
+    torch.testing.assert_close(control.projection, expected.projection)
+    # fewer descriptors than d + 1: d shrinks to the rank rather than failing
+    assert control_whitening(whitening, other[:6]).output_dim == 5
+
+
 def test_demo_pipeline_on_the_built_benchmark(built, tmp_path: Path) -> None:
     """`multigrain demo` end to end at toy size: every step runs and the report is complete."""
     import json
@@ -201,7 +257,9 @@ def test_demo_pipeline_on_the_built_benchmark(built, tmp_path: Path) -> None:
     summary = run_builtin_demo(output_dir=tmp_path / "demo", data_root=output, settings=settings)
     assert summary.steps == 2 and summary.exponent in (1.0, 3.0)
     assert 0.0 <= summary.index_recall_at_1 <= 1.0
-    assert set(summary.headline) == {"phash", "untrained", "trained", "trained+whitening"}
+    assert set(summary.headline) == {
+        "phash", "untrained", "trained", "untrained+whitening", "trained+whitening"
+    }  # fmt: skip
     assert "held-out top-1" in summary.headline["trained"]
     folder = tmp_path / "demo"
     for name in ("report.html", "report.md", "report.json", "calibration.png", "copy_map.png"):
@@ -256,6 +314,7 @@ def test_cli_report_plots_the_stored_calibration(built, tmp_path: Path) -> None:
     from multigrain.checkpoint import save_checkpoint
     from multigrain.cli import app
     from multigrain.models import MultiGrain
+    from multigrain.whitening import fit_whitening
 
     output, _ = built
     torch.manual_seed(0)
@@ -269,10 +328,17 @@ def test_cli_report_plots_the_stored_calibration(built, tmp_path: Path) -> None:
     CalibrationResult.from_table(
         [CalibrationRow(48, 3.0, 0.5), CalibrationRow(48, 4.0, 0.6)], method="grid", num_images=4
     ).save(tmp_path / "model.pt.calibration.json")
+    fit_whitening(
+        torch.nn.functional.normalize(torch.randn(20, model.embedding_dim), dim=1), dim=8
+    ).save(tmp_path / "whitening.pt")
     args = ["evaluate", "--benchmark", "builtin", "--root", str(output), "-c", str(checkpoint),
-            "-s", "48", "--report", str(tmp_path / "report")]  # fmt: skip
+            "-s", "48", "--report", str(tmp_path / "report"),
+            "--whitening", str(tmp_path / "whitening.pt")]  # fmt: skip
     outcome = CliRunner().invoke(app, args)
     assert outcome.exit_code == 0, outcome.output
     assert (tmp_path / "report" / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+    markdown = (tmp_path / "report" / "report.md").read_text()
     # p* of the stored calibration (4 at s=48) is what the model was evaluated with
-    assert "p = 4" in (tmp_path / "report" / "report.md").read_text()
+    assert "p = 4" in markdown
+    # --whitening adds the whitened model and its untrained control
+    assert "| trained+whitening |" in markdown and "| untrained+whitening |" in markdown

@@ -134,7 +134,14 @@ def test_save_load_round_trip(tmp_path):
     state = torch.load(path, weights_only=True)
     assert state["kind"] == "multigrain.whitening"
     loaded = Whitening.load(path)
-    assert loaded.fitted_on == {"num_descriptors": 100, "source": "synthetic", "s": 500, "p": 3.0}
+    assert loaded.fitted_on == {
+        "num_descriptors": 100,
+        "power": 0.5,
+        "shrinkage": 0.0,
+        "source": "synthetic",
+        "s": 500,
+        "p": 3.0,
+    }
     for name in ("mean", "projection", "eigenvalues"):
         assert torch.equal(getattr(loaded, name), getattr(whitening, name))
     assert not list(path.parent.glob(".*.tmp"))

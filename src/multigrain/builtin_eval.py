@@ -4,7 +4,10 @@ Parts (built by `multigrain build-benchmark`): copy detection (held-out photos a
 AugLy copies, DISC21 layout plus `queries.csv` naming each query's transform family and
 strength), instances (4 views of each held-out photo, UKBench layout) and classification
 (held-out labelled photos). Methods: the model, the same architecture untrained, and a
-perceptual hash (pHash) for the image-only parts.
+perceptual hash (pHash) for the image-only parts; with a whitening, the model whitened and,
+as its control, the untrained network whitened the same way (fitted on its own descriptors of
+the same training photos), so that the gain of training is not confused with the gain of
+whitening.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from multigrain.whitening import Whitening
 
 #: Method name of the model's descriptors after whitening.
 WHITENED = "trained+whitening"
+#: The control: the untrained network's descriptors after a whitening fitted the same way.
+UNTRAINED_WHITENED = "untrained+whitening"
 
 
 @dataclass
@@ -107,7 +112,8 @@ def evaluate_builtin(
 
     With ``report`` the report is written there; ``calibration`` (the model's p*/s
     table, if calibrated) adds its plot to it. ``whitening`` (fitted on the model's
-    L2-normalised descriptors at this s and p) adds the method ``trained+whitening``.
+    L2-normalised descriptors at this s and p) adds the method ``trained+whitening`` and its
+    control ``untrained+whitening`` (see :func:`control_whitening`).
     Both networks run at ``precision`` (multigrain.precision; int8 calibrates on each
     image set it embeds).
     """
@@ -161,6 +167,9 @@ def score_builtin(
             elif method == WHITENED:
                 assert whitening is not None
                 computed[method, part] = whitening.apply(describe("trained", part, paths))
+            elif method == UNTRAINED_WHITENED:
+                assert control is not None
+                computed[method, part] = control.apply(describe("untrained", part, paths))
             else:
                 network = model if method == "trained" else untrained
                 computed[method, part] = _network_descriptors(
@@ -174,7 +183,13 @@ def score_builtin(
     rows: list[BreakdownRow] = []
     instance_scores: dict[str, dict[str, float]] = {}
     grid: list[GridRow] = []
-    methods = ["phash", "untrained", "trained"] + ([WHITENED] if whitening is not None else [])
+    methods = ["phash", "untrained", "trained"]
+    control = None
+    if whitening is not None:
+        control = control_whitening(
+            whitening, describe("untrained", "background", background_paths)
+        )
+        methods += [UNTRAINED_WHITENED, WHITENED]
     for method in methods:
         queries = describe(method, "queries", copies.queries)
         references = describe(method, "references", copies.references)
@@ -201,6 +216,25 @@ def score_builtin(
         _classification(model, untrained, root, classes, resolution, device, precision),
     )  # fmt: skip
     return result, grid
+
+
+def control_whitening(whitening: Whitening, descriptors: torch.Tensor) -> Whitening:
+    """A whitening fitted on other ``descriptors`` as ``whitening`` was: same d, power, shrinkage.
+
+    The built-in evaluation fits it on the untrained network's descriptors of the training
+    photos (the set the demo fits the model's whitening on), as a control for the model's.
+    """
+    from multigrain.whitening import fit_whitening
+
+    settings = whitening.fitted_on
+    dim = min(whitening.output_dim, len(descriptors) - 1, descriptors.shape[1])
+    return fit_whitening(
+        descriptors,
+        dim=dim,
+        power=float(settings.get("power", 0.5)),
+        shrinkage=float(settings.get("shrinkage", 0.0)),
+        fitted_on={"input": "control: other descriptors, fitted as the model's whitening"},
+    )
 
 
 def _classification(

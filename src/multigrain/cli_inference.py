@@ -386,7 +386,9 @@ def evaluate(
     target = resolve_device(device)
     used = resolve_inference_precision(precision, target)
     if benchmark == "builtin":
-        _evaluate_builtin(root, checkpoint, resolution, exponent, target, used, report, output)
+        _evaluate_builtin(
+            root, checkpoint, resolution, exponent, target, used, report, output, whitening
+        )  # fmt: skip
         return
     name = parse_enum(BenchmarkName, benchmark, "--benchmark")
     options: dict[str, object] = {}
@@ -425,7 +427,7 @@ def evaluate(
 def _evaluate_builtin(
     root: Path, checkpoint: Path, resolution: int, exponent: float | None,
     target: torch.device, precision: InferencePrecision, report: Path | None,
-    output: Path | None,
+    output: Path | None, whitening: Path | None = None,
 ) -> None:  # fmt: skip
     from dataclasses import asdict
 
@@ -443,6 +445,7 @@ def _evaluate_builtin(
         model, root, model_name=model_identity(checkpoint), resolution=resolution,
         device=target, classes=classes, report=report, precision=precision,
         calibration=calibration,
+        whitening=load_whitening(whitening, model) if whitening is not None else None,
     )  # fmt: skip
     echo(result.to_markdown() + f"\n\nprecision: {precision.value}")
     if output is not None:

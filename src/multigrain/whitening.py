@@ -140,7 +140,8 @@ def fit_whitening(
         shrinkage: added to every eigenvalue, as a multiple of the mean eigenvalue, before
             the power (0 = none). Makes the transform well defined for tiny eigenvalues.
         eps: a kept eigenvalue below ``eps * lambda_max`` counts as zero (rank deficiency).
-        fitted_on: metadata stored with the result; ``num_descriptors`` is added.
+        fitted_on: metadata stored with the result; ``num_descriptors``, ``power`` and
+            ``shrinkage`` are added (so that the same fit can be repeated on other descriptors).
 
     Returns:
         A :class:`Whitening` with projection (D, d).
@@ -186,7 +187,12 @@ def fit_whitening(
         )
     scale = (kept + shrinkage * all_eigenvalues.mean()).pow(-power)
     projection = eigenvectors[:, :dim] * scale
-    metadata: Metadata = {"num_descriptors": num, **(fitted_on or {})}
+    metadata: Metadata = {
+        "num_descriptors": num,
+        "power": power,
+        "shrinkage": shrinkage,
+        **(fitted_on or {}),
+    }
     logger.info("fitted whitening %d -> %d on %d descriptors", size, dim, num)
     return Whitening(mean, projection, kept, metadata)
 
