@@ -50,7 +50,10 @@ logger = logging.getLogger(__name__)
 
 #: Defaults shared by the CLI and benchmarks/embed_throughput.py (what "our default" runs).
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_SHARD_SIZE = 4096  # descriptors per shard: 32 MiB of buffer at D = 2048
+#: Descriptors per shard: 8 MiB of buffer at D = 2048. The buffer (and its copy when a shard
+#: is written) is the part of embed's memory that grows with the collection up to this size,
+#: so it is kept small; 1,000 shards per million images.
+DEFAULT_SHARD_SIZE = 1024
 DEFAULT_PRECISION = InferencePrecision.AUTO
 
 

@@ -145,6 +145,7 @@ def write_html(
         ".row{display:flex;gap:8px;margin:8px 0;align-items:flex-start}",
         ".cell{text-align:center;font-size:12px}.cell img{display:block;border:4px solid #ccc}",
         ".ok img{border-color:#2a2}.bad img{border-color:#d33}.query img{border-color:#36c}",
+        "img.plot{max-width:100%;height:auto;display:block}",  # wide plots fit the page
         "</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
@@ -154,7 +155,10 @@ def write_html(
     parts += blocks[:1]
     for plot in plots:
         encoded = base64.b64encode(plot.read_bytes()).decode()
-        parts.append(f"<img alt='{html.escape(plot.stem)}' src='data:image/png;base64,{encoded}'>")
+        parts.append(
+            f"<img class='plot' alt='{html.escape(plot.stem)}' "
+            f"src='data:image/png;base64,{encoded}'>"
+        )
     parts += blocks[1:]
     if grid:
         parts.append("<h2>Queries and their best results (green: correct)</h2>")
