@@ -37,12 +37,13 @@ def main() -> int:
         return 2
     report = json.loads(args.report.read_text())
     methods = {row["method"] for row in report["result"]["copy_detection"]}
+    baselines = ["phash", "untrained"]
+    if CONTROL in methods and args.method != CONTROL:
+        baselines.append(CONTROL)
     failures = []
     for strength in ("all", "strong"):
         model = copy_map(report, args.method, strength)
-        for baseline in ("phash", "untrained", CONTROL):
-            if baseline == CONTROL and (baseline not in methods or args.method == CONTROL):
-                continue
+        for baseline in baselines:
             other = copy_map(report, baseline, strength)
             verdict = "beats" if model > other else "does NOT beat"
             line = (
