@@ -7,14 +7,17 @@ the same N files:
   full decode, resize to longest side s, fp32 NCHW model, one image at a time, the
   descriptors saved with ``np.save`` at the end;
 - ``default``: ``multigrain embed``'s defaults (embed_collection: precision auto, the
-  default decoding workers, batch 32, shards, merge);
+  default decoding workers and batch size, shards, merge);
 - ``fp32``, ``bf16``: the default pipeline at that precision;
 - ``int8``: the default pipeline with ``--precision int8`` (onnxruntime);
 - ``compile``: the default pipeline with its trunk through ``torch.compile`` (inductor,
   freezing on).
 
 A mode may carry settings: ``default:workers=0``, ``default:threads=1``,
-``default:batch=64``, ``default:nice=10`` (decoding workers' priority). Timed ("seconds"):
+``default:batch=64``, ``default:nice=10`` (decoding workers' priority),
+``default:allocator=system`` (glibc malloc instead of the tcmalloc/jemalloc that the
+``multigrain`` command preloads when installed, see multigrain/allocator.py; the baseline
+always runs on glibc malloc). Timed ("seconds"):
 from the list of files to the descriptor files written, including the pipeline's start-up
 (batch-norm folding, int8 export, calibration and quantisation, torch.compile warm-up,
 decoding workers) but not the Python/torch import or the model's construction, which every
@@ -32,7 +35,8 @@ names until there are N files. The JSON says how many distinct photos that took.
 
     .venv/bin/python benchmarks/embed_throughput.py --trunk resnet50 --resolutions 224,500 \\
         --images 400 --modes baseline,default,fp32,int8,compile \\
-        --memory-images 1000,10000 --output runs/bench/embed_throughput.json
+        --memory-images 1000,10000 --memory-modes default,default:allocator=system \\
+        --output runs/bench/embed_throughput.json
 """
 
 from __future__ import annotations
@@ -55,13 +59,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from multigrain.allocator import loaded_allocator, preload_environment
 from multigrain.atomic import atomic_write_text
 from multigrain.checkpoint import save_checkpoint
 from multigrain.data import inference_loading
-from multigrain.data.inference_loading import DecodedImages, default_num_workers
+from multigrain.data.inference_loading import (
+    DecodedImages,
+    default_batch_size,
+    default_num_workers,
+)
 from multigrain.data.resize import normalise
 from multigrain.distributed import DistributedContext, resolve_device
-from multigrain.embed import DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, build_trunk, embed_collection
+from multigrain.embed import DEFAULT_PRECISION, build_trunk, embed_collection
 from multigrain.embedding_store import EmbeddingMetadata
 from multigrain.inference import TorchTrunk
 from multigrain.models import MultiGrain
@@ -139,12 +148,21 @@ def run_baseline(model: MultiGrain, paths: list[Path], resolution: int, output: 
 
 
 # --- one mode, in a child process -----------------------------------------------------------
-def parse_mode(mode: str) -> tuple[str, dict[str, int]]:
+def parse_mode(mode: str) -> tuple[str, dict[str, Any]]:
+    """'default:workers=0,allocator=system' -> ('default', {'workers': 0, ...})."""
     name, _, settings = mode.partition(":")
     if name not in MODES:
         raise SystemExit(f"unknown mode {name!r}: choose from {', '.join(MODES)}")
     values = dict(item.split("=") for item in settings.split(",") if item)
-    return name, {key: int(value) for key, value in values.items()}
+    return name, {k: v if k == "allocator" else int(v) for k, v in values.items()}
+
+
+def child_environment(mode: str) -> dict[str, str]:
+    """The environment a mode's child runs in: the allocator `multigrain` would preload."""
+    name, settings = parse_mode(mode)
+    if name == "baseline":
+        return preload_environment(setting="system")
+    return preload_environment(setting=settings.get("allocator", "auto"))
 
 
 def synchronise(device: torch.device) -> None:
@@ -229,7 +247,11 @@ def run_mode(
         torch.set_num_threads(settings["threads"])
     if "nice" in settings:
         inference_loading.CPU_DECODE_NICENESS = settings["nice"]
-    result: dict[str, Any] = {"mode": mode, "threads": torch.get_num_threads()}
+    result: dict[str, Any] = {
+        "mode": mode,
+        "threads": torch.get_num_threads(),
+        "allocator": Path(loaded_allocator() or "glibc malloc").name,
+    }
     start = time.perf_counter()
     trunk = None
     if name == "baseline":
@@ -256,14 +278,14 @@ def run_mode(
         embed_collection(
             model, paths, output_dir=output, metadata=metadata, precision=used, trunk=trunk,
             context=DistributedContext(rank=0, world_size=1, local_rank=0, device=device),
-            batch_size=settings.get("batch", DEFAULT_BATCH_SIZE), num_workers=workers,
+            batch_size=settings.get("batch", default_batch_size(device)), num_workers=workers,
             progress=False,
         )  # fmt: skip
         result.update(precision=used.value, workers=workers)
     seconds = time.perf_counter() - start
     result.update(seconds=round(seconds, 2), images_per_second=round(len(paths) / seconds, 2))
     if forward:
-        batch = forward_batch(paths, resolution, settings.get("batch", DEFAULT_BATCH_SIZE))
+        batch = forward_batch(paths, resolution, settings.get("batch", default_batch_size(device)))
         result["forward"] = forward_rate(model, name, trunk, batch, device, matmul_size)
     if device.type == "cuda":
         result["cuda_peak_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -292,7 +314,7 @@ def run_child(
         "--checkpoint", str(args.checkpoint), "--device", args.device,
         "--matmul-size", str(args.matmul_size), *(["--no-forward"] if args.no_forward else []),
     ]  # fmt: skip
-    process = subprocess.Popen(command, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, env=child_environment(mode))
     assert process.stderr is not None
     errors = process.stderr.read()  # read before waiting: a full pipe would block the child
     _, status, usage = os.wait4(process.pid, 0)
@@ -350,7 +372,10 @@ def main() -> None:
     parser.add_argument("--modes", default="baseline,default,fp32,int8,compile")
     parser.add_argument("--photos", type=Path, default=Path("data/builtin"))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--memory-images", default="", help="e.g. 1000,10000: default mode")
+    parser.add_argument("--memory-images", default="", help="e.g. 1000,10000 images")
+    parser.add_argument(
+        "--memory-modes", default="default", help="e.g. default,default:allocator=system"
+    )
     parser.add_argument("--memory-resolution", type=int, default=224)
     parser.add_argument("--no-forward", action="store_true", help="skip the forward timing")
     parser.add_argument("--matmul-size", type=int, default=2048, help="reference matmul side")
@@ -442,24 +467,31 @@ def main() -> None:
 
 
 def memory_check(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    """Peak RSS of the default mode on growing collections (same photos, more files)."""
+    """Peak RSS of each --memory-modes mode on growing collections (same photos, more files)."""
     photos = find_photos(args.photos, args.memory_resolution)
+    modes = [m for m in args.memory_modes.split(",") if m]
+    for mode in modes:
+        parse_mode(mode)
     rows = []
     for count in (int(v) for v in args.memory_images.split(",")):
         folder = root / f"memory{count}"
         make_set(photos, count, folder)
-        measured = run_child(
-            "default", folder, root / f"memory-out-{count}", args.memory_resolution,
-            argparse.Namespace(**{**vars(args), "no_forward": True}),
-        )  # fmt: skip
-        rows.append({"images": count, **measured})
-        print(json.dumps(rows[-1]), flush=True)
+        for index, mode in enumerate(modes):
+            measured = run_child(
+                mode, folder, root / f"memory-out-{count}-{index}", args.memory_resolution,
+                argparse.Namespace(**{**vars(args), "no_forward": True}),
+            )  # fmt: skip
+            rows.append({"images": count, **measured})
+            print(json.dumps(rows[-1]), flush=True)
         shutil.rmtree(folder)
-    peaks = [row["peak_rss_mib"] for row in rows]
+    ratios = {}
+    for mode in modes:
+        peaks = [row["peak_rss_mib"] for row in rows if row["mode"] == mode]
+        ratios[mode] = round(max(peaks) / min(peaks), 3)
     return {
         "resolution": args.memory_resolution,
         "runs": rows,
-        "largest_over_smallest_peak_rss": round(max(peaks) / min(peaks), 3),
+        "largest_over_smallest_peak_rss": ratios,
     }
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs the Debian packages that hold the built-in data, when they are missing.
+# Installs the Debian packages that hold the built-in data (and tcmalloc, which keeps the
+# memory of long CPU jobs flat: src/multigrain/allocator.py), when they are missing.
 # Needs root (or sudo); prints the command to run by hand otherwise.
 set -euo pipefail
-packages=(dataset-fashion-mnist opencv-doc tuxpaint-stamps-default gcompris-qt-data libjxl-testdata chromium)
+packages=(dataset-fashion-mnist opencv-doc tuxpaint-stamps-default gcompris-qt-data libjxl-testdata chromium
+          libtcmalloc-minimal4)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

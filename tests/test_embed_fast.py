@@ -152,3 +152,25 @@ def test_shape_batches_keep_every_image_once_in_a_bounded_set_of_batch_sizes():
         assert batch[:, 0, 0, 0].tolist() == [i % 256 for i in indices]
     # sizes: full batches or powers of two, so oneDNN sees few distinct shapes
     assert {len(indices) for indices, _ in batches} <= {16, 8, 4, 2, 1}
+
+
+def test_shape_batches_hold_at_most_max_pending_images():
+    shapes = [(3, 8, 8 + (k % 7)) for k in range(300)]  # 7 shapes, interleaved
+    consumed = 0
+
+    def items():
+        nonlocal consumed
+        for k, shape in enumerate(shapes):
+            consumed += 1
+            yield k, torch.zeros(shape, dtype=torch.uint8), ""
+
+    emitted, largest_pending, sizes = 0, 0, []
+    for indices, _ in shape_batches(items(), batch_size=32, on_failure=print, max_pending=100):
+        largest_pending = max(largest_pending, consumed - emitted)
+        emitted += len(indices)
+        sizes.append(len(indices))
+    assert emitted == 300 and largest_pending <= 100
+    # 100 pending over 7 shapes: the fullest bucket goes out at about 100 / 7 images
+    assert max(sizes[:-7]) >= 14
+    few = list(shape_batches(iter([]), batch_size=32, on_failure=print, max_pending=100))
+    assert few == []

@@ -21,7 +21,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would have (or the
+        # replaced file's), so that other users and services can read what we write
+        os.fchmod(fd, _mode_for(target))
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp_name)
         os.replace(tmp_name, target)
@@ -45,3 +50,14 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _mode_for(target: Path) -> int:
+    """The replaced file's permission bits, else 0666 less the process's umask."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        pass
+    umask = os.umask(0)  # reading the umask means setting it; put it back at once
+    os.umask(umask)
+    return 0o666 & ~umask

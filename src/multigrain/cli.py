@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from multigrain.allocator import SETTING, reexec_with_allocator
 from multigrain.cli_common import app  # noqa: E402
 from multigrain.cli_common import echo as _echo
 from multigrain.cli_common import parse_enum as _enum
@@ -251,12 +252,47 @@ def _check_augmentation(value: str) -> None:
     _enum(AugmentationKind, value, "--augmentation")
 
 
-def main() -> None:
-    """Entry point: run the app, turning MultiGrainError into one line and exit status 2."""
-    from multigrain import cli_inference, cli_search, cli_serve  # noqa: F401  (register commands)
+@app.command()
+def info() -> None:
+    """What this machine runs: versions, device, default precision, threads, allocator."""
+    import torch
 
+    import multigrain
+    from multigrain.allocator import find_allocator, loaded_allocator
+    from multigrain.distributed import resolve_device
+    from multigrain.precision import InferencePrecision, resolve_inference_precision
+
+    device = resolve_device("auto")
+    precision = resolve_inference_precision(InferencePrecision.AUTO, device).value
+    loaded = loaded_allocator()
+    available = find_allocator("auto")
+    if loaded:
+        allocator = f"{Path(loaded).name} ({loaded})"
+    elif available:
+        allocator = f"glibc malloc ({available} is installed; see {SETTING})"
+    else:
+        allocator = "glibc malloc (apt-get install libtcmalloc-minimal4 for flat memory)"
+    for key, value in (
+        ("multigrain", multigrain.__version__),
+        ("torch", torch.__version__),
+        ("device", str(device)),
+        ("default precision", precision),
+        ("torch threads", str(torch.get_num_threads())),
+        ("allocator", allocator),
+    ):
+        _echo(f"{key}: {value}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning MultiGrainError into one line and exit status 2.
+
+    First re-executes itself under tcmalloc/jemalloc when one is installed (allocator.py).
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        reexec_with_allocator()
+        from multigrain import cli_inference, cli_search, cli_serve  # noqa: F401  (commands)
+
         app()  # standalone: usage errors are printed by typer with exit status 2
     except MultiGrainError as error:
         typer.echo(f"error: {error}", err=True)

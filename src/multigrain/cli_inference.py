@@ -10,7 +10,7 @@ import torch
 import typer
 
 from multigrain.cli_common import app, echo, parse_enum, parse_list
-from multigrain.embed import DEFAULT_BATCH_SIZE, DEFAULT_PRECISION, DEFAULT_SHARD_SIZE
+from multigrain.embed import DEFAULT_PRECISION, DEFAULT_SHARD_SIZE
 from multigrain.errors import MultiGrainError
 from multigrain.models import MultiGrain
 from multigrain.precision import InferencePrecision
@@ -74,7 +74,9 @@ def embed(
         float | None,
         typer.Option("--exponent", "-p", help="GeM exponent p* (default: the model's)"),
     ] = None,
-    batch_size: Annotated[int, typer.Option()] = DEFAULT_BATCH_SIZE,
+    batch_size: Annotated[
+        int | None, typer.Option(help="images per forward [default: 16 on CPU, 64 on CUDA]")
+    ] = None,
     shard_size: Annotated[
         int, typer.Option(help="descriptors per output shard")
     ] = DEFAULT_SHARD_SIZE,

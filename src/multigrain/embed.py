@@ -25,7 +25,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from multigrain.data.images import DEFAULT_MAX_PIXELS
-from multigrain.data.inference_loading import DecodedImages, decoded_batches
+from multigrain.data.inference_loading import (
+    DecodedImages,
+    decoded_batches,
+    default_batch_size,
+)
 from multigrain.data.resize import normalise as normalise_images
 from multigrain.distributed import DistributedContext
 from multigrain.embedding_store import (
@@ -48,8 +52,8 @@ from multigrain.precision import InferencePrecision, resolve_inference_precision
 
 logger = logging.getLogger(__name__)
 
-#: Defaults shared by the CLI and benchmarks/embed_throughput.py (what "our default" runs).
-DEFAULT_BATCH_SIZE = 32
+#: Defaults shared by the CLI and benchmarks/embed_throughput.py (what "our default" runs);
+#: the batch size is data.inference_loading.default_batch_size(device).
 #: Descriptors per shard: 8 MiB of buffer at D = 2048. The buffer (and its copy when a shard
 #: is written) is the part of embed's memory that grows with the collection up to this size,
 #: so it is kept small; 1,000 shards per million images.
@@ -139,7 +143,7 @@ def embed_collection(
     output_dir: Path,
     metadata: EmbeddingMetadata,
     context: DistributedContext,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     num_workers: int = 0,
     precision: InferencePrecision | str = InferencePrecision.FP32,
@@ -155,9 +159,13 @@ def embed_collection(
     set to `metadata.exponent`. It runs at `precision` (resolved on the device: record
     `resolve_inference_precision(precision, device).value` in `metadata.precision`), or
     through `trunk` when one is given (e.g. a compiled one; `precision` is then ignored).
-    Memory stays bounded whatever the number of images: 2 batches decoded ahead, 4 batches
-    pending per shape, at most `shard_size` descriptors before a shard is written.
+    Memory stays bounded whatever the number of images: 2 batches decoded ahead, at most
+    64 MiB of decoded images waiting in per-shape buckets (PENDING_BYTES), at most
+    `shard_size` descriptors before a shard is written. `batch_size` defaults to
+    `default_batch_size(context.device)`.
     """
+    if batch_size is None:
+        batch_size = default_batch_size(context.device)
     if batch_size < 1 or shard_size < 1:
         raise MultiGrainError("--batch-size and --shard-size must be >= 1")
     started = time.perf_counter()
@@ -258,7 +266,7 @@ def embed_in_memory(
     *,
     resolution: int,
     device: torch.device,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = 32,
     num_workers: int = 0,
     precision: InferencePrecision | str = InferencePrecision.FP32,
     trunk: Trunk | None = None,
