@@ -2,10 +2,10 @@
 
 Why: embedding a collection allocates activations of many sizes (one per image shape and
 batch size), and glibc's heap fragments under that pattern, so the peak resident memory of
-`multigrain embed` kept growing with the number of images (+20 % from 1,000 to 10,000
-images, ResNet-50 at s = 224). Under tcmalloc or jemalloc it stays flat at the same speed;
-a fixed glibc mmap threshold also keeps it flat but costs half the throughput in page
-faults. The measurements: ``benchmarks/embed_throughput.py --memory-images 1000,10000``.
+`multigrain embed` kept growing with the number of images (+17 to +27 % from 1,000 to
+10,000 images, ResNet-50 at s = 224). Under tcmalloc or jemalloc it stays flat (+2 %) and
+embedding is faster; a fixed glibc mmap threshold also keeps it flat but took 54 % longer,
+in page faults. The measurements: ``benchmarks/embed_throughput.py --memory-images 1000,10000``.
 
 The `multigrain` command re-executes itself once, at start, with ``LD_PRELOAD`` naming the
 first library found (Debian/Ubuntu: ``apt-get install libtcmalloc-minimal4`` or
@@ -67,9 +67,9 @@ def loaded_allocator() -> str | None:
     except OSError:
         return None
     for line in maps.splitlines():
-        path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
-        if any(name in Path(path).name for name in _NAMES):
-            return path
+        fields = line.split(maxsplit=5)  # address perms offset device inode [path]
+        if len(fields) == 6 and any(name in Path(fields[5]).name for name in _NAMES):
+            return fields[5]
     return None
 
 
