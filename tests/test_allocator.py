@@ -25,24 +25,24 @@ def installed() -> str:
     return library
 
 
-def _python(code: str, **env: str) -> str:
+def _run(*args: str, expect: int = 0, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python ARGS` in a subprocess without the caller's allocator settings, plus `env`."""
     environment = {k: v for k, v in os.environ.items() if k not in (SETTING, "LD_PRELOAD")}
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        [sys.executable, *args], capture_output=True, text=True, timeout=120,
         env={**environment, **env},
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+    assert result.returncode == expect, result.stderr
+    return result
+
+
+def _python(code: str, **env: str) -> str:
+    return _run("-c", code, **env).stdout
 
 
 def _cli_info(**env: str) -> dict[str, str]:
     """`multigrain info` in a subprocess -> {key: value}."""
-    environment = {k: v for k, v in os.environ.items() if k not in (SETTING, "LD_PRELOAD")}
-    result = subprocess.run(
-        [sys.executable, "-m", "multigrain", "info"], capture_output=True, text=True,
-        timeout=120, env={**environment, **env},
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    result = _run("-m", "multigrain", "info", **env)
     return dict(line.split(": ", 1) for line in result.stdout.splitlines())
 
 
@@ -53,6 +53,15 @@ def test_settings(tmp_path):
     assert find_allocator(str(library)) == str(library)
     with pytest.raises(MultiGrainError, match=f"{SETTING}=/no/such.so: no such file"):
         find_allocator("/no/such.so")
+
+
+def test_a_missing_library_is_one_line_of_error():
+    result = _run("-m", "multigrain", "info", expect=2, **{SETTING: "/no/such.so"})
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"error: {SETTING}=/no/such.so: no such file; give the path of a malloc library "
+        "(e.g. /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4), 'auto' or 'system'"
+    )
 
 
 def test_preload_environment_prepends_once(tmp_path):

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from multigrain.allocator import SETTING, reexec_with_allocator
+from multigrain.allocator import SETTING, find_allocator, loaded_allocator, reexec_with_allocator
 from multigrain.cli_common import app  # noqa: E402
 from multigrain.cli_common import echo as _echo
 from multigrain.cli_common import parse_enum as _enum
@@ -258,7 +258,6 @@ def info() -> None:
     import torch
 
     import multigrain
-    from multigrain.allocator import find_allocator, loaded_allocator
     from multigrain.distributed import resolve_device
     from multigrain.precision import InferencePrecision, resolve_inference_precision
 
