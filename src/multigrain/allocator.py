@@ -4,8 +4,8 @@ Why: embedding a collection allocates activations of many sizes (one per image s
 batch size), and glibc's heap fragments under that pattern, so the peak resident memory of
 `multigrain embed` kept growing with the number of images (+17 to +27 % from 1,000 to
 10,000 images, ResNet-50 at s = 224). Under tcmalloc or jemalloc it stays flat (+2 %) and
-embedding is faster; a fixed glibc mmap threshold also keeps it flat but took 54 % longer,
-in page faults. The measurements: ``benchmarks/embed_throughput.py --memory-images 1000,10000``.
+embedding is faster; a fixed glibc mmap threshold also keeps it flat but is much slower
+(page faults). The measurements: ``benchmarks/embed_throughput.py --memory-images 1000,10000``.
 
 The `multigrain` command re-executes itself once, at start, with ``LD_PRELOAD`` naming the
 first library found (Debian/Ubuntu: ``apt-get install libtcmalloc-minimal4`` or

@@ -30,9 +30,9 @@ CPU_DECODE_NICENESS = 10
 
 #: Budget of the per-shape buckets of decoded images waiting for a batch (uint8, counted at
 #: s x s): about 440 images at s = 224, the floor of 4 batches from s = 420. A collection of
-#: many aspect ratios spreads over many buckets; a small budget then sends batches of ~3
-#: images (s = 224, 73 shapes among the built-in photos), a larger one fuller batches:
-#: 48 instead of 36-44 images/s end to end for ResNet-50 on 2 cores, for ~64 MiB.
+#: many aspect ratios spreads over many buckets (73 shapes among the built-in photos at
+#: s = 224); a small budget then sends batches of a few images, a larger one fuller and
+#: faster batches (benchmarks/embed_throughput.py measures the pipeline).
 PENDING_BYTES = 64 * 2**20
 
 
@@ -103,8 +103,10 @@ def default_num_workers(device: torch.device) -> int:
 def default_batch_size(device: torch.device) -> int:
     """Images per forward when the user gives none: 16 on the CPU, 64 on CUDA.
 
-    On 2 CPU cores ResNet-50 runs as fast or faster at 16 as at 32 (54 vs 49 images/s at
-    168 x 224, bf16) with ~110 MiB less peak memory for `embed`; a GPU wants larger batches.
+    On 2 CPU cores `embed` with ResNet-50 runs as fast at 16 as at 32 at s = 224 (40.4 vs
+    40.5 images/s) and 8 % slower at s = 500, with 60 / 510 MiB less peak memory
+    (benchmarks/embed_throughput.py, docs/benchmarks/embed_throughput.json); a GPU wants
+    larger batches.
     """
     return 64 if device.type == "cuda" else 16
 
