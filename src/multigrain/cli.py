@@ -43,7 +43,9 @@ def train(
         bool, typer.Option(help="3x3 stem without max-pool for 28-64 px images")
     ] = False,
     input_size: Annotated[int, typer.Option()] = 224,
-    augmentation: Annotated[str, typer.Option(help="full | copy | autoaugment | none")] = "full",
+    augmentation: Annotated[
+        str, typer.Option(help="full | copy | copy-strong | autoaugment | none")
+    ] = "full",
     batch_size: Annotated[
         int, typer.Option(help="images per optimiser step, all processes together")
     ] = 504,
@@ -79,6 +81,9 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="epochs between checkpoints")] = 1,
     checkpoint_every_steps: Annotated[int | None, typer.Option()] = None,
+    keep_every_steps: Annotated[
+        int | None, typer.Option(help="also keep snapshots/step-N.pt every N steps")
+    ] = None,
     log_every: Annotated[int, typer.Option()] = 10,
     resume: Annotated[bool, typer.Option(help="continue from OUTPUT_DIR/checkpoint.pt")] = False,
 ) -> None:
@@ -121,6 +126,7 @@ def train(
         output_dir=output_dir,
         checkpoint_every=checkpoint_every,
         checkpoint_every_steps=checkpoint_every_steps,
+        keep_every_steps=keep_every_steps,
         log_every=log_every,
     )
     _check_augmentation(augmentation)
@@ -290,7 +296,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         reexec_with_allocator()
-        from multigrain import cli_inference, cli_search, cli_serve  # noqa: F401  (commands)
+        from multigrain import cli_corpus, cli_inference, cli_search, cli_serve  # noqa: F401
 
         app()  # standalone: usage errors are printed by typer with exit status 2
     except MultiGrainError as error:

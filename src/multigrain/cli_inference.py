@@ -12,44 +12,45 @@ import typer
 from multigrain.cli_common import app, echo, parse_enum, parse_list
 from multigrain.embed import DEFAULT_PRECISION, DEFAULT_SHARD_SIZE
 from multigrain.errors import MultiGrainError
+from multigrain.model_source import PreparedModel, calibration_path
+from multigrain.model_source import prepare_model as prepare_model_source
 from multigrain.models import MultiGrain
 from multigrain.precision import InferencePrecision
 from multigrain.whitening import Whitening
 
-CALIBRATION_SUFFIX = ".calibration.json"
 PRECISION_HELP = (
     "auto (bf16 where the CPU/GPU runs it natively, else fp32) | fp32 | bf16 | fp16 (CUDA) | "
     "int8 (CPU, onnxruntime, calibrated on the images; opt-in: costs accuracy)"
 )
 WORKERS_HELP = "decoding processes (default: 1 on a CPU with >= 2 cores, up to 8 with CUDA)"
+MODEL_HELP = "model bundle folder or weights file [default: the built-in model]"
+RESOLUTION_HELP = "longest image side s [default: the bundle's, or 500 for a weights file]"
 
 
-def calibration_path(checkpoint: Path) -> Path:
-    """Where `calibrate` stores p* for a checkpoint, and where embed/classify look for it."""
-    return checkpoint.with_name(checkpoint.name + CALIBRATION_SUFFIX)
+def prepare(
+    checkpoint: Path | None,
+    resolution: int | None,
+    exponent: float | None,
+    device: torch.device,
+    *,
+    whitening: Path | None = None,
+    use_bundle_whitening: bool = True,
+) -> PreparedModel:
+    """The model and its settings (model_source.prepare_model); prints its notes."""
+    prepared = prepare_model_source(
+        checkpoint, resolution=resolution, exponent=exponent, whitening=whitening,
+        use_bundle_whitening=use_bundle_whitening, device=device,
+    )  # fmt: skip
+    for note in prepared.notes:
+        typer.echo(note, err=True)
+    return prepared
 
 
 def prepare_model(
-    checkpoint: Path, resolution: int, exponent: float | None, device: torch.device
+    checkpoint: Path | None, resolution: int | None, exponent: float | None, device: torch.device
 ) -> MultiGrain:
     """Load weights, set p: --exponent, else the calibrated p* for this s, else the model's."""
-    from multigrain.calibrate import CalibrationResult
-    from multigrain.weights import load_model
-
-    model = load_model(checkpoint).model
-    if exponent is None and calibration_path(checkpoint).exists():
-        calibration = CalibrationResult.load(calibration_path(checkpoint))
-        exponent = calibration.best.get(resolution)
-        if exponent is None:
-            typer.echo(
-                f"note: {calibration_path(checkpoint)} has no p* for s={resolution} "
-                f"(calibrated: {sorted(calibration.best)}); using the model's p",
-                err=True,
-            )
-    if exponent is not None:
-        model.pool.set_p(exponent)
-    model.to(device).eval()
-    return model
+    return prepare(checkpoint, resolution, exponent, device, use_bundle_whitening=False).model
 
 
 def load_whitening(path: Path, model: MultiGrain) -> Whitening:
@@ -65,11 +66,11 @@ def load_whitening(path: Path, model: MultiGrain) -> Whitening:
 @app.command()
 def embed(
     inputs: Annotated[str, typer.Argument(help="folder (recursive), glob pattern or file list")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="model weights file")],
     output: Annotated[Path, typer.Option("--output", "-o", help="output folder")],
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help=MODEL_HELP)] = None,
     resolution: Annotated[
-        int, typer.Option("--resolution", "-s", help="longest image side s")
-    ] = 500,
+        int | None, typer.Option("--resolution", "-s", help=RESOLUTION_HELP)
+    ] = None,
     exponent: Annotated[
         float | None,
         typer.Option("--exponent", "-p", help="GeM exponent p* (default: the model's)"),
@@ -85,8 +86,12 @@ def embed(
     device: Annotated[str, typer.Option()] = "auto",
     max_pixels: Annotated[int | None, typer.Option(help="refuse larger images")] = None,
     whitening: Annotated[
-        Path | None, typer.Option(help="whitening file from `multigrain whiten`")
+        Path | None,
+        typer.Option(help="whitening file from `multigrain whiten` [default: the bundle's]"),
     ] = None,
+    bundle_whitening: Annotated[
+        bool, typer.Option(help="apply the bundle's whitening (at its s and p*)")
+    ] = True,
     resume: Annotated[bool, typer.Option(help="skip images a previous run already did")] = False,
 ) -> None:
     """Embed an image collection: L2-normalised descriptors at longest side s, exponent p*.
@@ -94,7 +99,6 @@ def embed(
     Exit status: 0 when every image was embedded, 3 when the job finished but some
     images could not be read (listed in OUTPUT/failures-r*.tsv), 2 on a usage error.
     """
-    from multigrain.checkpoint import model_identity
     from multigrain.collection import list_images
     from multigrain.data.images import DEFAULT_MAX_PIXELS
     from multigrain.data.inference_loading import default_num_workers
@@ -107,15 +111,20 @@ def embed(
     try:
         paths = list_images(inputs)
         used = resolve_inference_precision(precision, context.device)
-        model = prepare_model(checkpoint, resolution, exponent, context.device)
-        transform = load_whitening(whitening, model) if whitening else None
+        prepared = prepare(
+            checkpoint, resolution, exponent, context.device, whitening=whitening,
+            use_bundle_whitening=bundle_whitening,
+        )  # fmt: skip
+        model, transform = prepared.model, prepared.whitening
         metadata = EmbeddingMetadata(
-            model=model_identity(checkpoint),
-            resolution=resolution,
+            model=prepared.identity,
+            resolution=prepared.resolution,
             exponent=float(model.pool.p),
             whitened=transform is not None,
             dim=transform.output_dim if transform is not None else model.embedding_dim,
             precision=used.value,  # what ran, not what was asked: "auto" -> "bf16" or "fp32"
+            bundle=prepared.source,
+            threshold=prepared.threshold,
         )
         report = embed_collection(
             model,
@@ -138,6 +147,11 @@ def embed(
             f"embedded {report.num_embedded} images ({report.num_already_done} already done) "
             f"in {report.seconds:.1f} s, {report.images_per_second:.1f} images/s, "
             f"{metadata.precision} -> {output}"
+        )
+        source = f"bundle {prepared.source}" if prepared.source else f"weights {checkpoint}"
+        echo(
+            f"model: {prepared.identity} ({source}), s={metadata.resolution}, "
+            f"p*={metadata.exponent:g}, whitening {'on' if metadata.whitened else 'off'}"
         )
     for failure in report.failures:
         typer.echo(f"skipped {failure.path}: {failure.reason}", err=True)
@@ -278,8 +292,11 @@ class WhitenedClassifier(torch.nn.Module):
 @app.command()
 def classify(
     inputs: Annotated[str, typer.Argument(help="folder, glob, file list or one image")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="model weights file")],
-    resolution: Annotated[int, typer.Option("--resolution", "-s")] = 224,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help=MODEL_HELP)] = None,
+    resolution: Annotated[
+        int | None,
+        typer.Option("--resolution", "-s", help="[default: the bundle's s, or 224]"),
+    ] = None,
     exponent: Annotated[float | None, typer.Option("--exponent", "-p")] = None,
     top_k: Annotated[int, typer.Option()] = 5,
     whitening: Annotated[
@@ -292,23 +309,27 @@ def classify(
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
     """Top-k classes with probabilities; class names come from the checkpoint."""
+    from multigrain.bundle import is_bundle
     from multigrain.classify import classify_images
     from multigrain.collection import list_images
     from multigrain.data.inference_loading import default_num_workers
     from multigrain.distributed import resolve_device
     from multigrain.precision import resolve_inference_precision
-    from multigrain.weights import load_model
 
     target = resolve_device(device)
     used = resolve_inference_precision(precision, target)
-    classes = load_model(checkpoint).classes
-    model = prepare_model(checkpoint, resolution, exponent, target)
-    if whitening is not None:
+    if resolution is None and checkpoint is not None and not is_bundle(checkpoint):
+        resolution = 224  # a bare weights file: the training resolution of ImageNet models
+    prepared = prepare(
+        checkpoint, resolution, exponent, target, whitening=whitening, use_bundle_whitening=False
+    )
+    model, classes = prepared.model, prepared.classes
+    if prepared.whitening is not None:
         model.classifier = WhitenedClassifier(  # type: ignore[assignment]
-            model.classifier, load_whitening(whitening, model)
+            model.classifier, prepared.whitening
         )
     predictions = classify_images(
-        model, list_images(inputs), classes=classes, resolution=resolution, top_k=top_k,
+        model, list_images(inputs), classes=classes, resolution=prepared.resolution, top_k=top_k,
         device=target, precision=used, batch_size=batch_size,
         num_workers=default_num_workers(target) if workers is None else workers,
     )  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -129,13 +129,22 @@ def search(
             "--threshold overrides it)",
             err=True,
         )
-    descriptors, names = _query_descriptors(queries, checkpoint, index.metadata)
-    result = index.search(descriptors, k, rerank=rerank)
-    scores = _normalised(descriptors, result.scores, background, beta, neighbours)
+    bundle_threshold = index.metadata.get("threshold")
+    if threshold is None and background is None and bundle_threshold is not None:
+        threshold = float(bundle_threshold)
+        typer.echo(
+            f"using the threshold {threshold:.4f} of the model bundle "
+            f"{index.metadata.get('bundle')} (90% precision on held-out copies; "
+            "--threshold overrides it)",
+            err=True,
+        )
+    views, names = _query_descriptors(queries, checkpoint, index.metadata)
+    found_paths, found_scores, descriptors = _search_views(index, views, k, rerank)
+    scores = _normalised(descriptors, found_scores, background, beta, neighbours)
     for row, name in enumerate(names):
         hits = [
             {"path": path, "score": round(float(score), 5)}
-            for path, score in zip(result.paths[row], scores[row], strict=True)
+            for path, score in zip(found_paths[row], scores[row], strict=True)
             if path and (threshold is None or score >= threshold)
         ]
         if json_out:
@@ -186,11 +195,11 @@ def calibrate_threshold_command(
     truth = read_ground_truth(ground_truth)
     index = ImageIndex.load(index_folder)
     check_references(index.paths, truth, index_folder)
-    descriptors, names = _query_descriptors(queries, checkpoint, index.metadata)
-    result = index.search(descriptors, k)
-    scores = _normalised(descriptors, result.scores, background, beta, neighbours)
+    views, names = _query_descriptors(queries, checkpoint, index.metadata)
+    found_paths, found_scores, descriptors = _search_views(index, views, k, False)
+    scores = _normalised(descriptors, found_scores, background, beta, neighbours)
     calibration = calibrate_threshold(
-        scores, names, result.paths, truth, target_precision=precision,
+        scores, names, found_paths, truth, target_precision=precision,
         background=background, beta=beta, neighbours=neighbours,
     )  # fmt: skip
     path = save_threshold(calibration, index_folder)
@@ -229,37 +238,109 @@ def _normalised(
     )  # fmt: skip
 
 
+SETTINGS_KEYS = ("model", "resolution", "exponent", "whitened", "dim")
+
+
 def _query_descriptors(
     queries: Path, checkpoint: Path | None, metadata: dict[str, object]
-) -> tuple[np.ndarray, list[str]]:
+) -> tuple[list[np.ndarray], list[str]]:
+    """Query descriptors made as the indexed ones were -> ([views (Q, d)], names).
+
+    One view, or two when the index's bundle searches with the mirrored query as well.
+    """
     from multigrain.embedding_store import load_embeddings
 
     if (queries / "descriptors.npy").exists():
         data = load_embeddings(queries)
-        return np.ascontiguousarray(data.descriptors, dtype=np.float32), data.paths
-    if checkpoint is None:
-        raise MultiGrainError(
-            f"{queries} is not an `embed` output: pass -c CHECKPOINT to embed image queries"
-        )
+        found = {key: getattr(data.metadata, key) for key in SETTINGS_KEYS}
+        expected = {key: metadata[key] for key in SETTINGS_KEYS if key in metadata}
+        mismatch = {k: (found[k], v) for k, v in expected.items() if found[k] != v}
+        if mismatch:
+            details = ", ".join(
+                f"{k}: {a!r} vs the index's {b!r}" for k, (a, b) in mismatch.items()
+            )
+            raise MultiGrainError(
+                f"{queries} was embedded with other settings than the index ({details}): "
+                "embed the queries with the same model, --resolution, --exponent and whitening"
+            )
+        return [np.ascontiguousarray(data.descriptors, dtype=np.float32)], data.paths
 
-    from multigrain.cli_inference import prepare_model
+    from PIL import ImageOps
+
+    from multigrain.cli_inference import prepare
     from multigrain.collection import list_images
     from multigrain.distributed import resolve_device
     from multigrain.embed import embed_in_memory
 
-    # queries are embedded exactly as the indexed images were: same s and p
+    bundle = metadata.get("bundle")
+    if checkpoint is None and bundle is None:
+        raise MultiGrainError(
+            f"{queries} is not an `embed` output and the index records no model bundle: "
+            "pass -c CHECKPOINT (the one that embedded the index) to embed image queries"
+        )
+    # queries are embedded exactly as the indexed images were: same s, p and whitening
     resolution = int(str(metadata.get("resolution", 500)))
     exponent = metadata.get("exponent")
+    whitened = bool(metadata.get("whitened"))
     device = resolve_device("auto")
-    model = prepare_model(
-        checkpoint, resolution, float(str(exponent)) if exponent is not None else None, device
+    prepared = prepare(
+        checkpoint if checkpoint is not None else Path(str(bundle)),
+        resolution,
+        float(str(exponent)) if exponent is not None else None,
+        device,
+        use_bundle_whitening=whitened,
     )
-    descriptors, paths, failures = embed_in_memory(
-        model, list_images(queries), resolution=resolution, device=device, precision="auto"
-    )
-    for failure in failures:
-        typer.echo(f"skipped {failure.path}: {failure.reason}", err=True)
-    return descriptors.numpy().astype(np.float32), paths
+    if whitened and prepared.whitening is None:
+        raise MultiGrainError(
+            "the index holds whitened descriptors but the model has no whitening at these "
+            "settings: embed the queries with `multigrain embed --whitening FILE` and search "
+            "with that output"
+        )
+    indexed_hash = str(metadata.get("model", "")).rsplit("@", 1)[-1]
+    if indexed_hash and prepared.identity.rsplit("@", 1)[-1] != indexed_hash:
+        raise MultiGrainError(
+            f"the index was embedded with {metadata['model']}, not {prepared.identity}: "
+            "pass the same -c as for `embed`"
+        )
+    paths = list_images(queries)
+    transform = prepared.whitening.apply if prepared.whitening is not None else None
+    views: list[np.ndarray] = []
+    names: list[str] = []
+    for mirror in (False, True) if prepared.query_flip else (False,):
+        descriptors, kept, failures = embed_in_memory(
+            prepared.model, paths, resolution=resolution, device=device, precision="auto",
+            normalise=transform is None,
+            adjust=(lambda _i, image: ImageOps.mirror(image)) if mirror else None,
+        )  # fmt: skip
+        if transform is not None:
+            descriptors = transform(descriptors)
+        if not mirror:
+            names = kept
+            for failure in failures:
+                typer.echo(f"skipped {failure.path}: {failure.reason}", err=True)
+        views.append(descriptors.numpy().astype(np.float32))
+    return views, names
+
+
+def _search_views(
+    index: Any, views: list[np.ndarray], k: int, rerank: bool
+) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
+    """Search every view; per query keep each path's best score -> (paths, scores, view 0)."""
+    results = [index.search(view, k, rerank=rerank) for view in views]
+    if len(results) == 1:
+        return results[0].paths, results[0].scores, views[0]
+    merged_paths: list[list[str]] = []
+    merged_scores = np.full((len(views[0]), k), -np.inf, dtype=np.float32)
+    for row in range(len(views[0])):
+        best: dict[str, float] = {}
+        for result in results:
+            for path, score in zip(result.paths[row], result.scores[row], strict=True):
+                if path and score > best.get(path, -np.inf):
+                    best[path] = float(score)
+        ranked = sorted(best.items(), key=lambda item: -item[1])[:k]
+        merged_paths.append([path for path, _ in ranked] + [""] * (k - len(ranked)))
+        merged_scores[row, : len(ranked)] = [score for _, score in ranked]
+    return merged_paths, merged_scores, views[0]
 
 
 @app.command()
@@ -267,7 +348,10 @@ def dedup(
     embeddings: Annotated[Path, typer.Argument(help="output folder of `multigrain embed`")],
     threshold: Annotated[
         float | None,
-        typer.Option(help="cosine similarity of a duplicate [default: --calibration's, or 0.9]"),
+        typer.Option(
+            help="cosine similarity of a duplicate [default: --calibration's, else the "
+            "model bundle's, else 0.9]"
+        ),
     ] = None,
     calibration: Annotated[
         Path | None,
@@ -297,6 +381,13 @@ def dedup(
             err=True,
         )
     data = load_embeddings(embeddings)
+    if threshold is None and data.metadata.threshold is not None:
+        threshold = data.metadata.threshold
+        typer.echo(
+            f"using the threshold {threshold:.4f} of the model bundle {data.metadata.bundle} "
+            "(90% precision on held-out copies; --threshold overrides it)",
+            err=True,
+        )
     groups = find_duplicate_groups(
         np.ascontiguousarray(data.descriptors, dtype=np.float32), data.paths,
         threshold=0.9 if threshold is None else threshold,

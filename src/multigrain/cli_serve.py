@@ -12,9 +12,14 @@ from multigrain.cli_common import app, echo
 
 @app.command()
 def serve(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="model weights file")],
     index: Annotated[Path, typer.Option("--index", help="index folder (`multigrain index`)")],
     data_dir: Annotated[Path, typer.Option("--data-dir", help="where uploads are stored")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint", "-c", help="weights file or bundle [default: the index's bundle]"
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     token: Annotated[
@@ -60,6 +65,6 @@ def serve(
     )
     threshold = service.state.service.threshold
     if threshold is not None:
-        echo(f"hits scoring >= {threshold:.4f} (the index's threshold.json) are marked as matches")
+        echo(f"hits scoring >= {threshold:.4f} are marked as matches (threshold.json or bundle)")
     echo(f"serving {index} on http://{host}:{port}/ (API docs at /docs)")
     uvicorn.run(service, host=host, port=port)

@@ -74,6 +74,9 @@ class TrainConfig:
     output_dir: str = "runs/train"
     checkpoint_every: int = 1  # epochs
     checkpoint_every_steps: int | None = None
+    # also keep a copy of the checkpoint every N steps (snapshots/step-NNNNNN.pt), for
+    # curves of held-out figures against steps
+    keep_every_steps: int | None = None
     log_every: int = 10
     progress: bool = True
 

@@ -42,6 +42,8 @@ class EmbeddingMetadata:
     dim: int
     precision: str
     format_version: int = FORMAT_VERSION
+    bundle: str | None = None  # the model bundle folder the settings came from, if any
+    threshold: float | None = None  # the bundle's 90 %-precision score at these settings
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

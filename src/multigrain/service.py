@@ -58,7 +58,7 @@ ImageField = Annotated[UploadFile, File(description="an image file")]
 
 def create_app(
     *,
-    checkpoint: Path,
+    checkpoint: Path | None,
     index_folder: Path,
     data_dir: Path,
     token: str | None,
@@ -74,8 +74,8 @@ def create_app(
     max_batch and batch_wait_s shape the micro-batches; request_timeout (seconds) bounds
     each request's wait for its forward.
     """
+    from multigrain.model_source import prepare_model
     from multigrain.threshold import load_threshold
-    from multigrain.weights import load_model
 
     if request_timeout is not None and request_timeout <= 0:
         raise MultiGrainError(f"request timeout must be > 0 seconds, got {request_timeout}")
@@ -83,18 +83,25 @@ def create_app(
     # absolute: index_store opens its sqlite file by URI, which a relative path cannot be
     index_folder, data_dir = index_folder.resolve(), data_dir.resolve()
     index = ImageIndex.load(index_folder)
-    if index.metadata.get("whitened"):
-        raise MultiGrainError(
-            f"the index {index_folder} holds whitened descriptors, which the service cannot "
-            "reproduce: build the index from unwhitened embeddings"
-        )
+    whitened = bool(index.metadata.get("whitened"))
     resolution = int(index.metadata.get("resolution", 500))
-    loaded = load_model(checkpoint)
     exponent = index.metadata.get("exponent")
-    if exponent is not None:
-        loaded.model.pool.set_p(float(exponent))
     torch_device = torch.device(device)
-    loaded.model.to(torch_device).eval()
+    if checkpoint is None and index.metadata.get("bundle"):
+        checkpoint = Path(str(index.metadata["bundle"]))
+    loaded = prepare_model(
+        checkpoint, resolution=resolution,
+        exponent=None if exponent is None else float(exponent),
+        use_bundle_whitening=whitened, device=torch_device,
+    )  # fmt: skip
+    for note in loaded.notes:
+        logger.warning("%s", note)
+    if whitened and loaded.whitening is None:
+        raise MultiGrainError(
+            f"the index {index_folder} holds whitened descriptors, but the model has no "
+            "whitening at its s and p*: serve the model bundle that embedded it, or build the "
+            "index from unwhitened embeddings"
+        )
     for sub in ("tmp", "uploads"):
         (data_dir / sub).mkdir(parents=True, exist_ok=True)
     stored = load_threshold(index_folder)
@@ -113,7 +120,8 @@ def create_app(
         max_pixels=max_pixels,
         device=torch_device,
         request_timeout=request_timeout,
-        threshold=None if stored is None else stored.threshold,
+        threshold=stored.threshold if stored is not None else loaded.threshold,
+        whitening=loaded.whitening,
         max_batch=max_batch,
         batch_wait_s=batch_wait_s,
     )

@@ -24,6 +24,7 @@ from multigrain.data.images import decode_image
 from multigrain.data.resize import prepare
 from multigrain.index import ImageIndex
 from multigrain.models import MultiGrain
+from multigrain.whitening import Whitening
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Service:
     threshold: float | None = None  # calibrated on raw scores; marks hits as matches
     max_batch: int = 16
     batch_wait_s: float = 0.005
+    whitening: Whitening | None = None  # the bundle's, when the index holds whitened rows
     batcher: MicroBatcher = field(init=False)
     lock: threading.Lock = field(default_factory=threading.Lock)
     save_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -62,9 +64,15 @@ class Service:
 
     @torch.no_grad()
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) -> ((B, D) float32 L2-normalised descriptors, (B, classes) logits)."""
+        """(B, 3, H, W) -> ((B, d) float32 unit descriptors, whitened when the index is, and
+        (B, classes) logits of the raw embedding)."""
         embedding, logits = self.model(batch.to(self.device))
-        return F.normalize(embedding.float(), dim=1).cpu(), logits.float().cpu()
+        embedding = embedding.float()
+        if self.whitening is not None:
+            descriptors = self.whitening.apply(embedding)
+        else:
+            descriptors = F.normalize(embedding, dim=1)
+        return descriptors.cpu(), logits.float().cpu()
 
     def persist(self, edit: int) -> None:
         """Return once the index on disk holds edit number `edit` (group commit).

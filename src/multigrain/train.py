@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -57,6 +59,7 @@ RESUMABLE_CHANGES = {
     "output_dir",
     "progress",
     "num_workers",
+    "keep_every_steps",
     "log_every",
     "checkpoint_every",
     "checkpoint_every_steps",
@@ -269,8 +272,11 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
                 if progress is not None:
                     progress.update(1)
                 end_of_epoch = step % steps_per_epoch == 0
-                if _should_checkpoint(config, step, steps_per_epoch, end_of_epoch):
+                keep = config.keep_every_steps is not None and step % config.keep_every_steps == 0
+                if keep or _should_checkpoint(config, step, steps_per_epoch, end_of_epoch):
                     save(step)
+                if keep and context.is_main:
+                    _keep_snapshot(checkpoint_path, step)
         save(step)
     finally:
         if progress is not None:
@@ -378,6 +384,18 @@ def _write_checkpoint(
         state["scaler_state"] = scaler.state_dict()
     save_checkpoint(path, state)
     logger.info("step %d: checkpoint written to %s", step, path)
+
+
+def _keep_snapshot(checkpoint_path: Path, step: int) -> None:
+    """Hard-link (or copy) the checkpoint just written to snapshots/step-NNNNNN.pt."""
+    folder = checkpoint_path.parent / "snapshots"
+    folder.mkdir(exist_ok=True)
+    target = folder / f"step-{step:06d}.pt"
+    target.unlink(missing_ok=True)
+    try:
+        os.link(checkpoint_path, target)
+    except OSError:
+        shutil.copy2(checkpoint_path, target)
 
 
 def _sampler_position(step: int, steps_per_epoch: int, grad_accum_steps: int) -> dict[str, int]:

@@ -71,6 +71,78 @@ class RotateCropped(nn.Module):
         return f"degrees={self.degrees}"
 
 
+class RotateWithCorners(nn.Module):
+    """Rotate by up to ``degrees`` either way, keeping the corners (black or a random colour);
+    half the time the canvas grows to hold the whole image, as a plain ``rotate`` tool does."""
+
+    def __init__(self, degrees: float) -> None:
+        super().__init__()
+        self.degrees = degrees
+
+    def forward(self, image: Image.Image) -> Image.Image:
+        angle = _uniform(-self.degrees, self.degrees)
+        fill = (0, 0, 0) if _chance(0.7) else _colour()
+        rotated = image.rotate(
+            angle, resample=Image.Resampling.BILINEAR, expand=_chance(0.5), fillcolor=fill
+        )
+        return rotated.resize(image.size, Image.Resampling.BILINEAR)
+
+    def extra_repr(self) -> str:
+        return f"degrees={self.degrees}"
+
+
+class PictureInPicture(nn.Module):
+    """Paste the image, scaled to 30-80 %, onto a canvas of noise, a flat colour or a
+    blurred, recoloured copy of itself (screenshots, collages, re-posts)."""
+
+    def forward(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        choice = float(torch.rand(()))
+        if choice < 0.4:
+            noise = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8).numpy()
+            canvas = Image.fromarray(noise, "RGB")
+        elif choice < 0.7:
+            canvas = Image.new("RGB", (width, height), _colour())
+        else:
+            canvas = image.filter(ImageFilter.GaussianBlur(8)).rotate(180)
+        scale = _uniform(0.3, 0.8)
+        inner = image.resize(
+            (max(4, int(width * scale)), max(4, int(height * scale))), Image.Resampling.BILINEAR
+        )
+        canvas.paste(inner, (_randint(0, width - inner.width), _randint(0, height - inner.height)))
+        return canvas
+
+
+class Bars(nn.Module):
+    """Cover the top and/or bottom with a white (or coloured) bar holding text."""
+
+    def forward(self, image: Image.Image) -> Image.Image:
+        image = image.copy()
+        width, height = image.size
+        draw = ImageDraw.Draw(image)
+        where = _randint(0, 2)  # 0 top, 1 bottom, 2 both
+        for side in (0, 1):
+            if where not in (side, 2):
+                continue
+            band = max(4, int(height * _uniform(0.08, 0.25)))
+            top = 0 if side == 0 else height - band
+            background = (255, 255, 255) if _chance(0.7) else _colour()
+            draw.rectangle((0, top, width, top + band), fill=background)
+            _draw_text(image, (2, top + band // 6), max(6, int(band * 0.6)), _colour())
+        return image
+
+
+class Pixelate(nn.Module):
+    """Blocks of 1/8-1/32 of the longest side (nearest-neighbour up-scaling)."""
+
+    def forward(self, image: Image.Image) -> Image.Image:
+        block = max(image.size) / _uniform(8, 32)
+        small = (max(2, round(image.width / block)), max(2, round(image.height / block)))
+        return image.resize(small, Image.Resampling.BOX).resize(
+            image.size, Image.Resampling.NEAREST
+        )
+
+
 class Frame(nn.Module):
     """Shrink the image into a frame: a coloured border, or a white caption band with text."""
 
@@ -184,5 +256,29 @@ def copy_distortions(*, strength: float = 1.0) -> list[nn.Module]:
         maybe(GaussianBlur((0.5, 3.0)), 0.25),
         maybe(LowResolution((0.2, 0.6)), 0.2),
         maybe(JpegReencode((8, 80)), 0.3),
+    )
+    return list(steps)
+
+
+def strong_copy_distortions() -> list[nn.Module]:
+    """The shipped model's recipe: the copy edits of the field (SSCD, the ISC 2021 winners).
+
+    Compared with :func:`copy_distortions`: rotations that keep their corners as well as
+    cropped ones, picture-in-picture, covering text bars, pixelation, stronger colour
+    (with hue) and more grayscale. Operates on RGB PIL images already at the training size.
+    """
+    rotate = v2.RandomChoice([RotateCropped(30.0), RotateWithCorners(30.0)])
+    steps: Sequence[nn.Module] = (
+        v2.RandomApply([rotate], p=0.3),
+        v2.RandomApply([PictureInPicture()], p=0.15),
+        v2.RandomApply([Frame()], p=0.15),
+        v2.RandomApply(
+            [v2.ColorJitter(brightness=0.8, contrast=0.8, saturation=0.9, hue=0.2)], p=0.8
+        ),
+        v2.RandomGrayscale(p=0.25),
+        v2.RandomApply([v2.RandomChoice([Overlay(), Bars()])], p=0.35),
+        v2.RandomApply([GaussianBlur((0.5, 3.0))], p=0.25),
+        v2.RandomApply([v2.RandomChoice([LowResolution((0.15, 0.6)), Pixelate()])], p=0.2),
+        v2.RandomApply([JpegReencode((5, 80))], p=0.35),
     )
     return list(steps)

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from multigrain.data.copy_augment import copy_distortions
+from multigrain.data.copy_augment import copy_distortions, strong_copy_distortions
 from multigrain.errors import MultiGrainError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -47,6 +47,9 @@ class AugmentationKind(str, Enum):
     FULL = "full"  # RandomResizedCrop + flip + colour jitter + PCA lighting (the paper's)
     AUTOAUGMENT = "autoaugment"  # RandomResizedCrop + flip + AutoAugment ImageNet policy
     COPY = "copy"  # FULL + copy-detection edits (rotation, frames, overlays, blur, JPEG, ...)
+    # COPY's edits made stronger and wider (picture-in-picture, kept corners, text bars,
+    # pixelation, hue): the shipped model's recipe
+    COPY_STRONG = "copy-strong"
 
 
 def lighting(image: Tensor, alpha: Tensor, eigenvalues: Tensor, eigenvectors: Tensor) -> Tensor:
@@ -136,7 +139,9 @@ def train_transform(
     stronger colour jitter plus the copy edits of
     :func:`multigrain.data.copy_augment.copy_distortions` (rotation, borders and caption
     bands, text and sticker overlays, blur, low resolution, JPEG), for training copy
-    detection. ``NONE`` is :func:`eval_transform`.
+    detection; ``COPY_STRONG`` uses the wider edits of
+    :func:`multigrain.data.copy_augment.strong_copy_distortions` (the shipped model's).
+    ``NONE`` is :func:`eval_transform`.
 
     RandomResizedCrop keeps at least 8% of the image area (the ImageNet default)
     but 25% when ``input_size <= 64``: tiny images such as Fashion-MNIST's 28 px
@@ -160,7 +165,7 @@ def train_transform(
         return eval_transform(
             input_size=input_size, grayscale_to_rgb=grayscale_to_rgb, mean=mean, std=std
         )
-    if kind is AugmentationKind.COPY:
+    if kind in (AugmentationKind.COPY, AugmentationKind.COPY_STRONG):
         scale = COPY_CROP_SCALE
     else:
         scale = SMALL_INPUT_CROP_SCALE if input_size <= SMALL_INPUT_SIZE else DEFAULT_CROP_SCALE
@@ -169,8 +174,8 @@ def train_transform(
         v2.RandomResizedCrop(input_size, scale=scale, antialias=True),
         v2.RandomHorizontalFlip(),
     ]
-    if kind is AugmentationKind.COPY:
-        steps += copy_distortions()
+    if kind in (AugmentationKind.COPY, AugmentationKind.COPY_STRONG):
+        steps += copy_distortions() if kind is AugmentationKind.COPY else strong_copy_distortions()
         steps += [
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),

@@ -1,0 +1,229 @@
+"""Copy detection on photo packages that no model of ours trained on: the shipped model
+against pHash, PDQ, the untrained network and (optionally) the demo's model.
+
+The copy set is the corpus's ``test/`` (tiles of the test packages' photos, one Pillow
+distortion per query: :mod:`multigrain.corpus.distortions`); ``--set validation`` scores
+the set the bundle's settings were chosen on instead. Per method: mAP (one true original
+per query), µAP, recall at 90 % precision, mAP per distortion family and their mean; the
+shipped model is also scored without its test-time options, to show what each adds, and
+classifies the held-out photos of its classes (top-1). JSON (with the machine) and a
+markdown table:
+
+    .venv/bin/multigrain corpus build data/corpus          # once: ~1 minute
+    .venv/bin/python benchmarks/copy_heldout.py --output docs/benchmarks/copy_heldout.json \
+        --markdown docs/results/copy-heldout.md [--demo runs/demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from multigrain.atomic import atomic_write_text
+from multigrain.bundle import builtin_bundle_path, load_bundle
+from multigrain.classify import classify_images
+from multigrain.collection import list_images
+from multigrain.corpus.distortions import HeldoutFamily
+from multigrain.corpus.heldout import CopySet, read_copy_set
+from multigrain.corpus.scoring import (
+    CopyScores,
+    QueryOptions,
+    model_similarity,
+    pdq_similarity,
+    phash_similarity,
+    score_similarities,
+)
+from multigrain.corpus.select import fit_bundle_whitening, training_images
+from multigrain.machine import describe_machine
+from multigrain.models import MultiGrain
+from multigrain.whitening import Whitening
+
+
+def row(scores: CopyScores, seconds: float) -> dict[str, Any]:
+    return {**asdict(scores), "family_mean": scores.family_mean, "seconds": round(seconds, 1)}
+
+
+def timed(method: str, copies: CopySet, similarity: Any) -> dict[str, Any]:
+    start = time.perf_counter()
+    matrix = similarity()
+    result = row(score_similarities(method, matrix, copies), time.perf_counter() - start)
+    print(f"{method}: mAP {result['map']:.3f}, µAP {result['micro_ap']:.3f}", flush=True)
+    return result
+
+
+def classes_top1(model: MultiGrain, classes: list[str], root: Path, resolution: int) -> float:
+    """Top-1 on ``root/<class>/*.jpg`` (held-out photos of the training classes)."""
+    paths = list_images(root)
+    predictions = classify_images(
+        model, paths, classes=classes, resolution=resolution, top_k=1, precision="auto"
+    )
+    correct = [p.labels[0] == Path(p.path).parent.name for p in predictions]
+    return sum(correct) / max(1, len(correct))
+
+
+def demo_model(folder: Path) -> tuple[MultiGrain, int, Whitening | None]:
+    """The demo's model at its test s and p*, with its whitening."""
+    from multigrain.weights import load_model
+
+    report = json.loads((folder / "report.json").read_text())
+    extra = report.get("extra", report)
+    resolution = int(extra.get("test_resolution", 224))
+    model = load_model(folder / "train" / "checkpoint.pt").model.eval()
+    model.pool.set_p(float(extra.get("exponent", 3.0)))
+    whitening_path = folder / "whitening.pt"
+    return model, resolution, Whitening.load(whitening_path) if whitening_path.is_file() else None
+
+
+def markdown(report: dict[str, Any]) -> str:
+    families = [family.value for family in HeldoutFamily]
+    head = "| method | mAP | µAP | recall @ 90 % precision | mean of families | " + " | ".join(
+        families
+    )
+    lines = [head + " |", "|---" * (5 + len(families)) + "|"]
+    for result in report["methods"]:
+        cells = [f"{result['family_map'].get(f, float('nan')):.2f}" for f in families]
+        lines.append(
+            f"| {result['method']} | {result['map']:.3f} | {result['micro_ap']:.3f} | "
+            f"{result['recall_at_90']:.3f} | {result['family_mean']:.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", type=Path, default=Path("data/corpus"))
+    parser.add_argument("--set", default="test", choices=["test", "validation"])
+    parser.add_argument("--bundle", type=Path, default=None, help="default: the built-in one")
+    parser.add_argument("--demo", type=Path, default=None, help="a `multigrain demo` folder")
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--markdown", type=Path, default=None)
+    args = parser.parse_args()
+
+    device = torch.device("cpu")
+    copies = read_copy_set(args.corpus / args.set)
+    bundle = load_bundle(args.bundle or builtin_bundle_path())
+    settings = bundle.settings
+    model = bundle.model(device)
+    s = settings.resolution
+    shipped_options = QueryOptions(flip=settings.query_flip)
+    methods = [
+        timed("pHash (16x16)", copies, lambda: phash_similarity(copies)),
+        timed("PDQ", copies, lambda: pdq_similarity(copies)),
+    ]
+
+    torch.manual_seed(0)
+    untrained = MultiGrain(**settings.architecture).eval()
+    untrained.pool.set_p(settings.exponent)
+    control = fit_bundle_whitening(
+        untrained, training_images(args.corpus), resolution=s, device=device,
+        description="corpus train (control)",
+    )  # fmt: skip
+    methods.append(
+        timed(
+            f"untrained {untrained.trunk_name} + whitening, s={s}, p={settings.exponent:g}",
+            copies,
+            lambda: model_similarity(
+                untrained, copies, resolution=s, device=device, whitening=control
+            ),
+        )  # fmt: skip
+    )
+    shipped = f"shipped ({bundle.identity})"
+    methods.append(
+        timed(
+            f"{shipped}, as shipped: s={s}, p*={settings.exponent:g}, whitening "
+            f"{'on' if bundle.whitening else 'off'}, flip {'on' if settings.query_flip else 'off'}",
+            copies,
+            lambda: model_similarity(
+                model,
+                copies,
+                resolution=s,
+                device=device,
+                whitening=bundle.whitening,
+                options=shipped_options,
+            ),
+        )  # fmt: skip
+    )
+    methods.append(
+        timed(
+            "shipped, no whitening, no flip",
+            copies,
+            lambda: model_similarity(model, copies, resolution=s, device=device),
+        )
+    )
+    methods.append(
+        timed(
+            "shipped + flip" if not settings.query_flip else "shipped without flip",
+            copies,
+            lambda: model_similarity(
+                model,
+                copies,
+                resolution=s,
+                device=device,
+                whitening=bundle.whitening,
+                options=replace(shipped_options, flip=not settings.query_flip),
+            ),
+        )  # fmt: skip
+    )
+    methods.append(
+        timed(
+            "shipped + regional query views",
+            copies,
+            lambda: model_similarity(
+                model,
+                copies,
+                resolution=s,
+                device=device,
+                whitening=bundle.whitening,
+                options=replace(shipped_options, regions=True),
+            ),
+        )  # fmt: skip
+    )
+    if args.demo is not None:
+        demo, demo_s, demo_whitening = demo_model(args.demo)
+        methods.append(
+            timed(
+                f"demo model ({args.demo}), s={demo_s}, p*={float(demo.pool.p):g}, whitening",
+                copies,
+                lambda: model_similarity(
+                    demo, copies, resolution=demo_s, device=device, whitening=demo_whitening
+                ),
+            )  # fmt: skip
+        )
+    top1 = classes_top1(model, list(settings.classes), args.corpus / "classes_heldout", s)
+    print(
+        f"shipped model, held-out photos of its {len(settings.classes)} classes: top-1 {top1:.3f}"
+    )
+    report = {
+        "benchmark": "copy_heldout",
+        "machine": describe_machine(),
+        "set": str(copies.root),
+        "originals": len(copies.originals),
+        "queries": len(copies.queries),
+        "bundle": str(bundle.root),
+        "bundle_identity": bundle.identity,
+        "methods": methods,
+        "classification": {
+            "images": str(args.corpus / "classes_heldout"),
+            "classes": list(settings.classes),
+            "top1": top1,
+            "chance": 1 / max(1, len(settings.classes)),
+        },
+    }
+    table = markdown(report)
+    print(table)
+    if args.output is not None:
+        atomic_write_text(args.output, json.dumps(report, indent=1) + "\n")
+    if args.markdown is not None:
+        atomic_write_text(args.markdown, table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The Python API for using a model: ``multigrain.load()`` and what it returns.
+
+    import multigrain
+    model = multigrain.load()                      # the built-in bundle
+    vectors = model.embed(["a.jpg", "b.jpg"])      # (2, d) unit rows, as `multigrain embed`
+    float(vectors[0] @ vectors[1])                 # cosine similarity
+    model.is_copy(vectors[0], vectors[1])          # against the bundle's 90 %-precision score
+    model.classify(["a.jpg"], top_k=3)
+
+The descriptors are exactly those of ``multigrain embed`` with the same source and
+settings: the same loader (:mod:`multigrain.model_source`) and forward path
+(:func:`multigrain.embed.embed_in_memory`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from multigrain.classify import Prediction, classify_images
+from multigrain.embed import DEFAULT_PRECISION, embed_in_memory
+from multigrain.errors import MultiGrainError
+from multigrain.model_source import PreparedModel, prepare_model
+
+PathLike = str | os.PathLike[str]
+
+
+class Model:
+    """A model with its settings; build with :func:`load`."""
+
+    def __init__(self, prepared: PreparedModel, device: torch.device, precision: str) -> None:
+        self.prepared = prepared
+        self.device = device
+        self.precision = precision
+
+    @property
+    def resolution(self) -> int:
+        return self.prepared.resolution
+
+    @property
+    def exponent(self) -> float:
+        return float(self.prepared.model.pool.p)
+
+    @property
+    def threshold(self) -> float | None:
+        """The bundle's score threshold at 90 % precision (None without a bundle)."""
+        return self.prepared.threshold
+
+    def embed(self, images: Sequence[PathLike]) -> np.ndarray:
+        """Image files -> (N, d) float32 unit descriptors (whitened when the bundle is).
+
+        Raises MultiGrainError naming the first image that cannot be read.
+        """
+        paths = [Path(image) for image in images]
+        whitening = self.prepared.whitening
+        descriptors, _, failures = embed_in_memory(
+            self.prepared.model, paths, resolution=self.resolution, device=self.device,
+            precision=self.precision, normalise=whitening is None,
+        )  # fmt: skip
+        if failures:
+            raise MultiGrainError(f"cannot embed {failures[0].path}: {failures[0].reason}")
+        if whitening is not None:
+            descriptors = whitening.apply(descriptors)
+        return descriptors.numpy().astype(np.float32)
+
+    def is_copy(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Whether two descriptors score at or above the bundle's threshold."""
+        if self.threshold is None:
+            raise MultiGrainError(
+                "this model has no calibrated threshold (a bare checkpoint, or settings other "
+                "than the bundle's): compare scores yourself or calibrate one"
+            )
+        return float(np.dot(a, b)) >= self.threshold
+
+    def classify(self, images: Sequence[PathLike], *, top_k: int = 5) -> list[Prediction]:
+        """Top-k class names and probabilities per image (the raw embedding's classifier)."""
+        return classify_images(
+            self.prepared.model, [Path(image) for image in images],
+            classes=self.prepared.classes, resolution=self.resolution, top_k=top_k,
+            device=self.device, precision=self.precision,
+        )  # fmt: skip
+
+
+def load(
+    source: PathLike | None = None,
+    *,
+    resolution: int | None = None,
+    exponent: float | None = None,
+    whitening: bool = True,
+    device: str = "cpu",
+    precision: str = DEFAULT_PRECISION.value,
+) -> Model:
+    """A bundle folder, a weights file, or None for the built-in model -> :class:`Model`."""
+    target = torch.device(device)
+    prepared = prepare_model(
+        None if source is None else Path(source), resolution=resolution, exponent=exponent,
+        use_bundle_whitening=whitening, device=target,
+    )  # fmt: skip
+    return Model(prepared, target, precision)

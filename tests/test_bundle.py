@@ -1,0 +1,161 @@
+"""Model bundles: written, read back, verified, and used by embed / dedup / search / API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_pattern
+
+from multigrain.bundle import (
+    MANIFEST_NAME,
+    WEIGHTS_NAME,
+    BundleSettings,
+    ScoreThreshold,
+    load_bundle,
+    write_bundle,
+)
+from multigrain.errors import MultiGrainError
+from multigrain.model_source import prepare_model
+from multigrain.models import MultiGrain
+from multigrain.whitening import fit_whitening
+
+
+def cli(*args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "multigrain", *args], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == expect, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = MultiGrain(trunk="resnet18", num_classes=3).eval()
+    generator = torch.Generator().manual_seed(1)
+    raw = torch.randn(600, model.embedding_dim, generator=generator).abs()
+    whitening = fit_whitening(
+        raw, dim=32, fitted_on={"resolution": 64, "exponent": 4.0, "input": "raw embedding"}
+    )
+    settings = BundleSettings(
+        resolution=64,
+        exponent=4.0,
+        classes=["a", "b", "c"],
+        architecture=model.architecture(),
+        threshold=ScoreThreshold(0.75, 0.9, 0.5, "a test", whitened=True),
+        query_flip=True,
+        notes={"command": "test"},
+    )
+    return write_bundle(
+        tmp_path_factory.mktemp("bundle") / "b", model, settings, whitening=whitening
+    )
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(4)
+    for index in range(6):
+        make_pattern(rng, index % 3, 56).save(root / f"{index}.png")
+    (root / "copy.png").write_bytes((root / "0.png").read_bytes())
+    return root
+
+
+def test_round_trip(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    assert bundle.settings.resolution == 64 and bundle.settings.exponent == 4.0
+    assert bundle.settings.threshold is not None and bundle.settings.threshold.score == 0.75
+    assert bundle.whitening is not None and bundle.whitening.output_dim == 32
+    model = bundle.model()
+    assert float(model.pool.p) == 4.0
+    torch.manual_seed(0)
+    original = MultiGrain(trunk="resnet18", num_classes=3).eval()
+    original.pool.set_p(4.0)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, _ = model(x)
+        b, _ = original(x)
+    # float16 on disk: the descriptors agree closely, not exactly
+    cosine = torch.nn.functional.cosine_similarity(a, b)
+    assert cosine.min() > 0.999
+    assert bundle.identity.startswith("b@sha256:")
+    assert load_bundle(bundle_dir / MANIFEST_NAME).identity == bundle.identity
+
+
+def test_damage_is_detected(bundle_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle_dir, copy)
+    data = bytearray((copy / WEIGHTS_NAME).read_bytes())
+    data[-10] ^= 0xFF
+    (copy / WEIGHTS_NAME).write_bytes(bytes(data))
+    with pytest.raises(MultiGrainError, match="sha256"):
+        load_bundle(copy)
+    (copy / WEIGHTS_NAME).unlink()
+    with pytest.raises(MultiGrainError, match="missing"):
+        load_bundle(copy)
+    with pytest.raises(MultiGrainError, match="not a model bundle"):
+        prepare_model(tmp_path)  # a folder without bundle.json
+
+
+def test_settings_follow_the_bundle_and_whitening_only_where_fitted(bundle_dir):
+    prepared = prepare_model(bundle_dir)
+    assert prepared.resolution == 64 and prepared.whitening is not None
+    assert prepared.threshold == 0.75 and prepared.query_flip
+    other = prepare_model(bundle_dir, resolution=96)
+    assert other.resolution == 96 and other.whitening is None and other.threshold is None
+    assert any("not applied" in note for note in other.notes)
+    plain = prepare_model(bundle_dir, use_bundle_whitening=False)
+    assert plain.whitening is None and plain.threshold is None  # measured whitened
+
+
+def test_embed_records_the_bundle_and_dedup_uses_its_threshold(bundle_dir, photos, tmp_path):
+    out = tmp_path / "out"
+    result = cli("embed", str(photos), "-c", str(bundle_dir), "-o", str(out))
+    assert f"bundle {bundle_dir}" in result.stdout
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert metadata["bundle"] == str(bundle_dir)
+    assert metadata["resolution"] == 64 and metadata["exponent"] == 4.0
+    assert metadata["whitened"] is True and metadata["dim"] == 32
+    assert metadata["threshold"] == 0.75
+    groups = tmp_path / "groups.json"
+    dedup = cli("dedup", str(out), "-o", str(groups))
+    assert "threshold 0.7500 of the model bundle" in dedup.stderr
+    # the same images embedded through the Python API give the same vectors
+    import multigrain
+    from multigrain.embedding_store import load_embeddings
+
+    stored = load_embeddings(out)
+    api = multigrain.load(bundle_dir).embed([Path(p) for p in stored.paths])
+    assert np.abs(api - stored.descriptors).max() < 2e-2
+    assert np.all(np.sum(api * stored.descriptors, axis=1) > 0.999)
+
+
+def test_search_embeds_image_queries_with_the_index_bundle(bundle_dir, photos, tmp_path):
+    out, index = tmp_path / "out", tmp_path / "index"
+    cli("embed", str(photos), "-c", str(bundle_dir), "-o", str(out))
+    cli("index", "build", str(out), "-o", str(index))
+    found = cli("search", str(index), str(photos), "-k", "2", "--json", "--threshold", "-1")
+    rows = {Path(r["query"]).name: r["results"] for r in map(json.loads, found.stdout.splitlines())}
+    assert len(rows) == 7
+    for name, results in rows.items():
+        assert Path(results[0]["path"]).name in (
+            {name} | ({"0.png", "copy.png"} if name in ("0.png", "copy.png") else set())
+        )
+    # queries embedded with other settings are refused, with the fix
+    other = tmp_path / "other"
+    cli("embed", str(photos), "-c", str(bundle_dir), "-o", str(other), "-s", "80")
+    refused = cli("search", str(index), str(other), expect=2)
+    assert "other settings than the index" in refused.stderr
+
+
+def test_a_folder_that_is_not_a_bundle_is_named(photos, tmp_path):
+    result = cli("embed", str(photos), "-c", str(photos), "-o", str(tmp_path / "x"), expect=2)
+    assert "not a model bundle" in result.stderr
