@@ -261,6 +261,10 @@ def test_demo_pipeline_on_the_built_benchmark(built, tmp_path: Path) -> None:
         "phash", "untrained", "trained", "untrained+whitening", "trained+whitening"
     }  # fmt: skip
     assert "held-out top-1" in summary.headline["trained"]
+    # the comparison on the held-out photo packages (mate-backgrounds, lomiri-wallpapers*)
+    methods = [row["method"] for row in summary.heldout_packages]
+    assert methods[:3] == ["pHash (16x16)", "PDQ", "this demo's model (p*, whitening)"]
+    assert all(0.0 < float(row["map"]) <= 1.0 for row in summary.heldout_packages)
     folder = tmp_path / "demo"
     for name in ("report.html", "report.md", "report.json", "calibration.png", "copy_map.png"):
         assert (folder / name).stat().st_size > 0, name
@@ -268,6 +272,7 @@ def test_demo_pipeline_on_the_built_benchmark(built, tmp_path: Path) -> None:
     assert saved["summary"]["steps"] == 2 and saved["result"]["resolution"] == 64
     markdown = (folder / "report.md").read_text()
     assert markdown.startswith("# multigrain demo") and "| copy mAP (strong) |" in markdown
+    assert "photo packages that neither model trained on" in markdown
     assert (folder / "index" / "index.faiss").exists() or any((folder / "index").iterdir())
 
 

@@ -24,11 +24,16 @@ def corpus_build(
     ),
     seed: Annotated[int, typer.Option()] = 0,
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty folder")] = False,
+    heldout_only: Annotated[
+        bool,
+        typer.Option(help="only the validation and test sets (no training photos; ~20 s)"),
+    ] = False,
 ) -> None:
     """Collect every photo package installed here; split off whole validation/test packages."""
-    from multigrain.corpus.build import build_corpus
+    from multigrain.corpus.build import TEST_PACKAGES, VALIDATION_PACKAGES, build_corpus
 
-    manifest = build_corpus(output, seed=seed, overwrite=overwrite)
+    sources = [*VALIDATION_PACKAGES, *TEST_PACKAGES] if heldout_only else None
+    manifest = build_corpus(output, seed=seed, overwrite=overwrite, sources=sources)
     echo(f"{output}: {manifest.images_per_split} images, {manifest.queries} held-out copies")
     echo(f"photos per package: {manifest.photos_per_package}")
 

@@ -25,6 +25,8 @@ from multigrain.calibrate import CalibrationResult, grid_search, plot_calibratio
 from multigrain.checkpoint import model_from_checkpoint, model_identity
 from multigrain.collection import list_images
 from multigrain.config import Precision, Schedule, TrainConfig
+from multigrain.corpus.compare import compare_with_shipped, comparison_dicts, comparison_markdown
+from multigrain.corpus.scoring import CopyScores
 from multigrain.data.datasets import ImageFolderImages
 from multigrain.data.sources import DatasetKind
 from multigrain.embed import embed_in_memory
@@ -68,6 +70,8 @@ class DemoSummary:
     exponent: float = 3.0
     index_recall_at_1: float = 0.0
     headline: dict[str, dict[str, float]] = field(default_factory=dict)
+    # copy detection on photo packages neither model trained on (corpus.compare)
+    heldout_packages: list[dict[str, object]] = field(default_factory=list)
 
     def to_markdown(self) -> str:
         methods = list(self.headline)
@@ -83,12 +87,25 @@ class DemoSummary:
             ]
             rows.append(f"| {figure} | " + " | ".join(cells) + " |")
         timing = ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items())
+        heldout = ""
+        if self.heldout_packages:
+            heldout = (
+                "\n\nCopy detection on photo packages that neither model trained on "
+                "(the shipped model's test packages):\n\n"
+                + comparison_markdown([_scores(row) for row in self.heldout_packages])
+            )
         return (
             f"{self.steps} training steps; p* = {self.exponent:g} at the test resolution; "
             f"FAISS index recall@1 for the copy queries: {self.index_recall_at_1:.3f}\n\n"
             + "\n".join(rows)
+            + heldout
             + f"\n\ntime: {timing}"
         )
+
+
+def _scores(row: dict[str, object]) -> CopyScores:
+    values = {k: v for k, v in row.items() if k != "family_mean"}
+    return CopyScores(**values)  # type: ignore[arg-type]
 
 
 def headline_figures(result: BuiltinResult) -> dict[str, dict[str, float]]:
@@ -167,6 +184,14 @@ def run_builtin_demo(
     )
     seconds["evaluate"] = time.perf_counter() - start
 
+    start = time.perf_counter()
+    print("comparing with the shipped model on the held-out photo packages ...", flush=True)
+    heldout = compare_with_shipped(
+        model, name="this demo's model (p*, whitening)", resolution=settings.test_resolution,
+        whitening=whitening, device=target, heldout=data_root.parent / "heldout",
+    )  # fmt: skip
+    seconds["heldout"] = time.perf_counter() - start
+
     summary = DemoSummary(
         output_dir=str(output_dir),
         data_root=str(data_root),
@@ -175,6 +200,7 @@ def run_builtin_demo(
         exponent=exponent,
         index_recall_at_1=recall,
         headline=headline_figures(evaluation),
+        heldout_packages=comparison_dicts(heldout),
     )
     write_report(
         evaluation,

@@ -156,11 +156,13 @@ def model_descriptors(
 ) -> np.ndarray:
     """(N, d) unit descriptors at longest side ``resolution``, whitened when given.
 
-    The whitening applies to the raw GeM embedding, as ``multigrain embed`` applies it.
+    The whitening applies to the raw GeM embedding, as ``multigrain embed`` applies it,
+    unless it records that it was fitted on unit-length ones (the demo's whitening).
     """
+    on_unit = whitening is None or whitening.fitted_on.get("input") == "normalised embedding"
     descriptors, kept, failures = embed_in_memory(
         model, list(paths), resolution=resolution, device=device,
-        precision=precision, adjust=adjust, normalise=whitening is None,
+        precision=precision, adjust=adjust, normalise=on_unit,
     )  # fmt: skip
     if failures:
         raise MultiGrainError(f"could not read {failures[0].path}: {failures[0].reason}")
