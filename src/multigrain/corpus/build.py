@@ -41,6 +41,7 @@ from multigrain.atomic import atomic_write_text
 from multigrain.builtin import pool
 from multigrain.builtin.sources import SOURCES as BUILTIN_SOURCES
 from multigrain.builtin.sources import Candidate, package_files
+from multigrain.corpus.distortions import HeldoutFamily
 from multigrain.corpus.heldout import write_copy_set
 from multigrain.corpus.sources import debian_package, extra_sources
 from multigrain.errors import MultiGrainError
@@ -57,7 +58,10 @@ TILE_SIDE = 960  # a held-out photo is cut into round(side / TILE_SIDE) tiles al
 TRAIN_TILE_SIDE = 640  # training photos into smaller tiles: more instances, more hard negatives
 MAX_TILES_PER_SIDE = 3
 CLASSES_HELDOUT_FRACTION = 0.25
-QUERIES_PER_REFERENCE = 3
+QUERIES_PER_REFERENCE = 3  # test: as many copies per photo as the user set had
+#: validation holds few photos (one package): every family for every original, so that
+#: the choices made on it (p*, whitening, flip, threshold) rest on more queries
+VALIDATION_QUERIES_PER_REFERENCE = len(HeldoutFamily)
 JPEG_QUALITY = 90
 
 
@@ -249,9 +253,13 @@ def build_corpus(
                 staging / split,
                 sorted(paths),
                 seed=seed,
-                queries_per_reference=QUERIES_PER_REFERENCE,
+                queries_per_reference=(
+                    VALIDATION_QUERIES_PER_REFERENCE
+                    if split == "validation"
+                    else QUERIES_PER_REFERENCE
+                ),
                 progress=progress,
-            )  # fmt: skip
+            )
             for split, paths in sorted(references.items())
         }
         manifest = _manifest(
@@ -299,6 +307,7 @@ def _manifest(
             "max_tiles_per_side": MAX_TILES_PER_SIDE,
             "classes_heldout_fraction": CLASSES_HELDOUT_FRACTION,
             "queries_per_reference": QUERIES_PER_REFERENCE,
+            "validation_queries_per_reference": VALIDATION_QUERIES_PER_REFERENCE,
             "photo_rule": {
                 "min_side": pool.MIN_SIDE,
                 "max_transparent": pool.MAX_TRANSPARENT,
