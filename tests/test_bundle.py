@@ -159,3 +159,55 @@ def test_search_embeds_image_queries_with_the_index_bundle(bundle_dir, photos, t
 def test_a_folder_that_is_not_a_bundle_is_named(photos, tmp_path):
     result = cli("embed", str(photos), "-c", str(photos), "-o", str(tmp_path / "x"), expect=2)
     assert "not a model bundle" in result.stderr
+
+
+def test_bundle_command_chooses_settings_on_validation_copies(tmp_path):
+    """`multigrain bundle` on a small corpus: grid, whitening and flip decided, then read."""
+    from multigrain.checkpoint import save_checkpoint
+    from multigrain.corpus.heldout import write_copy_set
+
+    rng = np.random.default_rng(7)
+    corpus = tmp_path / "corpus"
+    originals = []
+    for index in range(8):
+        path = corpus / "validation" / "originals" / f"o{index}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        make_pattern(rng, index % 3, 64).save(path)
+        originals.append(path)
+    write_copy_set(corpus / "validation", originals, seed=0, queries_per_reference=2,
+                   progress=False)  # fmt: skip
+    for index in range(40):
+        folder = corpus / "train" / f"c{index % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        make_pattern(rng, index % 3, 48).save(folder / f"{index}.png")
+    torch.manual_seed(0)
+    model = MultiGrain(trunk="resnet18", num_classes=2)
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(
+        checkpoint,
+        {"model_state": model.state_dict(), "architecture": model.architecture(),
+         "classes": ["c0", "c1"]},
+    )  # fmt: skip
+    notes = tmp_path / "notes.json"
+    notes.write_text(json.dumps({"command": "a test"}))
+    output = tmp_path / "bundle"
+    result = cli(
+        "bundle", "-c", str(checkpoint), "-o", str(output), "--corpus", str(corpus),
+        "--resolutions", "48,64", "--exponents", "2,4", "--notes", str(notes),
+    )  # fmt: skip
+    assert "bundle" in result.stdout
+    bundle = load_bundle(output)
+    settings = bundle.settings
+    selection = settings.notes["selection"]
+    assert set(selection["grid"]) == {"s=48,p=2", "s=48,p=4", "s=64,p=2", "s=64,p=4"}
+    best = max(selection["grid"], key=selection["grid"].get)
+    assert best == f"s={settings.resolution},p={settings.exponent:g}"
+    assert settings.classes == ["c0", "c1"] and settings.notes["command"] == "a test"
+    # whitening and flip kept exactly when they lifted validation mAP
+    assert (bundle.whitening is not None) == selection["use_whitening"]
+    assert selection["use_whitening"] == (
+        selection["whitened"]["map"] >= selection["plain"]["map"] + 0.005
+    )
+    assert settings.query_flip == selection["use_flip"]
+    if settings.threshold is not None:
+        assert settings.threshold.score == selection["final"]["threshold_at_90"]
