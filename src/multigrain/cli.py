@@ -277,8 +277,13 @@ def info() -> None:
         allocator = f"glibc malloc ({available} is installed; see {SETTING})"
     else:
         allocator = "glibc malloc (apt-get install libtcmalloc-minimal4 for flat memory)"
+    from multigrain.bundle import builtin_bundle_path, is_bundle
+
+    shipped = builtin_bundle_path()
+    model = str(shipped) if is_bundle(shipped) else "none in this install (pass -c)"
     for key, value in (
         ("multigrain", multigrain.__version__),
+        ("built-in model", model),
         ("torch", torch.__version__),
         ("device", str(device)),
         ("default precision", precision),
