@@ -37,6 +37,7 @@ from multigrain.corpus.scoring import (
     model_similarity,
     pdq_similarity,
     phash_similarity,
+    precision_recall_at,
     score_similarities,
 )
 from multigrain.corpus.select import fit_bundle_whitening, training_images
@@ -49,10 +50,20 @@ def row(scores: CopyScores, seconds: float) -> dict[str, Any]:
     return {**asdict(scores), "family_mean": scores.family_mean, "seconds": round(seconds, 1)}
 
 
-def timed(method: str, copies: CopySet, similarity: Any) -> dict[str, Any]:
+def timed(
+    method: str, copies: CopySet, similarity: Any, threshold: float | None = None
+) -> dict[str, Any]:
+    """Score one method; with ``threshold`` also the precision and recall it gives here."""
     start = time.perf_counter()
     matrix = similarity()
     result = row(score_similarities(method, matrix, copies), time.perf_counter() - start)
+    if threshold is not None:
+        precision, recall = precision_recall_at(matrix, copies, threshold)
+        result["bundle_threshold"] = {"score": threshold, "precision": precision, "recall": recall}
+        print(
+            f"{method}: at the bundle's threshold {threshold:.4f}: precision "
+            f"{precision:.3f}, recall {recall:.3f}"
+        )
     print(f"{method}: mAP {result['map']:.3f}, µAP {result['micro_ap']:.3f}", flush=True)
     return result
 
@@ -149,7 +160,8 @@ def main() -> None:
                 whitening=bundle.whitening,
                 options=shipped_options,
             ),
-        )  # fmt: skip
+            settings.threshold.score if settings.threshold is not None else None,
+        )
     )
     methods.append(
         timed(

@@ -13,7 +13,7 @@ from PIL import Image
 from multigrain.corpus.build import tile_boxes
 from multigrain.corpus.distortions import HeldoutFamily, distort
 from multigrain.corpus.heldout import read_copy_set, write_copy_set
-from multigrain.corpus.scoring import score_similarities
+from multigrain.corpus.scoring import precision_recall_at, score_similarities
 from multigrain.errors import MultiGrainError
 
 
@@ -96,6 +96,10 @@ def test_scores_against_a_hand_computed_case(tmp_path):
     assert scores.recall_at_90 == pytest.approx(1 / 3)
     assert scores.threshold_at_90 == pytest.approx(0.9)
     assert set(scores.family_map) == {f.value for f in copies.families}
+    # a fixed threshold: 4 pairs score >= 0.5, 2 of them true
+    assert precision_recall_at(similarity, copies, 0.5) == (0.5, pytest.approx(2 / 3))
+    precision, recall = precision_recall_at(similarity, copies, 2.0)
+    assert np.isnan(precision) and recall == 0.0
 
 
 CORPUS_PACKAGES = ("ukui-wallpapers", "mate-backgrounds", "lomiri-wallpapers-20.04")

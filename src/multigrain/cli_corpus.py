@@ -54,7 +54,7 @@ def corpus_curve(
     validation = read_copy_set(corpus / "validation")
     points = training_curve(
         train_folder, validation, resolution=resolution, device=resolve_device(device),
-        cache=train_folder / "curve.json",
+        cache=train_folder / "curve.json", report=lambda line: echo(f"scored {line}"),
     )  # fmt: skip
     for point in points:
         echo(f"step {point.step:6d}: mAP {point.map:.3f}  µAP {point.micro_ap:.3f}")
@@ -92,7 +92,7 @@ def bundle_command(
         model, validation, training_images(corpus),
         resolutions=parse_list(resolutions, "--resolutions"),
         exponents=parse_list(exponents, "--exponents", float),
-        device=target, whitening_description=f"{corpus}/train + train_unlabelled",
+        device=target, whitening_description=f"{corpus}/train + train_unlabelled", report=echo,
     )  # fmt: skip
     provenance: dict[str, object] = json.loads(notes.read_text()) if notes else {}
     provenance["selection"] = selection.to_dict()

@@ -82,6 +82,22 @@ def score_similarities(method: str, similarity: np.ndarray, copies: CopySet) -> 
     )
 
 
+def precision_recall_at(
+    similarity: np.ndarray, copies: CopySet, threshold: float
+) -> tuple[float, float]:
+    """Accept every (query, original) pair scoring >= threshold -> (precision, recall).
+
+    Precision is nan when nothing is accepted; recall counts every query's true original.
+    """
+    similarity = np.asarray(similarity, dtype=np.float64)
+    accepted = similarity >= threshold
+    truth = np.asarray(copies.truth)
+    correct = int(accepted[np.arange(len(truth)), truth].sum())
+    total = int(accepted.sum())
+    precision = correct / total if total else float("nan")
+    return precision, correct / max(1, len(truth))
+
+
 def _hash_matrix(paths: Sequence[Path], hasher: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
     rows = [np.where(hasher(decode_image(path)), 1.0, -1.0) for path in paths]
     matrix = np.stack(rows).astype(np.float32)

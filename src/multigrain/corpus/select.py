@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -106,8 +106,13 @@ def select_settings(
     exponents: Sequence[float],
     device: torch.device,
     whitening_description: str,
+    report: Callable[[str], None] | None = None,
 ) -> tuple[Selection, Whitening | None]:
-    """Grid s x p by validation mAP, then whitening and flip each kept only where they pay."""
+    """Grid s x p by validation mAP, then whitening and flip each kept only where they pay.
+
+    ``report`` receives one line per measurement (the CLI prints them as progress).
+    """
+    say = report or (lambda line: logger.info("%s", line))
     selection = Selection()
     best: tuple[float, int, float] | None = None
     for resolution in resolutions:
@@ -119,7 +124,7 @@ def select_settings(
                 validation,
             )
             selection.grid[f"s={resolution},p={exponent:g}"] = scores.map
-            logger.info("s=%d p=%g: validation mAP %.3f", resolution, exponent, scores.map)
+            say(f"s={resolution} p={exponent:g}: validation mAP {scores.map:.3f}")
             if best is None or scores.map > best[0]:
                 best = (scores.map, resolution, exponent)
     if best is None:
@@ -135,6 +140,7 @@ def select_settings(
         return score_similarities(name, similarity, validation)
 
     selection.plain = score("plain", None, QueryOptions())
+    say(f"chosen s={s}, p*={selection.exponent:g}; fitting the whitening ...")
     whitening = fit_bundle_whitening(
         model, whitening_images, resolution=s, device=device, description=whitening_description
     )
@@ -144,6 +150,10 @@ def select_settings(
     base = selection.whitened if selection.use_whitening else selection.plain
     selection.flipped = score("flip", chosen, QueryOptions(flip=True))
     selection.use_flip = selection.flipped.map >= base.map + MIN_GAIN
+    say(
+        f"validation mAP: plain {selection.plain.map:.3f}, whitened "
+        f"{selection.whitened.map:.3f}, + mirrored query {selection.flipped.map:.3f}"
+    )
     selection.regional = score(
         "regions", chosen, QueryOptions(flip=selection.use_flip, regions=True)
     )
@@ -212,6 +222,7 @@ def training_curve(
     resolution: int,
     device: torch.device,
     cache: Path | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> list[CurvePoint]:
     """Validation copy mAP of every snapshot (at s and the training p; no whitening).
 
@@ -234,7 +245,7 @@ def training_curve(
             validation,
         )
         known[step] = CurvePoint(step, scores.map, scores.micro_ap, scores.family_mean)
-        logger.info("step %d: validation mAP %.3f", step, scores.map)
+        (report or logger.info)(f"step {step}: validation mAP {scores.map:.3f}")
         if cache is not None:
             from multigrain.atomic import atomic_write_text
 
