@@ -146,58 +146,31 @@ def main() -> None:
             ),
         )  # fmt: skip
     )
-    shipped = f"shipped ({bundle.identity})"
-    methods.append(
-        timed(
-            f"{shipped}, as shipped: s={s}, p*={settings.exponent:g}, whitening "
-            f"{'on' if bundle.whitening else 'off'}, flip {'on' if settings.query_flip else 'off'}",
-            copies,
-            lambda: model_similarity(
-                model,
-                copies,
-                resolution=s,
-                device=device,
-                whitening=bundle.whitening,
-                options=shipped_options,
-            ),
-            settings.threshold.score if settings.threshold is not None else None,
+
+    def shipped(whitening: Whitening | None, options: QueryOptions) -> Any:
+        return lambda: model_similarity(
+            model, copies, resolution=s, device=device, whitening=whitening, options=options
         )
-    )
-    methods.append(
+
+    threshold = settings.threshold.score if settings.threshold is not None else None
+    methods += [
         timed(
-            "shipped, no whitening, no flip",
-            copies,
-            lambda: model_similarity(model, copies, resolution=s, device=device),
-        )
-    )
-    methods.append(
+            f"shipped ({bundle.identity}), as shipped: s={s}, p*={settings.exponent:g}, "
+            f"whitening {'on' if bundle.whitening else 'off'}, "
+            f"flip {'on' if settings.query_flip else 'off'}",
+            copies, shipped(bundle.whitening, shipped_options), threshold,
+        ),
+        timed("shipped, no whitening, no flip", copies, shipped(None, QueryOptions())),
         timed(
             "shipped + flip" if not settings.query_flip else "shipped without flip",
             copies,
-            lambda: model_similarity(
-                model,
-                copies,
-                resolution=s,
-                device=device,
-                whitening=bundle.whitening,
-                options=replace(shipped_options, flip=not settings.query_flip),
-            ),
-        )  # fmt: skip
-    )
-    methods.append(
+            shipped(bundle.whitening, replace(shipped_options, flip=not settings.query_flip)),
+        ),
         timed(
-            "shipped + regional query views",
-            copies,
-            lambda: model_similarity(
-                model,
-                copies,
-                resolution=s,
-                device=device,
-                whitening=bundle.whitening,
-                options=replace(shipped_options, regions=True),
-            ),
-        )  # fmt: skip
-    )
+            "shipped + regional query views", copies,
+            shipped(bundle.whitening, replace(shipped_options, regions=True)),
+        ),
+    ]  # fmt: skip
     if args.demo is not None:
         demo, demo_s, demo_whitening = demo_model(args.demo)
         methods.append(

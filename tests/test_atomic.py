@@ -31,3 +31,19 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(target, fail)
     assert target.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["metadata.json"]
+
+
+def test_staged_folder_replaces_on_success_and_keeps_the_old_one_on_failure(tmp_path):
+    import pytest
+
+    from multigrain.atomic import staged_folder
+
+    target = tmp_path / "out"
+    with staged_folder(target) as staging:
+        (staging / "a.txt").write_text("first")
+    assert (target / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError), staged_folder(target) as staging:
+        (staging / "a.txt").write_text("half")
+        raise RuntimeError("interrupted")
+    assert (target / "a.txt").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def staged_folder(output: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty hidden folder beside `output` to fill; on success it replaces
+    `output` (removed first if present), on failure it is deleted: a failed build leaves
+    the previous folder, or nothing, never half a folder."""
+    target = Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

@@ -21,8 +21,6 @@ import io
 import json
 import logging
 import re
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from multigrain.atomic import atomic_write_text
+from multigrain.atomic import atomic_write_text, staged_folder
 from multigrain.builtin import augment, pool
 from multigrain.builtin.instances import instance_views
 from multigrain.builtin.phash import group_map, phash_descriptors
@@ -154,20 +152,12 @@ def build_builtin_benchmark(
     _refuse_or_clear(output, overwrite)
     images = pool.select_pool(pool.scan_pool(), max_pool, seed)
     train, heldout, categories = split_groups(images, seed)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_folder(output) as staging:
         manifest = _write_all(staging, train, heldout, categories, seed, progress)
         manifest.output, manifest.max_pool = str(output), max_pool
         manifest.build_seconds = round(time.perf_counter() - start, 2)
         text = json.dumps(dataclasses.asdict(manifest), indent=1, sort_keys=True)
         atomic_write_text(staging / "manifest.json", text + "\n")
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("built-in benchmark in %s (%.1f s)", output, manifest.build_seconds)
     return manifest
 

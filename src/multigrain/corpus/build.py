@@ -25,8 +25,6 @@ import io
 import json
 import logging
 import re
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -37,7 +35,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from multigrain.atomic import atomic_write_text
+from multigrain.atomic import atomic_write_text, staged_folder
 from multigrain.builtin import pool
 from multigrain.builtin.sources import SOURCES as BUILTIN_SOURCES
 from multigrain.builtin.sources import Candidate, package_files
@@ -218,11 +216,9 @@ def build_corpus(
             raise MultiGrainError(f"no photos found in the {split} package(s) {list(packages)}")
     training = [p for p in photos if p.package not in held]
     categories, heldout_groups = _classes_split(training, seed)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     records: list[CorpusImage] = []
     references: dict[str, list[Path]] = defaultdict(list)
-    try:
+    with staged_folder(output) as staging:
         for photo in tqdm(photos, desc="corpus photos", disable=not progress):
             split = held.get(photo.package, "train")
             if split == "train" and photo.group in heldout_groups:
@@ -268,12 +264,6 @@ def build_corpus(
         manifest.build_seconds = round(time.perf_counter() - start, 1)
         text = json.dumps(dataclasses.asdict(manifest), indent=1, sort_keys=True)
         atomic_write_text(staging / "manifest.json", text + "\n")
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 
