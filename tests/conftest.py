@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,15 @@ import pytest
 from PIL import Image
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+
+def cli(*args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
+    """`python -m multigrain ARGS` in a subprocess; asserts its exit status."""
+    result = subprocess.run(
+        [sys.executable, "-m", "multigrain", *args], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == expect, result.stderr[-3000:]
+    return result
 
 
 def make_pattern(rng: np.random.Generator, label: int, size: int) -> Image.Image:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_pattern
+from conftest import cli, make_pattern
 
 from multigrain.bundle import (
     MANIFEST_NAME,
@@ -24,14 +22,6 @@ from multigrain.errors import MultiGrainError
 from multigrain.model_source import prepare_model
 from multigrain.models import MultiGrain
 from multigrain.whitening import fit_whitening
-
-
-def cli(*args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "multigrain", *args], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == expect, result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_pattern
+from conftest import cli, make_pattern
 
 from multigrain.checkpoint import save_checkpoint
 from multigrain.models import MultiGrain
-
-
-def cli(*args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "multigrain", *args], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == expect, result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module")

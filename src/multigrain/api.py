@@ -59,12 +59,10 @@ class Model:
         whitening = self.prepared.whitening
         descriptors, _, failures = embed_in_memory(
             self.prepared.model, paths, resolution=self.resolution, device=self.device,
-            precision=self.precision, normalise=whitening is None,
+            precision=self.precision, whitening=whitening.apply if whitening else None,
         )  # fmt: skip
         if failures:
             raise MultiGrainError(f"cannot embed {failures[0].path}: {failures[0].reason}")
-        if whitening is not None:
-            descriptors = whitening.apply(descriptors)
         return descriptors.numpy().astype(np.float32)
 
     def is_copy(self, a: np.ndarray, b: np.ndarray) -> bool:

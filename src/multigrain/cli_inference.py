@@ -12,7 +12,7 @@ import typer
 from multigrain.cli_common import app, echo, parse_enum, parse_list
 from multigrain.embed import DEFAULT_PRECISION, DEFAULT_SHARD_SIZE
 from multigrain.errors import MultiGrainError
-from multigrain.model_source import PreparedModel, calibration_path
+from multigrain.model_source import PreparedModel, calibration_path, load_whitening
 from multigrain.model_source import prepare_model as prepare_model_source
 from multigrain.models import MultiGrain
 from multigrain.precision import InferencePrecision
@@ -51,16 +51,6 @@ def prepare_model(
 ) -> MultiGrain:
     """Load weights, set p: --exponent, else the calibrated p* for this s, else the model's."""
     return prepare(checkpoint, resolution, exponent, device, use_bundle_whitening=False).model
-
-
-def load_whitening(path: Path, model: MultiGrain) -> Whitening:
-    whitening = Whitening.load(path)
-    if whitening.input_dim != model.embedding_dim:
-        raise MultiGrainError(
-            f"whitening {path} expects {whitening.input_dim}-d embeddings but the model gives "
-            f"{model.embedding_dim}-d: fit it with the same model (multigrain whiten)"
-        )
-    return whitening
 
 
 @app.command()

@@ -309,11 +309,9 @@ def _query_descriptors(
     for mirror in (False, True) if prepared.query_flip else (False,):
         descriptors, kept, failures = embed_in_memory(
             prepared.model, paths, resolution=resolution, device=device, precision="auto",
-            normalise=transform is None,
+            whitening=transform,
             adjust=(lambda _i, image: ImageOps.mirror(image)) if mirror else None,
         )  # fmt: skip
-        if transform is not None:
-            descriptors = transform(descriptors)
         if not mirror:
             names = kept
             for failure in failures:

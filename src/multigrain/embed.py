@@ -274,11 +274,14 @@ def embed_in_memory(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     adjust: Callable[[int, Image.Image], Image.Image] | None = None,
     progress: bool = False,
+    whitening: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[str], list[EmbedFailure]]:
     """Embed a collection small enough to hold in memory (e.g. a whitening fit set).
 
     Returns ((N, D) float32 descriptors in the order of `paths` minus failures, their
-    paths, the failures). `normalise=False` gives the raw embeddings the classifier reads;
+    paths, the failures). `whitening` maps raw (B, D) embeddings to (B, d) descriptors
+    as in `embed_batch` (e.g. `Whitening.apply`, as `embed --whitening` applies it);
+    `normalise=False` gives the raw embeddings the classifier reads;
     `adjust(i, image)` changes image i after decoding (crop box, upright rotation).
     `precision` and `trunk` as in `embed_collection`; the model must be on `device`.
     """
@@ -295,7 +298,9 @@ def embed_in_memory(
         max_pixels=max_pixels, adjust=adjust, device=device,
         on_failure=lambda i, reason: failures.append(EmbedFailure(str(paths[i]), reason)),
     ):  # fmt: skip
-        embedding = embed_batch(model, trunk, images, normalise_output=normalise)
+        embedding = embed_batch(
+            model, trunk, images, whitening=whitening, normalise_output=normalise
+        )
         rows.update(zip(indices, embedding.cpu(), strict=True))
         if bar is not None:
             bar.update(len(indices))

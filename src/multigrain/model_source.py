@@ -64,7 +64,9 @@ def calibration_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name + CALIBRATION_SUFFIX)
 
 
-def _check_whitening(whitening: Whitening, model: MultiGrain, path: Path) -> Whitening:
+def load_whitening(path: Path, model: MultiGrain) -> Whitening:
+    """A whitening file for ``model``; MultiGrainError if its input dimension differs."""
+    whitening = Whitening.load(path)
     if whitening.input_dim != model.embedding_dim:
         raise MultiGrainError(
             f"whitening {path} expects {whitening.input_dim}-d embeddings but the model gives "
@@ -97,7 +99,7 @@ def prepare_model(
     else:
         prepared = _from_checkpoint(source, resolution, exponent, device)
     if whitening is not None:
-        prepared.whitening = _check_whitening(Whitening.load(whitening), prepared.model, whitening)
+        prepared.whitening = load_whitening(whitening, prepared.model)
         fitted = prepared.whitening.fitted_on
         fitted_s, fitted_p = fitted.get("resolution"), fitted.get("exponent")
         if (

@@ -16,13 +16,13 @@ import functools
 import hashlib
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from multigrain.builtin.sources import all_candidates
+from multigrain.builtin.sources import Candidate, all_candidates
 from multigrain.errors import MultiGrainError
 
 logger = logging.getLogger(__name__)
@@ -90,22 +90,19 @@ def is_photographic(
     )
 
 
-@functools.lru_cache(maxsize=1)
-def scan_pool() -> tuple[PoolImage, ...]:
-    """Every photographic, distinct (by sha1) image of every source, sorted by key.
-
-    Cached for the process: the installed packages do not change during a run.
-    Raises MultiGrainError naming a missing Debian package and the apt-get command.
-    """
+def filter_photos(candidates: Iterable[Candidate]) -> list[PoolImage]:
+    """The photographic, distinct candidates: deduplicated by sha1, kept if they pass the
+    photographic rule, then one image per group; sorted by key. Undecodable ones are
+    skipped (logged at debug level)."""
     pool: dict[str, PoolImage] = {}
-    for candidate in all_candidates():
+    for candidate in candidates:
         data = candidate.read()
         sha1 = hashlib.sha1(data).hexdigest()
         if sha1 in pool:
             continue
         try:
             width, height, transparent, colours = photo_statistics(data)
-        except (OSError, ValueError, SyntaxError) as error:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             logger.debug("skipping undecodable %s: %s", candidate.key, error)
             continue
         min_colours = MIN_COLOURS_BY_PACKAGE.get(candidate.package, MIN_COLOURS)
@@ -122,14 +119,25 @@ def scan_pool() -> tuple[PoolImage, ...]:
             sha1=sha1,
             read=candidate.read,
         )
-    if not pool:
-        raise MultiGrainError("no photographs found in the installed packages")
     # One image per group: re-encodings of one photo (libjxl) or stereo partners (opencv)
     # would be near-duplicate references and make the copy-detection ground truth ambiguous.
     by_group: dict[str, PoolImage] = {}
     for image in sorted(pool.values(), key=lambda image: image.key):
         by_group.setdefault(image.group, image)
-    return tuple(by_group.values())
+    return list(by_group.values())
+
+
+@functools.lru_cache(maxsize=1)
+def scan_pool() -> tuple[PoolImage, ...]:
+    """Every photographic, distinct (by sha1) image of every source, sorted by key.
+
+    Cached for the process: the installed packages do not change during a run.
+    Raises MultiGrainError naming a missing Debian package and the apt-get command.
+    """
+    photos = filter_photos(all_candidates())
+    if not photos:
+        raise MultiGrainError("no photographs found in the installed packages")
+    return tuple(photos)
 
 
 def select_pool(pool: tuple[PoolImage, ...], max_pool: int | None, seed: int) -> list[PoolImage]:

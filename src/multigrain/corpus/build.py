@@ -20,7 +20,6 @@ of its own: tiles of one photo are the hard negatives a copy detector must tell 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -38,7 +37,7 @@ from tqdm import tqdm
 from multigrain.atomic import atomic_write_text, staged_folder
 from multigrain.builtin import pool
 from multigrain.builtin.sources import SOURCES as BUILTIN_SOURCES
-from multigrain.builtin.sources import Candidate, package_files
+from multigrain.builtin.sources import package_files
 from multigrain.corpus.distortions import HeldoutFamily
 from multigrain.corpus.heldout import write_copy_set
 from multigrain.corpus.sources import debian_package, extra_sources
@@ -90,31 +89,6 @@ class CorpusManifest:
     images: list[CorpusImage] = field(default_factory=list)
 
 
-def _photos(candidates: Sequence[Candidate]) -> list[pool.PoolImage]:
-    """Photographic, distinct (sha1, then one per group) images, sorted by key."""
-    seen: dict[str, pool.PoolImage] = {}
-    for candidate in candidates:
-        data = candidate.read()
-        sha1 = hashlib.sha1(data).hexdigest()
-        if sha1 in seen:
-            continue
-        try:
-            width, height, transparent, colours = pool.photo_statistics(data)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            logger.debug("skipping undecodable %s: %s", candidate.key, error)
-            continue
-        minimum = pool.MIN_COLOURS_BY_PACKAGE.get(candidate.package, pool.MIN_COLOURS)
-        if pool.is_photographic(width, height, transparent, colours, min_colours=minimum):
-            seen[sha1] = pool.PoolImage(
-                candidate.key, candidate.package, candidate.licence, candidate.label,
-                candidate.group, width, height, sha1, candidate.read,
-            )  # fmt: skip
-    by_group: dict[str, pool.PoolImage] = {}
-    for image in sorted(seen.values(), key=lambda image: image.key):
-        by_group.setdefault(image.group, image)
-    return list(by_group.values())
-
-
 def scan_corpus(sources: Sequence[str] | None = None) -> list[pool.PoolImage]:
     """Every photo of every source (the built-in benchmark's and :mod:`corpus.sources`).
 
@@ -131,7 +105,7 @@ def scan_corpus(sources: Sequence[str] | None = None) -> list[pool.PoolImage]:
         if name != "scikit-image":
             package_files(debian_package(name))  # fail early, naming the package
     candidates = [c for name in names for c in everything[name]()]
-    return _photos(candidates)
+    return pool.filter_photos(candidates)
 
 
 def tile_boxes(

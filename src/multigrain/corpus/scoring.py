@@ -16,6 +16,7 @@ from pathlib import Path
 import imagehash
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from multigrain.corpus.distortions import HeldoutFamily
@@ -175,15 +176,21 @@ def model_descriptors(
     The whitening applies to the raw GeM embedding, as ``multigrain embed`` applies it,
     unless it records that it was fitted on unit-length ones (the demo's whitening).
     """
-    on_unit = whitening is None or whitening.fitted_on.get("input") == "normalised embedding"
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    if whitening is not None:
+        transform = whitening.apply
+        if whitening.fitted_on.get("input") == "normalised embedding":
+            fitted = whitening
+
+            def transform(raw: torch.Tensor) -> torch.Tensor:
+                return fitted.apply(F.normalize(raw, dim=1))
+
     descriptors, kept, failures = embed_in_memory(
         model, list(paths), resolution=resolution, device=device,
-        precision=precision, adjust=adjust, normalise=on_unit,
+        precision=precision, adjust=adjust, whitening=transform,
     )  # fmt: skip
     if failures:
         raise MultiGrainError(f"could not read {failures[0].path}: {failures[0].reason}")
-    if whitening is not None:
-        descriptors = whitening.apply(descriptors)
     return descriptors.numpy()
 
 
