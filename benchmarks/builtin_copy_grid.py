@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from multigrain.checkpoint import model_from_checkpoint
-from multigrain.experiments import _BuiltinMaps, _descriptors
+from multigrain.experiments.research import _BuiltinMaps, _descriptors
 from multigrain.metrics import rank_of_match
 from multigrain.models import MultiGrain
+from multigrain.models.checkpoint import model_from_checkpoint
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 against pHash, PDQ, the untrained network and (optionally) the demo's model.
 
 The copy set is the corpus's ``test/`` (tiles of the test packages' photos, one Pillow
-distortion per query: :mod:`multigrain.corpus.distortions`); ``--set validation`` scores
+distortion per query: :mod:`multigrain.data.corpus.distortions`); ``--set validation`` scores
 the set the bundle's settings were chosen on instead. Per method: mAP (one true original
 per query), µAP, recall at 90 % precision, mAP per distortion family and their mean; the
 shipped model is also scored without its test-time options, to show what each adds, and
@@ -25,13 +25,10 @@ from typing import Any
 
 import torch
 
-from multigrain.atomic import atomic_write_text
-from multigrain.bundle import builtin_bundle_path, load_bundle
-from multigrain.classify import classify_images
-from multigrain.collection import list_images
-from multigrain.corpus.distortions import HeldoutFamily
-from multigrain.corpus.heldout import CopySet, read_copy_set
-from multigrain.corpus.scoring import (
+from multigrain.data.corpus.distortions import HeldoutFamily
+from multigrain.data.corpus.heldout import CopySet, read_copy_set
+from multigrain.data.listing import list_images
+from multigrain.evaluation.heldout.scoring import (
     CopyScores,
     QueryOptions,
     model_similarity,
@@ -40,10 +37,13 @@ from multigrain.corpus.scoring import (
     precision_recall_at,
     score_similarities,
 )
-from multigrain.corpus.select import fit_bundle_whitening, training_images
-from multigrain.machine import describe_machine
+from multigrain.evaluation.heldout.select import fit_bundle_whitening, training_images
+from multigrain.inference.bundle import builtin_bundle_path, load_bundle
+from multigrain.inference.classify import classify_images
 from multigrain.models import MultiGrain
-from multigrain.whitening import Whitening
+from multigrain.runtime.atomic import atomic_write_text
+from multigrain.runtime.machine import describe_machine
+from multigrain.search.whitening import Whitening
 
 
 def row(scores: CopyScores, seconds: float) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def classes_top1(model: MultiGrain, classes: list[str], root: Path, resolution: 
 
 def demo_model(folder: Path) -> tuple[MultiGrain, int, Whitening | None]:
     """The demo's model at its test s and p*, with its whitening."""
-    from multigrain.weights import load_model
+    from multigrain.models.weights import load_model
 
     report = json.loads((folder / "report.json").read_text())
     extra = report.get("extra", report)

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from multigrain.atomic import atomic_write_text
-from multigrain.checkpoint import save_checkpoint
 from multigrain.models import MultiGrain
+from multigrain.models.checkpoint import save_checkpoint
+from multigrain.runtime.atomic import atomic_write_text
 
 
 def write_photos(folder: Path, count: int, width: int, height: int) -> None:

@@ -16,7 +16,7 @@ the same N files:
 A mode may carry settings: ``default:workers=0``, ``default:threads=1``,
 ``default:batch=64``, ``default:nice=10`` (decoding workers' priority),
 ``default:allocator=system`` (glibc malloc instead of the tcmalloc/jemalloc that the
-``multigrain`` command preloads when installed, see multigrain/allocator.py; the baseline
+``multigrain`` command preloads when installed, see multigrain/runtime/allocator.py; the baseline
 always runs on glibc malloc). Timed ("seconds"):
 from the list of files to the descriptor files written, including the pipeline's start-up
 (batch-norm folding, int8 export, calibration and quantisation, torch.compile warm-up,
@@ -59,9 +59,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from multigrain.allocator import loaded_allocator, preload_environment
-from multigrain.atomic import atomic_write_text
-from multigrain.checkpoint import save_checkpoint
 from multigrain.data import inference_loading
 from multigrain.data.inference_loading import (
     DecodedImages,
@@ -69,13 +66,16 @@ from multigrain.data.inference_loading import (
     default_num_workers,
 )
 from multigrain.data.resize import normalise
-from multigrain.distributed import DistributedContext, resolve_device
-from multigrain.embed import DEFAULT_PRECISION, build_trunk, embed_collection
-from multigrain.embedding_store import EmbeddingMetadata
-from multigrain.inference import TorchTrunk
+from multigrain.inference.embed import DEFAULT_PRECISION, build_trunk, embed_collection
+from multigrain.inference.fast_trunk import TorchTrunk
+from multigrain.inference.store import EmbeddingMetadata
 from multigrain.models import MultiGrain
-from multigrain.precision import resolve_inference_precision
-from multigrain.weights import load_model
+from multigrain.models.checkpoint import save_checkpoint
+from multigrain.models.weights import load_model
+from multigrain.runtime.allocator import loaded_allocator, preload_environment
+from multigrain.runtime.atomic import atomic_write_text
+from multigrain.runtime.distributed import DistributedContext, resolve_device
+from multigrain.runtime.precision import resolve_inference_precision
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]

@@ -1,6 +1,6 @@
 """Quality guard: the built-in benchmark in fp32 and in each fast precision, compared.
 
-Runs ``evaluate_builtin`` (multigrain.builtin_eval) once per precision on the same model
+Runs ``evaluate_builtin`` (multigrain.evaluation.builtin.score) once per precision on the same model
 and reports, for the model ("trained") and for the same architecture untrained:
 copy-detection mAP and µAP (all queries), instance mAP and held-out top-1 (when the model
 was trained on the built-in classes), and each one's difference from fp32 in points
@@ -31,12 +31,12 @@ from typing import Any
 
 import torch
 
-from multigrain.atomic import atomic_write_text
-from multigrain.builtin_eval import BuiltinResult, evaluate_builtin
-from multigrain.distributed import resolve_device
-from multigrain.errors import MultiGrainError
+from multigrain.evaluation.builtin.score import BuiltinResult, evaluate_builtin
 from multigrain.models import MultiGrain
-from multigrain.precision import resolve_inference_precision
+from multigrain.runtime.atomic import atomic_write_text
+from multigrain.runtime.distributed import resolve_device
+from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.precision import resolve_inference_precision
 
 METHODS = ("trained", "untrained")
 
@@ -98,8 +98,8 @@ def main() -> None:
         precisions = ["fp32", *[p for p in precisions if p != "fp32"]]
     classes: list[str] | None = None
     if args.checkpoint is not None:
-        from multigrain.checkpoint import model_identity
-        from multigrain.weights import load_model
+        from multigrain.models.checkpoint import model_identity
+        from multigrain.models.weights import load_model
 
         loaded = load_model(args.checkpoint)
         model, classes, name = loaded.model, loaded.classes, model_identity(args.checkpoint)

@@ -20,7 +20,7 @@ shortlist from the stored float32 descriptors); HNSW32,Flat; OPQ64,IVF{nlist},PQ
 --opq. nlist is `--nlist` (4096) capped at the largest power of two <= size / 39, and IVF is
 trained on min(size, `--train-per-list` x nlist) rows (faiss wants >= 39 per list): 4096
 lists and 163,840 training rows at 1M, 2048 lists at 100k, 256 at 10k. IVF-PQ is trained
-without faiss' polysemous code ordering (see multigrain.index). Search settings (nprobe,
+without faiss' polysemous code ordering (see multigrain.search.index). Search settings (nprobe,
 efSearch; HNSW efConstruction is faiss' default, recorded) are in each result.
 
 Timings: `train_s` (ImageIndex.trained: k-means, PQ codebooks), `add_s` (ImageIndex.add:
@@ -59,8 +59,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from multigrain.atomic import atomic_write_text
-from multigrain.index import ImageIndex
+from multigrain.runtime.atomic import atomic_write_text
+from multigrain.search.index import ImageIndex
 
 DIM = 512
 NUM_QUERIES = 1000

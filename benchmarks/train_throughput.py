@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from multigrain.atomic import atomic_write_text
-from multigrain.distributed import resolve_device
 from multigrain.losses import JointLoss
 from multigrain.models import MultiGrain
-from multigrain.optim import build_optimizer
-from multigrain.precision import autocast, autocast_dtype
+from multigrain.runtime.atomic import atomic_write_text
+from multigrain.runtime.distributed import resolve_device
+from multigrain.runtime.precision import autocast, autocast_dtype
+from multigrain.training.optim import build_optimizer
 
 SETTINGS = [
     # (trunk, input size, small-image stem, batch)

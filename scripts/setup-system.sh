@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that hold the built-in data (and tcmalloc, which keeps the
-# memory of long CPU jobs flat: src/multigrain/allocator.py), when they are missing.
+# memory of long CPU jobs flat: src/multigrain/runtime/allocator.py), when they are missing.
 # Needs root (or sudo); prints the command to run by hand otherwise.
 # --corpus also installs the photo packages that only training the shipped model reads
-# (src/multigrain/corpus/sources.py; about 650 MB).
+# (src/multigrain/data/photos/extra.py; about 650 MB).
 set -euo pipefail
 packages=(dataset-fashion-mnist opencv-doc tuxpaint-stamps-default gcompris-qt-data libjxl-testdata chromium
           libtcmalloc-minimal4

@@ -14,9 +14,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from multigrain.distributed import all_reduce_mean, gather_no_grad, gather_with_grad
 from multigrain.losses import JointLoss
 from multigrain.models import MultiGrain
+from multigrain.runtime.distributed import all_reduce_mean, gather_no_grad, gather_with_grad
 
 SOURCES, REPEATS = 4, 3  # per rank
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from multigrain.allocator import SETTING, find_allocator, preload_environment
-from multigrain.errors import MultiGrainError
+from multigrain.runtime.allocator import SETTING, find_allocator, preload_environment
+from multigrain.runtime.errors import MultiGrainError
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_command_runs_under_the_allocator(installed):
 def test_reexec_loads_the_library_and_restores_ld_preload(installed):
     code = (
         "import os, subprocess\n"
-        "from multigrain.allocator import reexec_with_allocator, loaded_allocator\n"
+        "from multigrain.runtime.allocator import reexec_with_allocator, loaded_allocator\n"
         "reexec_with_allocator()\n"
         "print(loaded_allocator())\n"
         "print(repr(os.environ.get('LD_PRELOAD')))\n"

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from multigrain.atomic import atomic_write, atomic_write_text
+from multigrain.runtime.atomic import atomic_write, atomic_write_text
 
 
 def test_new_file_gets_the_umask_mode_and_a_replaced_file_keeps_its_mode(tmp_path):
@@ -36,7 +36,7 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
 def test_staged_folder_replaces_on_success_and_keeps_the_old_one_on_failure(tmp_path):
     import pytest
 
-    from multigrain.atomic import staged_folder
+    from multigrain.runtime.atomic import staged_folder
 
     target = tmp_path / "out"
     with staged_folder(target) as staging:

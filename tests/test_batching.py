@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from multigrain.batching import MicroBatcher
+from multigrain.service.batching import MicroBatcher
 
 
 def reference(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

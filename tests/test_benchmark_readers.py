@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multigrain.benchmarks_std import (
+from multigrain.data.standard import (
     READERS,
     BenchmarkName,
     load_safe_pickle,
@@ -22,9 +22,9 @@ from multigrain.benchmarks_std import (
     read_revisitop,
     read_ukbench,
 )
-from multigrain.benchmarks_std.holidays import read_rotations, shipped_rotations_file
-from multigrain.benchmarks_std.revisitop import Difficulty
-from multigrain.errors import MultiGrainError
+from multigrain.data.standard.holidays import read_rotations, shipped_rotations_file
+from multigrain.data.standard.revisitop import Difficulty
+from multigrain.runtime.errors import MultiGrainError
 
 
 def _image(path: Path) -> Path:

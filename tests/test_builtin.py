@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multigrain.benchmarks_std import read_disc21, read_ukbench
-from multigrain.builtin import augment, build_builtin_benchmark, phash_descriptors
-from multigrain.builtin.pool import scan_pool
-from multigrain.builtin.sources import package_files
-from multigrain.errors import MultiGrainError
+from multigrain.data.photos.packages import package_files
+from multigrain.data.photos.pool import scan_pool
+from multigrain.data.standard import read_disc21, read_ukbench
+from multigrain.evaluation.builtin import augment, build_builtin_benchmark, phash_descriptors
+from multigrain.runtime.errors import MultiGrainError
 
 MAX_POOL = 40
 
@@ -92,7 +92,7 @@ def test_pool_keys_do_not_depend_on_the_python_environment() -> None:
     /usr/share depending on the venv's path)."""
     import sys
 
-    from multigrain.builtin.sources import SOURCES
+    from multigrain.data.photos.packages import SOURCES
 
     keys = [candidate.key for candidate in SOURCES["scikit-image"]()]
     assert keys and all(key.startswith("scikit-image:data/") for key in keys)
@@ -155,8 +155,8 @@ def test_phash_cosine_matches_hamming(tmp_path: Path) -> None:
 def test_evaluation_report_for_a_model_and_its_baselines(built, tmp_path: Path) -> None:
     import torch
 
-    from multigrain.builtin_eval import evaluate_builtin
-    from multigrain.calibrate import CalibrationResult, CalibrationRow
+    from multigrain.evaluation.builtin.score import evaluate_builtin
+    from multigrain.inference.calibrate import CalibrationResult, CalibrationRow
     from multigrain.models import MultiGrain
 
     output, _ = built
@@ -190,11 +190,11 @@ def test_whitening_is_scored_with_its_untrained_control(built) -> None:
     """The control whitening is fitted as the model's: for identical networks, identical scores."""
     import torch
 
-    from multigrain.builtin_eval import UNTRAINED_WHITENED, WHITENED, score_builtin
-    from multigrain.collection import list_images
-    from multigrain.embed import embed_in_memory
+    from multigrain.data.listing import list_images
+    from multigrain.evaluation.builtin.score import UNTRAINED_WHITENED, WHITENED, score_builtin
+    from multigrain.inference.embed import embed_in_memory
     from multigrain.models import MultiGrain
-    from multigrain.whitening import fit_whitening
+    from multigrain.search.whitening import fit_whitening
 
     output, _ = built
     torch.manual_seed(0)  # the untrained network of score_builtin(seed=0) gets these weights
@@ -226,8 +226,8 @@ def test_whitening_is_scored_with_its_untrained_control(built) -> None:
 def test_control_whitening_repeats_the_fit() -> None:
     import torch
 
-    from multigrain.builtin_eval import control_whitening
-    from multigrain.whitening import fit_whitening
+    from multigrain.evaluation.builtin.score import control_whitening
+    from multigrain.search.whitening import fit_whitening
 
     generator = torch.Generator().manual_seed(0)
     first = torch.nn.functional.normalize(torch.randn(40, 16, generator=generator), dim=1)
@@ -246,7 +246,7 @@ def test_demo_pipeline_on_the_built_benchmark(built, tmp_path: Path) -> None:
     """`multigrain demo` end to end at toy size: every step runs and the report is complete."""
     import json
 
-    from multigrain.demo_builtin import DemoSettings, run_builtin_demo
+    from multigrain.experiments.builtin_demo import DemoSettings, run_builtin_demo
 
     output, _ = built
     settings = DemoSettings(
@@ -282,7 +282,7 @@ def test_experiments_quick_report_structure(built, tmp_path: Path, fashion_mnist
 
     from typer.testing import CliRunner
 
-    from multigrain.cli import app
+    from multigrain.cli.main import app
 
     output, _ = built
     folder = tmp_path / "experiments"
@@ -314,12 +314,12 @@ def test_cli_report_plots_the_stored_calibration(built, tmp_path: Path) -> None:
     import torch
     from typer.testing import CliRunner
 
-    import multigrain.cli_inference  # noqa: F401  (registers evaluate)
-    from multigrain.calibrate import CalibrationResult, CalibrationRow
-    from multigrain.checkpoint import save_checkpoint
-    from multigrain.cli import app
+    import multigrain.cli.inference  # noqa: F401  (registers evaluate)
+    from multigrain.cli.main import app
+    from multigrain.inference.calibrate import CalibrationResult, CalibrationRow
     from multigrain.models import MultiGrain
-    from multigrain.whitening import fit_whitening
+    from multigrain.models.checkpoint import save_checkpoint
+    from multigrain.search.whitening import fit_whitening
 
     output, _ = built
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import cli, make_pattern
 
-from multigrain.bundle import (
+from multigrain.inference.bundle import (
     MANIFEST_NAME,
     WEIGHTS_NAME,
     BundleSettings,
@@ -18,10 +18,10 @@ from multigrain.bundle import (
     load_bundle,
     write_bundle,
 )
-from multigrain.errors import MultiGrainError
-from multigrain.model_source import prepare_model
+from multigrain.inference.prepare import prepare_model
 from multigrain.models import MultiGrain
-from multigrain.whitening import fit_whitening
+from multigrain.runtime.errors import MultiGrainError
+from multigrain.search.whitening import fit_whitening
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_embed_records_the_bundle_and_dedup_uses_its_threshold(bundle_dir, photo
     assert "threshold 0.7500 of the model bundle" in dedup.stderr
     # the same images embedded through the Python API give the same vectors
     import multigrain
-    from multigrain.embedding_store import load_embeddings
+    from multigrain.inference.store import load_embeddings
 
     stored = load_embeddings(out)
     api = multigrain.load(bundle_dir).embed([Path(p) for p in stored.paths])
@@ -153,8 +153,8 @@ def test_a_folder_that_is_not_a_bundle_is_named(photos, tmp_path):
 
 def test_bundle_command_chooses_settings_on_validation_copies(tmp_path):
     """`multigrain bundle` on a small corpus: grid, whitening and flip decided, then read."""
-    from multigrain.checkpoint import save_checkpoint
-    from multigrain.corpus.heldout import write_copy_set
+    from multigrain.data.corpus.heldout import write_copy_set
+    from multigrain.models.checkpoint import save_checkpoint
 
     rng = np.random.default_rng(7)
     corpus = tmp_path / "corpus"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multigrain.calibrate import (
+from multigrain.data import ImageFolderImages
+from multigrain.data.resize import prepare
+from multigrain.inference.calibrate import (
     CalibrationResult,
     CalibrationRow,
     extract_feature_maps,
@@ -15,10 +17,8 @@ from multigrain.calibrate import (
     learn_exponents,
     plot_calibration,
 )
-from multigrain.data import ImageFolderImages
-from multigrain.data.resize import prepare
-from multigrain.errors import MultiGrainError
 from multigrain.models import MultiGrain
+from multigrain.runtime.errors import MultiGrainError
 
 TRAIN_SIZE = 24
 TRAIN_P = 3.0

@@ -7,8 +7,8 @@ import pickle
 import pytest
 import torch
 
-from multigrain.checkpoint import load_checkpoint, save_checkpoint
-from multigrain.errors import MultiGrainError
+from multigrain.models.checkpoint import load_checkpoint, save_checkpoint
+from multigrain.runtime.errors import MultiGrainError
 
 
 def test_round_trip_and_no_temporary_left(tmp_path):

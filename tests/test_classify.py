@@ -7,11 +7,11 @@ import socket
 import pytest
 import torch
 
-from multigrain.classify import classify_images, imagenet_class_names
 from multigrain.data import ImageFolderImages, load_rgb
 from multigrain.data.resize import prepare
-from multigrain.errors import MultiGrainError
+from multigrain.inference.classify import classify_images, imagenet_class_names
 from multigrain.models import MultiGrain
+from multigrain.runtime.errors import MultiGrainError
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import make_pattern
 
-from multigrain.checkpoint import save_checkpoint
-from multigrain.embedding_store import load_embeddings
+from multigrain.inference.store import load_embeddings
 from multigrain.models import MultiGrain
+from multigrain.models.checkpoint import save_checkpoint
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import cli, make_pattern
 
-from multigrain.checkpoint import save_checkpoint
 from multigrain.models import MultiGrain
+from multigrain.models.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from multigrain.copy_breakdown import ALL, breakdown_table, copy_detection_breakdown
+from multigrain.metrics.copy_families import ALL, breakdown_table, copy_detection_breakdown
 
 
 def test_breakdown_on_a_hand_built_case():

@@ -10,11 +10,11 @@ import pytest
 from conftest import make_pattern
 from PIL import Image
 
-from multigrain.corpus.build import tile_boxes
-from multigrain.corpus.distortions import HeldoutFamily, distort
-from multigrain.corpus.heldout import read_copy_set, write_copy_set
-from multigrain.corpus.scoring import precision_recall_at, score_similarities
-from multigrain.errors import MultiGrainError
+from multigrain.data.corpus.build import tile_boxes
+from multigrain.data.corpus.distortions import HeldoutFamily, distort
+from multigrain.data.corpus.heldout import read_copy_set, write_copy_set
+from multigrain.evaluation.heldout.scoring import precision_recall_at, score_similarities
+from multigrain.runtime.errors import MultiGrainError
 
 
 def photo(seed: int = 0, size: tuple[int, int] = (96, 64)) -> Image.Image:
@@ -121,7 +121,7 @@ def _require_packages() -> None:
 @pytest.mark.slow
 def test_build_keeps_whole_packages_out_of_training(tmp_path):
     _require_packages()
-    from multigrain.corpus.build import build_corpus
+    from multigrain.data.corpus.build import build_corpus
 
     output = tmp_path / "corpus"
     manifest = build_corpus(

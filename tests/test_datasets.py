@@ -32,7 +32,7 @@ from multigrain.data import (
     train_transform,
 )
 from multigrain.data.transforms import IMAGENET_EIGENVALUES, IMAGENET_EIGENVECTORS
-from multigrain.errors import MultiGrainError
+from multigrain.runtime.errors import MultiGrainError
 
 
 def random_rgb(rng: np.random.Generator, width: int = 40, height: int = 30) -> Image.Image:

@@ -18,7 +18,7 @@ from multigrain.data.images import (
     load_rgb,
 )
 from multigrain.data.resize import resize_longest_side
-from multigrain.errors import MultiGrainError
+from multigrain.runtime.errors import MultiGrainError
 
 
 def smooth_image(width: int, height: int, seed: int = 0) -> Image.Image:

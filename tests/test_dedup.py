@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from multigrain.dedup import (
+from multigrain.search.dedup import (
     UnionFind,
     connected_components,
     find_duplicate_groups,
@@ -15,7 +15,7 @@ from multigrain.dedup import (
     write_groups_csv,
     write_groups_json,
 )
-from multigrain.index import ImageIndex
+from multigrain.search.index import ImageIndex
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -84,7 +84,7 @@ def test_outputs_and_contact_sheet(tmp_path) -> None:
 def test_groups_from_a_whitened_index() -> None:
     import torch
 
-    from multigrain.whitening import fit_whitening
+    from multigrain.search.whitening import fit_whitening
 
     descriptors, names, expected = planted()
     fitting = normalise(np.random.default_rng(7).standard_normal((2000, 64)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from multigrain.demo import run_demo
+from multigrain.experiments.fashion_demo import run_demo
 
 
 def test_demo_writes_its_report(fashion_mnist_root, tmp_path):

@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from multigrain.checkpoint import save_checkpoint
-from multigrain.collection import list_images
-from multigrain.distributed import DistributedContext
-from multigrain.embed import embed_collection
-from multigrain.embedding_store import EmbeddingMetadata, list_shards, load_embeddings
-from multigrain.errors import MultiGrainError
+from multigrain.data.listing import list_images
+from multigrain.inference.embed import embed_collection
+from multigrain.inference.store import EmbeddingMetadata, list_shards, load_embeddings
 from multigrain.models import MultiGrain
-from multigrain.precision import cpu_supports_bf16
+from multigrain.models.checkpoint import save_checkpoint
+from multigrain.runtime.distributed import DistributedContext
+from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.precision import cpu_supports_bf16
 
 CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 SIZES = [(64, 48), (48, 64), (64, 48), (40, 40), (64, 48), (80, 30), (48, 64), (40, 40), (33, 70)]
@@ -79,7 +79,7 @@ def test_batched_equals_one_at_a_time(model, photo_folder, tmp_path):
 
 
 def test_crash_and_resume_match_an_uninterrupted_run(model, photo_folder, tmp_path, monkeypatch):
-    import multigrain.embed as embed_module
+    import multigrain.inference.embed as embed_module
 
     paths = list_images(photo_folder)
     run(model, paths, tmp_path / "straight", batch_size=2, shard_size=2)
@@ -225,7 +225,7 @@ def test_torchrun_splits_the_collection(model, photo_folder, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     shards = list_shards(tmp_path / "two")
     assert {p.name.split("-")[1] for p in shards} == {"r000", "r001"}
-    from multigrain.embedding_store import read_shard
+    from multigrain.inference.store import read_shard
 
     per_rank = [read_shard(p).paths for p in shards]
     flat = [p for paths in per_rank for p in paths]

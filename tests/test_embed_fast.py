@@ -15,17 +15,17 @@ from torch import nn
 from multigrain.data.images import load_rgb
 from multigrain.data.inference_loading import shape_batches
 from multigrain.data.resize import normalise, prepare, to_uint8_tensor
-from multigrain.embed import embed_in_memory
-from multigrain.embedding_store import (
+from multigrain.inference.embed import embed_in_memory
+from multigrain.inference.fast_trunk import fold_batch_norm, inference_trunk
+from multigrain.inference.store import (
     SHARD_FOLDER,
     EmbeddingMetadata,
     load_embeddings,
     merge_shards,
     write_shard,
 )
-from multigrain.inference import fold_batch_norm, inference_trunk
 from multigrain.models import MultiGrain
-from multigrain.precision import InferencePrecision
+from multigrain.runtime.precision import InferencePrecision
 
 CPU = torch.device("cpu")
 SHAPES = [(96, 72), (72, 96), (96, 72), (80, 80), (96, 72), (60, 96)]

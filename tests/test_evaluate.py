@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from multigrain.benchmarks_std import read_copydays, read_holidays, read_ukbench
-from multigrain.evaluate import EvaluationSettings, evaluate_retrieval
+from multigrain.data.standard import read_copydays, read_holidays, read_ukbench
+from multigrain.evaluation.standard import EvaluationSettings, evaluate_retrieval
 from multigrain.models import MultiGrain
 
 
@@ -85,7 +85,7 @@ def test_ukbench_identical_groups_score_four(model, tmp_path):
 
 
 def test_cli_writes_json_and_markdown(model, tmp_path):
-    from multigrain.checkpoint import save_checkpoint
+    from multigrain.models.checkpoint import save_checkpoint
 
     root = tmp_path / "val"
     for label in range(3):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from multigrain.errors import MultiGrainError
-from multigrain.export import export_onnx, export_torchscript
+from multigrain.inference.export import export_onnx, export_torchscript
 from multigrain.models import MultiGrain
+from multigrain.runtime.errors import MultiGrainError
 
 SIZES = [(2, 64, 64), (3, 96, 80)]  # (batch, height, width): one file, several shapes
 

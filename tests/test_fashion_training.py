@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multigrain.checkpoint import model_from_checkpoint
-from multigrain.config import Precision, Schedule, TrainConfig
 from multigrain.data.sources import DatasetKind, open_heldout_images
+from multigrain.evaluation.probe import probe
 from multigrain.models import MultiGrain
-from multigrain.probe import probe
-from multigrain.train import train
+from multigrain.models.checkpoint import model_from_checkpoint
+from multigrain.training.config import Precision, Schedule, TrainConfig
+from multigrain.training.loop import train
 
 
 @pytest.mark.slow

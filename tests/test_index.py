@@ -6,11 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from multigrain.errors import MultiGrainError
-from multigrain.index import ImageIndex
-from multigrain.index_store import INDEX_FILE, META_FILE, current_version
-from multigrain.score_norm import normalize_scores, threshold_for_precision
-from multigrain.whitening import fit_whitening
+from multigrain.runtime.errors import MultiGrainError
+from multigrain.search.index import ImageIndex
+from multigrain.search.index_store import (
+    INDEX_FILE,
+    META_FILE,
+    current_version,
+    load_index,
+    save_index,
+)
+from multigrain.search.score_norm import normalize_scores, threshold_for_precision
+from multigrain.search.whitening import fit_whitening
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -73,8 +79,8 @@ def test_add_remove_save_load_roundtrip(tmp_path, factory: str) -> None:
     before = index.search(queries, 5, rerank=True)
     assert 5 not in before.ids and 1010 not in before.ids
     assert "img/000005.jpg" not in sum(before.paths, [])
-    index.save(tmp_path / "idx")
-    loaded = ImageIndex.load(tmp_path / "idx")
+    save_index(index, tmp_path / "idx")
+    loaded = load_index(tmp_path / "idx")
     assert loaded.metadata == {"s": 800} and len(loaded) == 1198 and loaded.ntotal == 1198
     after = loaded.search(queries, 5, rerank=True)
     np.testing.assert_array_equal(after.ids, before.ids)
@@ -97,17 +103,17 @@ def test_hnsw_remove_is_refused() -> None:
 def test_save_swaps_versions_atomically(tmp_path) -> None:
     data = clustered(100, 8)
     index = ImageIndex.build(data, paths(100))
-    first = index.save(tmp_path / "idx")
+    first = save_index(index, tmp_path / "idx")
     index.remove([0])
-    second = index.save(tmp_path / "idx")
+    second = save_index(index, tmp_path / "idx")
     assert current_version(tmp_path / "idx") == second and not first.exists()
-    assert len(ImageIndex.load(tmp_path / "idx")) == 99
+    assert len(load_index(tmp_path / "idx")) == 99
 
 
 @pytest.mark.parametrize("damage", ["truncate", "random"])
 def test_damaged_index_file_is_named(tmp_path, damage: str) -> None:
     data = clustered(500, 16)
-    ImageIndex.build(data, paths(500)).save(tmp_path / "idx")
+    save_index(ImageIndex.build(data, paths(500)), tmp_path / "idx")
     target = current_version(tmp_path / "idx") / INDEX_FILE
     content = target.read_bytes()
     if damage == "truncate":
@@ -115,24 +121,24 @@ def test_damaged_index_file_is_named(tmp_path, damage: str) -> None:
     else:
         target.write_bytes(np.random.default_rng(0).bytes(len(content)))
     with pytest.raises(MultiGrainError, match=f"{target}.*truncated or not a multigrain index"):
-        ImageIndex.load(tmp_path / "idx")
+        load_index(tmp_path / "idx")
 
 
 def test_format_version_mismatch_refused(tmp_path) -> None:
     import sqlite3
 
-    ImageIndex.build(clustered(50, 8), paths(50)).save(tmp_path / "idx")
+    save_index(ImageIndex.build(clustered(50, 8), paths(50)), tmp_path / "idx")
     meta = current_version(tmp_path / "idx") / META_FILE
     with sqlite3.connect(meta) as connection:
         connection.execute("UPDATE info SET value = '99' WHERE key = 'format_version'")
     connection.close()
     with pytest.raises(MultiGrainError, match="format version 99"):
-        ImageIndex.load(tmp_path / "idx")
+        load_index(tmp_path / "idx")
 
 
 def test_not_an_index_folder(tmp_path) -> None:
     with pytest.raises(MultiGrainError, match="not a multigrain index folder"):
-        ImageIndex.load(tmp_path)
+        load_index(tmp_path)
 
 
 def test_whitening_pretransform_equals_prewhitened_flat(tmp_path) -> None:
@@ -146,7 +152,7 @@ def test_whitening_pretransform_equals_prewhitened_flat(tmp_path) -> None:
     np.testing.assert_array_equal(result.ids, reference.ids)
     np.testing.assert_allclose(result.scores, reference.scores, atol=1e-4)
     raw_index.save(tmp_path / "w")
-    reloaded = ImageIndex.load(tmp_path / "w").search(queries, 5, rerank=True)
+    reloaded = load_index(tmp_path / "w").search(queries, 5, rerank=True)
     np.testing.assert_array_equal(reloaded.ids, reference.ids)
 
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from multigrain.errors import MultiGrainError
 from multigrain.losses import (
     JointLoss,
     MarginLoss,
@@ -18,6 +17,7 @@ from multigrain.losses import (
     margin_loss,
     negative_sampling_weights,
 )
+from multigrain.runtime.errors import MultiGrainError
 
 DIM = 8
 

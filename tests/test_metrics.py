@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from multigrain.errors import MultiGrainError
 from multigrain.metrics import (
     average_precision,
     average_precision_trapezoid,
@@ -23,6 +22,7 @@ from multigrain.metrics import (
     top_k_accuracy,
     ukbench_score,
 )
+from multigrain.runtime.errors import MultiGrainError
 
 
 # --- Existing classification / single-positive helpers (behaviour pinned) ------------------

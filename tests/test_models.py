@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from multigrain.errors import MultiGrainError
 from multigrain.models import MultiGrain, TrunkName, build_trunk
+from multigrain.runtime.errors import MultiGrainError
 
 
 @pytest.fixture(scope="module")

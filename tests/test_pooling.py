@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from multigrain.errors import MultiGrainError
 from multigrain.models import GeM, gem
+from multigrain.runtime.errors import MultiGrainError
 
 
 def _features(seed: int = 0, shape: tuple[int, ...] = (2, 5, 7, 6)) -> torch.Tensor:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import multigrain.precision as precision_module
-from multigrain.errors import MultiGrainError
-from multigrain.precision import InferencePrecision, compute_dtype, resolve_inference_precision
+import multigrain.runtime.precision as precision_module
+from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.precision import (
+    InferencePrecision,
+    compute_dtype,
+    resolve_inference_precision,
+)
 
 CPU = torch.device("cpu")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from multigrain.report import markdown_to_html, write_html
+from multigrain.evaluation.report import markdown_to_html, write_html
 
 
 def test_markdown_tables_headings_and_bullets_become_html() -> None:

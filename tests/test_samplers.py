@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from multigrain.data.samplers import RepeatedAugmentationSampler, derive_seed
-from multigrain.errors import MultiGrainError
+from multigrain.runtime.errors import MultiGrainError
 
 
 def epoch_batches(sampler: RepeatedAugmentationSampler, epoch: int = 0) -> list:

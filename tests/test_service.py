@@ -20,12 +20,13 @@ import torch
 import uvicorn
 from PIL import Image
 
-from multigrain.checkpoint import save_checkpoint
-from multigrain.embed import embed_in_memory
-from multigrain.index import ImageIndex
+from multigrain.inference.embed import embed_in_memory
 from multigrain.models import MultiGrain
-from multigrain.service import Service, create_app
-from multigrain.threshold import CalibratedThreshold, save_threshold
+from multigrain.models.checkpoint import save_checkpoint
+from multigrain.search.index import ImageIndex
+from multigrain.search.index_store import load_index, save_index
+from multigrain.search.threshold import CalibratedThreshold, save_threshold
+from multigrain.service.app import Service, create_app
 
 CLIENTS = 8
 REQUESTS_PER_CLIENT = 200  # every third one an add
@@ -109,7 +110,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Pa
     )
     assert not failures
     metadata = {"resolution": RESOLUTION, "exponent": float(model.pool.p)}
-    ImageIndex.build(descriptors.numpy(), paths, metadata=metadata).save(root / "index")
+    save_index(ImageIndex.build(descriptors.numpy(), paths, metadata=metadata), root / "index")
     return checkpoint, images
 
 
@@ -179,7 +180,7 @@ def test_concurrent_searches_and_adds(server: Served) -> None:
     thumb = httpx.get(f"{base}/thumb/{added[0]}")
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     # every add is in the index on disk too
-    on_disk = ImageIndex.load(service.index_folder)
+    on_disk = load_index(service.index_folder)
     assert set(added) <= set(on_disk.ids.tolist()) and len(on_disk) == before + len(added)
     hits = httpx.post(f"{base}/search", files=_upload(_png_bytes(1000)), data={"k": "1"}).json()
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
@@ -214,7 +215,7 @@ def test_request_timeout_is_a_503_and_a_late_add_is_not_applied(
     model_files: tuple[Path, list[Path]], tmp_path: Path
 ) -> None:
     checkpoint, images = model_files
-    ImageIndex.load(checkpoint.parent / "index").save(tmp_path / "index")
+    save_index(load_index(checkpoint.parent / "index"), tmp_path / "index")
     app = create_app(checkpoint=checkpoint, index_folder=tmp_path / "index",
                      data_dir=tmp_path / "data", token=TOKEN, request_timeout=0.001)  # fmt: skip
     service: Service = app.state.service
@@ -234,14 +235,14 @@ def test_request_timeout_is_a_503_and_a_late_add_is_not_applied(
         # requests that gave up are dropped before their forward (a batch waits 5 ms first)
         time.sleep(0.2)
         assert service.batcher.stats.images == 0 and service.batcher.stats.dropped <= 4
-    assert len(ImageIndex.load(tmp_path / "index")) == before
+    assert len(load_index(tmp_path / "index")) == before
 
 
 def test_a_calibrated_threshold_marks_matches(
     model_files: tuple[Path, list[Path]], tmp_path: Path
 ) -> None:
     checkpoint, images = model_files
-    ImageIndex.load(checkpoint.parent / "index").save(tmp_path / "index")
+    save_index(load_index(checkpoint.parent / "index"), tmp_path / "index")
     calibration = CalibratedThreshold(
         threshold=0.9999, target_precision=0.9, precision=1.0, recall=1.0, num_queries=1,
         num_pairs=1, num_positive_pairs=1, num_ground_truth=1, k=1, background=None,

@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 from conftest import make_pattern
 
-from multigrain.bundle import MANIFEST_NAME, WEIGHTS_NAME, builtin_bundle_path, default_bundle
+from multigrain.inference.bundle import (
+    MANIFEST_NAME,
+    WEIGHTS_NAME,
+    builtin_bundle_path,
+    default_bundle,
+)
 
 #: sha256 of the shipped weights: changing the model is a deliberate act (update this,
 #: docs/shipped/ and the README's figures in the same commit).

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import multigrain.cli_search  # noqa: F401  (registers the commands)
-from multigrain.cli_common import app
-from multigrain.errors import MultiGrainError
-from multigrain.threshold import load_threshold, read_ground_truth
+import multigrain.cli.search  # noqa: F401  (registers the commands)
+from multigrain.cli.app import app
+from multigrain.runtime.errors import MultiGrainError
+from multigrain.search.threshold import load_threshold, read_ground_truth
 
 DIM = 32
 NUM_REFERENCES = 300

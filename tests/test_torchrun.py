@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from multigrain.checkpoint import model_from_checkpoint
+from multigrain.models.checkpoint import model_from_checkpoint
 
 
 @pytest.mark.slow

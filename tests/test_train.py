@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from multigrain.checkpoint import load_checkpoint, model_from_checkpoint
-from multigrain.config import Precision, Schedule, TrainConfig
 from multigrain.data.sources import DatasetKind
-from multigrain.errors import MultiGrainError
 from multigrain.models import MultiGrain
-from multigrain.optim import learning_rate_at
-from multigrain.train import train
+from multigrain.models.checkpoint import load_checkpoint, model_from_checkpoint
+from multigrain.runtime.errors import MultiGrainError
+from multigrain.training.config import Precision, Schedule, TrainConfig
+from multigrain.training.loop import train
+from multigrain.training.optim import learning_rate_at
 
 
 def tiny_config(image_folder: Path, output_dir: Path, **overrides) -> TrainConfig:

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torchvision import models as tv_models
 
-from multigrain.checkpoint import save_checkpoint
-from multigrain.errors import MultiGrainError
 from multigrain.models import MultiGrain
-from multigrain.weights import LoadedModel, WeightsFormat, load_model
+from multigrain.models.checkpoint import save_checkpoint
+from multigrain.models.weights import LoadedModel, WeightsFormat, load_model
+from multigrain.runtime.errors import MultiGrainError
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_authors_whitened_classifier_folds_the_constant_input(
     state["pool.p"] = torch.tensor([3.0])  # a 1-element vector is accepted too
     path = tmp_path / "whitened.pth"
     torch.save({"model_state": state}, path)
-    with caplog.at_level("WARNING", logger="multigrain.weights"):
+    with caplog.at_level("WARNING", logger="multigrain.models.weights"):
         loaded = load_model(path)
     assert "constant 1" in caplog.text
     assert loaded.classes == [f"class_{i}" for i in range(5)]

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from multigrain.errors import MultiGrainError
 from multigrain.models import MultiGrain
-from multigrain.whitening import Whitening, fit_whitening, fold_into_classifier
+from multigrain.runtime.errors import MultiGrainError
+from multigrain.search.whitening import Whitening, fit_whitening, fold_into_classifier
 
 
 def correlated(num: int, dim: int, seed: int = 0) -> torch.Tensor:

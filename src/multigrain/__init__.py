@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from multigrain.errors import MultiGrainError
+from multigrain.runtime.errors import MultiGrainError
 
 if TYPE_CHECKING:
     from multigrain.api import Model

@@ -1,5 +1,5 @@
 """`python -m multigrain` (and `torchrun -m multigrain`) run the CLI."""
 
-from multigrain.cli import main
+from multigrain.cli.main import main
 
 main()

@@ -8,8 +8,8 @@
     model.classify(["a.jpg"], top_k=3)
 
 The descriptors are exactly those of ``multigrain embed`` with the same source and
-settings: the same loader (:mod:`multigrain.model_source`) and forward path
-(:func:`multigrain.embed.embed_in_memory`).
+settings: the same loader (:mod:`multigrain.inference.prepare`) and forward path
+(:func:`multigrain.inference.embed.embed_in_memory`).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from multigrain.classify import Prediction, classify_images
-from multigrain.embed import DEFAULT_PRECISION, embed_in_memory
-from multigrain.errors import MultiGrainError
-from multigrain.model_source import PreparedModel, prepare_model
+from multigrain.inference.classify import Prediction, classify_images
+from multigrain.inference.embed import DEFAULT_PRECISION, embed_in_memory
+from multigrain.inference.prepare import PreparedModel, prepare_model
+from multigrain.runtime.errors import MultiGrainError
 
 PathLike = str | os.PathLike[str]
 

@@ -5,7 +5,7 @@ invariance to what copies actually undergo: rotation, text and sticker overlays,
 borders and caption bands, heavy re-encoding, blur, loss of resolution, strong colour
 edits. :func:`copy_transform` adds these to the repeated-augmentation recipe so the
 margin loss, which pulls the m augmented copies of a source together, learns them.
-The families mirror the built-in benchmark's queries (:mod:`multigrain.builtin.augment`)
+The families mirror the built-in benchmark's queries (:mod:`multigrain.evaluation.builtin.augment`)
 but are drawn from continuous ranges and drawn here with torch/PIL only (AugLy is
 far too slow for a training loop).
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from multigrain.data.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT, FashionMNISTImages
 from multigrain.data.images import IMAGE_EXTENSIONS, load_rgb
 from multigrain.data.samplers import RepeatedAugmentationSampler
-from multigrain.errors import MultiGrainError
+from multigrain.runtime.errors import MultiGrainError
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_ROOT",

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from multigrain.errors import MultiGrainError
+from multigrain.runtime.errors import MultiGrainError
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from multigrain.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from multigrain.errors import MultiGrainError
+from multigrain.runtime.errors import MultiGrainError
 
 
 def resized_shape(width: int, height: int, longest_side: int) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from multigrain.errors import MultiGrainError
+from multigrain.runtime.errors import MultiGrainError
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from multigrain.data.datasets import (
     WithUnlabelled,
 )
 from multigrain.data.fashion_mnist import FashionMNISTImages
-from multigrain.errors import MultiGrainError
+from multigrain.runtime.errors import MultiGrainError
 
 
 class DatasetKind(str, Enum):
@@ -73,7 +73,7 @@ def open_training_images(
     if limit is not None:
         images = FirstImages(images, limit)
     if unlabelled:
-        from multigrain.collection import list_images
+        from multigrain.data.listing import list_images
 
         images = WithUnlabelled(images, list_images(unlabelled))
     return images

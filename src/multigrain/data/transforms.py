@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from multigrain.data.copy_augment import copy_distortions, strong_copy_distortions
-from multigrain.errors import MultiGrainError
+from multigrain.runtime.errors import MultiGrainError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)

@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from multigrain.data.datasets import UNLABELLED
-from multigrain.errors import MultiGrainError
 from multigrain.losses.margin import MarginLoss
 from multigrain.losses.sampling import distance_weighted_sampling
+from multigrain.runtime.errors import MultiGrainError
 
 
 @dataclass
@@ -30,6 +29,8 @@ class JointLoss(nn.Module):
 
     The margin boundary β is ``self.margin.beta``. With λ = 1 the miner and margin loss
     are skipped, with λ = 0 the cross-entropy is; the skipped term is reported as 0.
+    Images labelled ``ignore_label`` (the data layer's ``UNLABELLED``) have no class: only
+    the margin term sees them.
     """
 
     def __init__(
@@ -40,6 +41,7 @@ class JointLoss(nn.Module):
         beta_init: float = 1.2,
         cutoff: float = 0.5,
         nonzero_loss_cutoff: float = 1.4,
+        ignore_label: int = -1,
     ) -> None:
         super().__init__()
         if not 0.0 <= classification_weight <= 1.0:
@@ -50,6 +52,7 @@ class JointLoss(nn.Module):
         self.classification_weight = float(classification_weight)
         self.cutoff = cutoff
         self.nonzero_loss_cutoff = nonzero_loss_cutoff
+        self.ignore_label = int(ignore_label)
         self.margin = MarginLoss(alpha=alpha, beta_init=beta_init)
 
     def forward(
@@ -68,7 +71,7 @@ class JointLoss(nn.Module):
         Args:
             embeddings: (N, D) raw embeddings (L2-normalised here for the margin term).
             logits: (N, K) classifier outputs.
-            labels: (N,) class indices; ``UNLABELLED`` (-1) marks an image without a class,
+            labels: (N,) class indices; ``ignore_label`` marks an image without a class,
                 which only the margin term sees.
             instance_ids: (N,) source-image ids; equal ids are positive pairs.
             generator: random generator for the negative sampling.
@@ -86,9 +89,9 @@ class JointLoss(nn.Module):
         lam = self.classification_weight
         zero = logits.new_zeros(())
         classification = zero
-        if lam > 0 and bool((labels != UNLABELLED).any()):
+        if lam > 0 and bool((labels != self.ignore_label).any()):
             # images without a class are instance sources only
-            classification = F.cross_entropy(logits, labels, ignore_index=UNLABELLED)
+            classification = F.cross_entropy(logits, labels, ignore_index=self.ignore_label)
         elif lam > 0:
             # no labelled image here: a zero that keeps the classifier in the graph (DDP)
             classification = logits.sum() * 0.0

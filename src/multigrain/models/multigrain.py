@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from multigrain.errors import MultiGrainError
 from multigrain.models.pooling import GeM
 from multigrain.models.trunk import TrunkName, build_trunk, parse_trunk_name
+from multigrain.runtime.errors import MultiGrainError
 
 
 class MultiGrain(nn.Module):

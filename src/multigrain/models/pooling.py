@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from multigrain.errors import MultiGrainError
+from multigrain.runtime.errors import MultiGrainError
 
 
 def gem(x: Tensor, p: Tensor | float, eps: float = 1e-6) -> Tensor:

@@ -9,7 +9,7 @@ from enum import Enum
 from torch import nn
 from torchvision import models as tv_models
 
-from multigrain.errors import MultiGrainError
+from multigrain.runtime.errors import MultiGrainError
 
 
 class TrunkName(str, Enum):

@@ -1,6 +1,0 @@
-"""A built-in benchmark of real photos from Debian packages and scikit-image (no download)."""
-
-from multigrain.builtin.build import BuiltinManifest, build_builtin_benchmark
-from multigrain.builtin.phash import phash_descriptors
-
-__all__ = ["BuiltinManifest", "build_builtin_benchmark", "phash_descriptors"]

@@ -1,0 +1,119 @@
+"""Subcommands for the shipped model: corpus build / curve, bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from multigrain.cli.app import app, echo, parse_list
+
+corpus_app = typer.Typer(
+    no_args_is_help=True,
+    help="The photo corpus of the shipped model: packages, held-out copy sets, curves.",
+)
+app.add_typer(corpus_app, name="corpus")
+
+
+@corpus_app.command("build")
+def corpus_build(
+    output: Annotated[Path, typer.Argument(help="folder to write (empty or new)")] = Path(
+        "data/corpus"
+    ),
+    seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace a non-empty folder")] = False,
+    heldout_only: Annotated[
+        bool,
+        typer.Option(help="only the validation and test sets (no training photos; ~20 s)"),
+    ] = False,
+) -> None:
+    """Collect every photo package installed here; split off whole validation/test packages."""
+    from multigrain.data.corpus.build import TEST_PACKAGES, VALIDATION_PACKAGES, build_corpus
+
+    sources = [*VALIDATION_PACKAGES, *TEST_PACKAGES] if heldout_only else None
+    manifest = build_corpus(output, seed=seed, overwrite=overwrite, sources=sources)
+    echo(f"{output}: {manifest.images_per_split} images, {manifest.queries} held-out copies")
+    echo(f"photos per package: {manifest.photos_per_package}")
+
+
+@corpus_app.command("curve")
+def corpus_curve(
+    train_folder: Annotated[Path, typer.Argument(help="a training --output-dir with snapshots/")],
+    corpus: Annotated[Path, typer.Option(help="the corpus folder")] = Path("data/corpus"),
+    resolution: Annotated[int, typer.Option("--resolution", "-s")] = 224,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG plot")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Validation copy mAP of every training snapshot (cached in TRAIN_FOLDER/curve.json)."""
+    from multigrain.data.corpus.heldout import read_copy_set
+    from multigrain.evaluation.heldout.select import plot_curve, training_curve
+    from multigrain.runtime.distributed import resolve_device
+
+    validation = read_copy_set(corpus / "validation")
+    points = training_curve(
+        train_folder, validation, resolution=resolution, device=resolve_device(device),
+        cache=train_folder / "curve.json", report=lambda line: echo(f"scored {line}"),
+    )  # fmt: skip
+    for point in points:
+        echo(f"step {point.step:6d}: mAP {point.map:.3f}  µAP {point.micro_ap:.3f}")
+    if output is not None and points:
+        plot_curve(points, output, title=f"validation copies ({validation.root}), s={resolution}")
+        echo(f"plot: {output}")
+
+
+@app.command("bundle")
+def bundle_command(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="a training checkpoint")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="bundle folder to write")],
+    corpus: Annotated[
+        Path, typer.Option(help="corpus with validation/ (choices) and train/ (whitening)")
+    ] = Path("data/corpus"),
+    resolutions: Annotated[str, typer.Option(help="test resolutions s to try")] = "224,288",
+    exponents: Annotated[str, typer.Option(help="GeM exponents p* to try")] = "2,3,4,5",
+    notes: Annotated[
+        Path | None, typer.Option(help="JSON file of provenance to store (command, data)")
+    ] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+) -> None:
+    """Write a model bundle: s and p* chosen on held-out copies, whitening, threshold."""
+    from multigrain.data.corpus.heldout import read_copy_set
+    from multigrain.evaluation.heldout.select import (
+        bundle_settings,
+        select_settings,
+        training_images,
+    )
+    from multigrain.inference.bundle import load_bundle, write_bundle
+    from multigrain.models.weights import load_model
+    from multigrain.runtime.distributed import resolve_device
+
+    target = resolve_device(device)
+    loaded = load_model(checkpoint)
+    model = loaded.model.to(target).eval()
+    validation = read_copy_set(corpus / "validation")
+    selection, whitening = select_settings(
+        model, validation, training_images(corpus),
+        resolutions=parse_list(resolutions, "--resolutions"),
+        exponents=parse_list(exponents, "--exponents", float),
+        device=target, whitening_description=f"{corpus}/train + train_unlabelled", report=echo,
+    )  # fmt: skip
+    provenance: dict[str, object] = json.loads(notes.read_text()) if notes else {}
+    provenance["selection"] = selection.to_dict()
+    provenance["checkpoint"] = str(checkpoint)
+    settings = bundle_settings(
+        model, loaded.classes, selection, notes=provenance, validation_name=str(validation.root)
+    )
+    write_bundle(output, model, settings, whitening=whitening)
+    bundle = load_bundle(output)
+    echo(
+        f"bundle {output} ({bundle.identity}): s={settings.resolution}, p*={settings.exponent:g}, "
+        f"whitening {'on' if whitening is not None else 'off'}, flip "
+        f"{'on' if settings.query_flip else 'off'}; validation mAP "
+        f"{selection.final.map if selection.final else float('nan'):.3f}"
+    )
+    if settings.threshold is not None:
+        echo(
+            f"threshold at 90% precision: {settings.threshold.score:.4f} "
+            f"(recall {settings.threshold.recall:.3f})"
+        )

@@ -1,0 +1,70 @@
+"""The `serve` subcommand: the HTTP service of :mod:`multigrain.service.app` under uvicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from multigrain.cli.app import app, echo
+
+
+@app.command()
+def serve(
+    index: Annotated[Path, typer.Option("--index", help="index folder (`multigrain index`)")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="where uploads are stored")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint", "-c", help="weights file or bundle [default: the index's bundle]"
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="MULTIGRAIN_TOKEN", help="bearer token for adding and removing"),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="largest upload in MiB")] = 20.0,
+    max_pixels: Annotated[int, typer.Option(help="refuse larger images")] = 50_000_000,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+    max_batch: Annotated[
+        int, typer.Option(min=1, help="images of concurrent requests embedded in one forward")
+    ] = 16,
+    batch_wait_ms: Annotated[
+        float, typer.Option(min=0.0, help="how long a forward waits for more requests")
+    ] = 5.0,
+    request_timeout: Annotated[
+        float | None,
+        typer.Option(help="seconds a request may wait for the model before a 503 [default: none]"),
+    ] = None,
+) -> None:
+    """Serve search, classification and index edits over HTTP (web page at /, API at /docs)."""
+    import uvicorn
+
+    from multigrain.service.app import create_app
+
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(
+            f"warning: anyone who can reach {host}:{port} can add and remove images; "
+            "set MULTIGRAIN_TOKEN or --token",
+            err=True,
+        )
+    service = create_app(
+        checkpoint=checkpoint,
+        index_folder=index,
+        data_dir=data_dir,
+        token=token,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_pixels=max_pixels,
+        device=device,
+        max_batch=max_batch,
+        batch_wait_s=batch_wait_ms / 1000,
+        request_timeout=request_timeout,
+    )
+    threshold = service.state.service.threshold
+    if threshold is not None:
+        echo(f"hits scoring >= {threshold:.4f} are marked as matches (threshold.json or bundle)")
+    echo(f"serving {index} on http://{host}:{port}/ (API docs at /docs)")
+    uvicorn.run(service, host=host, port=port)

@@ -1,0 +1,94 @@
+"""The fast inference path: a frozen copy of a model's trunk, ready to run on a device.
+
+:func:`inference_trunk` copies ``model.features`` and, for inference only,
+
+- folds every batch norm into the convolution before it: in eval mode
+  ``y = gamma (x - mu) / sqrt(var + eps) + beta`` is an affine map of the convolution's
+  output, so it becomes part of the convolution's weight and bias (one memory pass fewer
+  per layer; the same function up to float round-off);
+- stores weights and activations channels-last, the native layout of oneDNN and cuDNN
+  convolutions;
+- casts the weights to the compute dtype (bf16/fp16) instead of running under autocast,
+  which would re-cast every weight at every call.
+
+GeM pooling, whitening and the classifier stay on the original model and run in fp32 on
+the trunk's output (``gem`` computes in fp32 whatever its input dtype). The measurements
+behind these choices are in benchmarks/embed_throughput.py and the README.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from multigrain.models import MultiGrain
+from multigrain.runtime.precision import InferencePrecision, compute_dtype
+
+logger = logging.getLogger(__name__)
+
+
+class Trunk(Protocol):
+    """(B, 3, H, W) float32 normalised images -> (B, C, h, w) feature map (any float dtype)."""
+
+    precision: InferencePrecision
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class TorchTrunk:
+    """A torch module run on `device` with inputs cast to the precision's dtype."""
+
+    module: nn.Module
+    device: torch.device
+    precision: InferencePrecision
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).to(compute_dtype(self.precision))
+        out: torch.Tensor = self.module(x.contiguous(memory_format=torch.channels_last))
+        return out
+
+
+def fold_batch_norm(module: nn.Module) -> nn.Module:
+    """An eval-mode copy of `module` with each conv -> batch-norm pair folded into one conv.
+
+    Uses torch.fx to find the pairs (a conv whose only user is a batch norm); a module fx
+    cannot trace is returned as an unfolded copy.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    module = copy.deepcopy(module).eval()
+    try:
+        return fuse(module, inplace=True)
+    except Exception as error:  # noqa: BLE001 -- tracing can fail in many ways; folding is optional
+        logger.warning("batch norm not folded (%s): running the trunk as it is", error)
+        return module
+
+
+def inference_trunk(
+    model: MultiGrain, *, precision: InferencePrecision, device: torch.device
+) -> TorchTrunk:
+    """A folded, channels-last copy of ``model.features`` in `precision` (bf16, fp16 or fp32).
+
+    `precision` must be resolved (``resolve_inference_precision``); int8 is built by
+    ``multigrain.inference.int8.int8_trunk`` instead. The model itself is left unchanged.
+    """
+    module = fold_batch_norm(model.features)
+    module = module.to(device=device, dtype=compute_dtype(precision))
+    module = module.to(memory_format=torch.channels_last)
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return TorchTrunk(module, device, precision)
+
+
+@torch.no_grad()
+def embed_features(model: MultiGrain, features: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) trunk output -> (B, C) float32 raw GeM embedding, on the model's device."""
+    device = model.pool.p.device
+    return model.pool(features.to(device)).float()

@@ -1,0 +1,112 @@
+"""int8 inference of a trunk with onnxruntime: static quantisation calibrated on images.
+
+The trunk (``model.features``, dynamic batch/height/width) is exported to ONNX, quantised
+with ``onnxruntime.quantization.quantize_static`` -- weights int8 per output channel,
+activations uint8 with ranges from the min/max seen on the calibration images (QDQ
+format) -- and run by onnxruntime's CPU provider, which uses VNNI int8 dot products where
+the CPU has them. GeM pooling and the classifier stay in fp32 on the torch model.
+
+Calibration should use images like the ones to embed, at the same resolution s: a few
+dozen are enough for min/max ranges. The loss in accuracy is measured by
+benchmarks/quality_guard.py; int8 is therefore opt-in (``--precision int8``).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from multigrain.inference.fast_trunk import fold_batch_norm
+from multigrain.models import MultiGrain
+from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.precision import InferencePrecision
+
+logger = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+
+
+class OnnxInt8Trunk:
+    """(B, 3, H, W) float32 normalised images -> (B, C, h, w) float32 features, on the CPU."""
+
+    precision = InferencePrecision.INT8
+
+    def __init__(self, session: Any, setup_seconds: float) -> None:
+        self.session = session
+        self.setup_seconds = setup_seconds  # export + calibration + quantisation
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(images.detach().float().cpu().numpy())
+        (features,) = self.session.run(None, {INPUT_NAME: array})
+        return torch.from_numpy(features)
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over a list of (1, 3, H, W) images."""
+
+    def __init__(self, images: Sequence[torch.Tensor]) -> None:
+        self.items = iter([{INPUT_NAME: image.float().numpy()} for image in images])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.items, None)
+
+    def rewind(self) -> None:  # part of the reader protocol; one pass is all min/max needs
+        pass
+
+
+def int8_trunk(
+    model: MultiGrain, calibration: Sequence[torch.Tensor], *, threads: int | None = None
+) -> OnnxInt8Trunk:
+    """Quantise ``model.features`` to int8, calibrated on `calibration` images.
+
+    Args:
+        model: the model (its trunk is copied; the model is unchanged).
+        calibration: normalised images, each (1, 3, H, W) float32 (shapes may differ).
+        threads: onnxruntime intra-op threads (default: torch's thread count).
+
+    Raises:
+        MultiGrainError: onnx/onnxruntime missing, or no calibration images.
+    """
+    try:
+        import onnxruntime
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    except ImportError as error:
+        raise MultiGrainError(
+            "--precision int8 needs onnxruntime: pip install 'multigrain[export]'"
+        ) from error
+    if not calibration:
+        raise MultiGrainError("int8 quantisation needs at least one calibration image")
+    started = time.perf_counter()
+    trunk = fold_batch_norm(model.features).float().cpu()
+    with tempfile.TemporaryDirectory(prefix="multigrain-int8-") as tmp:
+        plain, quantised = Path(tmp) / "trunk.onnx", Path(tmp) / "trunk.int8.onnx"
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                trunk, (calibration[0].float(),), str(plain), dynamo=False,
+                input_names=[INPUT_NAME], output_names=["features"], opset_version=17,
+                dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                              "features": {0: "batch", 2: "h", 3: "w"}},
+            )  # fmt: skip
+            quantize_static(
+                str(plain), str(quantised), _Calibration(calibration),
+                quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            )  # fmt: skip
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(
+            quantised.read_bytes(), options, providers=["CPUExecutionProvider"]
+        )
+    seconds = time.perf_counter() - started
+    logger.info("int8 trunk ready in %.1f s (%d calibration images)", seconds, len(calibration))
+    return OnnxInt8Trunk(session, seconds)

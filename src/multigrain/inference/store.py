@@ -1,0 +1,216 @@
+"""Descriptors on disk: self-describing shards while a job runs, one merged output at the end.
+
+Layout of an output folder OUT:
+
+    OUT/shards/part-r000-00000.npz   descriptors (n, D) float32, paths (n,) str, metadata JSON
+    OUT/failures-r000.tsv            path <TAB> reason, one line per unreadable image
+    OUT/descriptors.npy              (N, D) float32, row i <-> line i of paths.txt
+    OUT/paths.txt                    N paths, in the order of the input listing
+    OUT/metadata.json                model identity, s, p, whitening, dimension, count
+
+Why npz for the self-describing format: numpy alone reads it (`allow_pickle=False`, no
+extra dependency), it holds the paths as a plain unicode array next to the float32
+descriptors and a JSON metadata string, and every shard stands on its own. The merged
+`descriptors.npy` is written row block by row block, so merging a million rows never holds
+them all in memory. Every file is written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from multigrain.runtime.atomic import atomic_write, atomic_write_text
+from multigrain.runtime.errors import MultiGrainError
+
+FORMAT_VERSION = 1
+SHARD_FOLDER = "shards"
+
+
+@dataclass(frozen=True)
+class EmbeddingMetadata:
+    model: str  # identity of the weights: file name and content hash
+    resolution: int  # s: longest image side
+    exponent: float  # p*: GeM exponent used
+    whitened: bool
+    dim: int
+    precision: str
+    format_version: int = FORMAT_VERSION
+    bundle: str | None = None  # the model bundle folder the settings came from, if any
+    threshold: float | None = None  # the bundle's 90 %-precision score at these settings
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> EmbeddingMetadata:
+        values = json.loads(text)
+        if values.get("format_version", 0) > FORMAT_VERSION:
+            raise MultiGrainError(
+                f"embeddings written by a newer multigrain (format {values['format_version']})"
+                ": upgrade multigrain"
+            )
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    descriptors: np.ndarray  # (N, D) float32
+    paths: list[str]
+    metadata: EmbeddingMetadata
+
+
+def shard_name(rank: int, index: int) -> str:
+    return f"part-r{rank:03d}-{index:05d}.npz"
+
+
+def failures_name(rank: int) -> str:
+    return f"failures-r{rank:03d}.tsv"
+
+
+def write_shard(
+    path: Path, descriptors: np.ndarray, paths: list[str], metadata: EmbeddingMetadata
+) -> None:
+    """One self-describing shard: descriptors (n, D) float32, their paths, the metadata."""
+    assert len(paths) == descriptors.shape[0]
+    atomic_write(
+        path,
+        lambda handle: np.savez(
+            handle,
+            descriptors=descriptors.astype(np.float32, copy=False),
+            paths=np.asarray(paths, dtype=np.str_),
+            metadata=np.asarray(metadata.to_json()),
+        ),
+    )
+
+
+def read_shard(path: Path) -> Embeddings:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return Embeddings(
+                descriptors=data["descriptors"],
+                paths=[str(p) for p in data["paths"]],
+                metadata=EmbeddingMetadata.from_json(str(data["metadata"])),
+            )
+    except (OSError, KeyError, ValueError) as error:
+        raise MultiGrainError(
+            f"cannot read embedding shard {path}: {error}; delete it and rerun with --resume"
+        ) from error
+
+
+def list_shards(output_dir: Path) -> list[Path]:
+    return sorted((output_dir / SHARD_FOLDER).glob("part-r*-*.npz"))
+
+
+def next_shard_index(output_dir: Path, rank: int) -> int:
+    prefix = f"part-r{rank:03d}-"
+    indices = [
+        int(p.stem[len(prefix) :]) for p in list_shards(output_dir) if p.name.startswith(prefix)
+    ]
+    return max(indices, default=-1) + 1
+
+
+def read_failures(output_dir: Path) -> dict[str, str]:
+    """path -> reason, over every rank's failure file."""
+    failures: dict[str, str] = {}
+    for file in sorted(output_dir.glob("failures-r*.tsv")):
+        for line in file.read_text(encoding="utf-8").splitlines():
+            path, _, reason = line.partition("\t")
+            if path:
+                failures[path] = reason
+    return failures
+
+
+def iter_shards(output_dir: Path) -> Iterator[Embeddings]:
+    for path in list_shards(output_dir):
+        yield read_shard(path)
+
+
+def check_metadata(output_dir: Path, metadata: EmbeddingMetadata) -> None:
+    """Refuse to mix descriptors computed with different settings in one output."""
+    for path in list_shards(output_dir)[:1]:
+        found = read_shard(path).metadata
+        if found != metadata:
+            raise MultiGrainError(
+                f"{output_dir} holds descriptors made with other settings ({found}); "
+                "use another output folder or the same model, s, p and whitening"
+            )
+
+
+def merge_shards(output_dir: Path, order: Iterable[str], metadata: EmbeddingMetadata) -> int:
+    """Write descriptors.npy / paths.txt / metadata.json in the order of `order`.
+
+    Paths listed in `order` but absent from the shards (unreadable images) are left out.
+    Memory: one shard at a time plus a path -> row dictionary. Rows are written with
+    positioned writes rather than through a memory map, whose written pages would count
+    in the process's resident memory (N x D x 4 bytes) until the file is closed.
+    """
+    embedded: set[str] = set()
+    for shard in iter_shards(output_dir):
+        embedded.update(shard.paths)
+    rows = [path for path in order if path in embedded]
+    row_of = {path: row for row, path in enumerate(rows)}
+    row_bytes = metadata.dim * 4
+
+    def write(handle: BinaryIO) -> None:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (len(rows), metadata.dim)}
+        np.lib.format.write_array_header_1_0(handle, header)
+        handle.flush()
+        start = handle.tell()
+        handle.truncate(start + len(rows) * row_bytes)
+        for shard in iter_shards(output_dir):
+            pairs = sorted(
+                (row_of[path], i) for i, path in enumerate(shard.paths) if path in row_of
+            )
+            values = np.ascontiguousarray(shard.descriptors, dtype="<f4")
+            for run in _consecutive_runs(pairs):
+                block = values[[i for _, i in run]].tobytes()
+                os.pwrite(handle.fileno(), block, start + run[0][0] * row_bytes)
+
+    atomic_write(output_dir / "descriptors.npy", write)
+    atomic_write_text(output_dir / "paths.txt", "".join(f"{p}\n" for p in rows))
+    info = {**asdict(metadata), "count": len(rows)}
+    atomic_write_text(output_dir / "metadata.json", json.dumps(info, indent=2))
+    return len(rows)
+
+
+def _consecutive_runs(pairs: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
+    """Sorted (row, i) pairs -> lists of pairs whose rows follow each other (one write each)."""
+    run: list[tuple[int, int]] = []
+    for pair in pairs:
+        if run and pair[0] != run[-1][0] + 1:
+            yield run
+            run = []
+        run.append(pair)
+    if run:
+        yield run
+
+
+def load_embeddings(source: str | os.PathLike[str], *, mmap: bool = False) -> Embeddings:
+    """Read an `embed` output folder (merged files) or a single shard (.npz)."""
+    source = Path(source)
+    if source.suffix == ".npz":
+        return read_shard(source)
+    needed = [source / name for name in ("descriptors.npy", "paths.txt", "metadata.json")]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        raise MultiGrainError(
+            f"{source} is not a finished embedding output (missing {', '.join(missing)}): "
+            "run `multigrain embed` (with --resume to finish an interrupted job)"
+        )
+    info = json.loads(needed[2].read_text())
+    info.pop("count", None)
+    descriptors = np.load(needed[0], mmap_mode="r" if mmap else None, allow_pickle=False)
+    paths = needed[1].read_text(encoding="utf-8").splitlines()
+    if len(paths) != descriptors.shape[0]:
+        raise MultiGrainError(
+            f"{source}: {descriptors.shape[0]} descriptors but {len(paths)} paths; "
+            "the output is damaged: rerun `multigrain embed --resume`"
+        )
+    return Embeddings(descriptors, paths, EmbeddingMetadata(**info))

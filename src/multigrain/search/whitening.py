@@ -1,0 +1,258 @@
+"""PCA whitening of retrieval descriptors, and folding it into the classifier (SPEC §4).
+
+Fit on L2-normalised embeddings of a separate image set (at the same s and p* as the
+descriptors it will whiten):
+
+    mu = mean_i x_i,    C = cov(x) = V diag(lambda) V^T   (eigenvalues sorted descending)
+    P  = V_d diag((lambda_d + shrinkage * mean(lambda))^(-power))          (D, d)
+    descriptor(x) = normalise((x - mu) P)
+
+``power = 0.5`` is full whitening (the whitened training descriptors have identity
+covariance), ``power = 0`` a PCA rotation/projection only; ``shrinkage > 0`` damps the
+weakest directions, which full whitening would otherwise amplify the most.
+
+Everything is stored and computed in float64; :meth:`Whitening.apply` returns the dtype
+of its input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from multigrain.runtime.atomic import atomic_write
+from multigrain.runtime.errors import MultiGrainError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+Metadata = dict[str, str | int | float]
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """A fitted PCA whitening ``x -> normalise((x - mean) @ projection)``.
+
+    Attributes:
+        mean: (D,) float64 mean of the fitting descriptors.
+        projection: (D, d) float64 matrix ``V_d diag(scale)``.
+        eigenvalues: (d,) float64 covariance eigenvalues of the kept components, descending.
+        fitted_on: free metadata (number of descriptors, source, s, p, model identity, ...).
+    """
+
+    mean: Tensor
+    projection: Tensor
+    eigenvalues: Tensor
+    fitted_on: Metadata = field(default_factory=dict)
+
+    @property
+    def input_dim(self) -> int:
+        """D, the dimension of the raw descriptors."""
+        return int(self.projection.shape[0])
+
+    @property
+    def output_dim(self) -> int:
+        """d, the dimension of the whitened descriptors."""
+        return int(self.projection.shape[1])
+
+    def transform_unnormalised(self, x: Tensor) -> Tensor:
+        """x: (N, D) -> (N, d) ``(x - mean) @ projection``, in x's dtype (computed in float64)."""
+        _check_descriptors(x, self.input_dim)
+        mean = self.mean.to(x.device)
+        projection = self.projection.to(x.device)
+        return ((x.double() - mean) @ projection).to(x.dtype)
+
+    def apply(self, x: Tensor) -> Tensor:
+        """x: (N, D) -> (N, d) unit-norm descriptors ``normalise((x - mean) @ projection)``."""
+        whitened = self.transform_unnormalised(x.double())
+        return nn.functional.normalize(whitened, dim=1).to(x.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain tensors and primitives, loadable with ``torch.load(weights_only=True)``."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "kind": "multigrain.whitening",
+            "mean": self.mean.cpu(),
+            "projection": self.projection.cpu(),
+            "eigenvalues": self.eigenvalues.cpu(),
+            "fitted_on": dict(self.fitted_on),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+        state = self.to_dict()
+        return atomic_write(path, lambda handle: torch.save(state, handle))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Whitening:
+        """Read a file written by :meth:`save` (``weights_only=True``: no arbitrary code)."""
+        path = Path(path)
+        if not path.is_file():
+            raise MultiGrainError(
+                f"whitening file {path} does not exist: fit one with fit_whitening(...).save()"
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for truncated/foreign files
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise MultiGrainError(
+                f"cannot load whitening {path}: {reason}; the file is truncated or not a "
+                "whitening saved by multigrain"
+            ) from error
+        if not isinstance(state, dict) or state.get("kind") != "multigrain.whitening":
+            raise MultiGrainError(
+                f"{path} is not a multigrain whitening file: fit one with fit_whitening(...).save()"
+            )
+        if int(state.get("format_version", 0)) > FORMAT_VERSION:
+            raise MultiGrainError(
+                f"whitening {path} has format version {state['format_version']}, newer than this "
+                f"multigrain ({FORMAT_VERSION}): upgrade multigrain"
+            )
+        mean, projection = state["mean"].double(), state["projection"].double()
+        eigenvalues = state["eigenvalues"].double()
+        if projection.dim() != 2 or mean.shape != (projection.shape[0],):
+            raise MultiGrainError(f"whitening {path} is inconsistent: refit and save it again")
+        return cls(mean, projection, eigenvalues, dict(state.get("fitted_on", {})))
+
+
+def fit_whitening(
+    descriptors: Tensor,
+    *,
+    dim: int | None = None,
+    power: float = 0.5,
+    shrinkage: float = 0.0,
+    eps: float = 1e-9,
+    fitted_on: Metadata | None = None,
+) -> Whitening:
+    """Fit PCA whitening on descriptors (SPEC §4), as in the module docstring.
+
+    Args:
+        descriptors: (N, D) L2-normalised embeddings of the fitting image set.
+        dim: number d of principal components kept (default ``min(D, N - 1)``).
+        power: eigenvalue exponent, scale_k = (lambda_k + shrinkage * mean(lambda))^(-power);
+            0.5 = full whitening, 0 = PCA rotation only.
+        shrinkage: added to every eigenvalue, as a multiple of the mean eigenvalue, before
+            the power (0 = none). Makes the transform well defined for tiny eigenvalues.
+        eps: a kept eigenvalue below ``eps * lambda_max`` counts as zero (rank deficiency).
+        fitted_on: metadata stored with the result; ``num_descriptors``, ``power`` and
+            ``shrinkage`` are added (so that the same fit can be repeated on other descriptors).
+
+    Returns:
+        A :class:`Whitening` with projection (D, d).
+
+    Raises:
+        MultiGrainError: wrong shape, non-finite values, ``dim`` larger than ``D`` or than
+            the rank ``N - 1``, or (with power > 0 and no shrinkage) a kept eigenvalue ~ 0.
+    """
+    _check_descriptors(descriptors, None)
+    num, size = descriptors.shape
+    if num < 2:
+        raise MultiGrainError(f"whitening needs at least 2 descriptors, got {num}")
+    if power < 0 or shrinkage < 0:
+        raise MultiGrainError(f"power and shrinkage must be >= 0, got {power} and {shrinkage}")
+    max_rank = min(size, num - 1)  # centring removes one degree of freedom
+    if dim is None:
+        dim = max_rank
+        if dim < size:
+            logger.warning(
+                "only %d descriptors for %d dimensions: keeping %d components", num, size, dim
+            )
+    if not 1 <= dim <= size:
+        raise MultiGrainError(f"whitening dim must be in [1, {size}] (the descriptor size)")
+    if dim > num - 1:
+        raise MultiGrainError(
+            f"whitening dim {dim} needs at least {dim + 1} descriptors, got {num}: "
+            f"fit on more images or pass dim <= {num - 1}"
+        )
+    x = descriptors.detach().double()
+    mean = x.mean(dim=0)
+    centred = x - mean
+    covariance = centred.T @ centred / (num - 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+    order = torch.argsort(eigenvalues, descending=True)
+    all_eigenvalues = eigenvalues[order].clamp(min=0.0)
+    eigenvectors = eigenvectors[:, order]
+    kept = all_eigenvalues[:dim]
+    if power > 0 and shrinkage == 0 and kept[-1] <= eps * all_eigenvalues[0]:
+        rank = int((all_eigenvalues > eps * all_eigenvalues[0]).sum())
+        raise MultiGrainError(
+            f"the descriptors span only {rank} dimensions but dim={dim} components were asked "
+            f"for: pass dim <= {rank} or shrinkage > 0 (e.g. 0.1)"
+        )
+    scale = (kept + shrinkage * all_eigenvalues.mean()).pow(-power)
+    projection = eigenvectors[:, :dim] * scale
+    metadata: Metadata = {
+        "num_descriptors": num,
+        "power": power,
+        "shrinkage": shrinkage,
+        **(fitted_on or {}),
+    }
+    logger.info("fitted whitening %d -> %d on %d descriptors", size, dim, num)
+    return Whitening(mean, projection, kept, metadata)
+
+
+def fold_into_classifier(classifier: nn.Linear, whitening: Whitening) -> nn.Linear:
+    """A linear classifier on whitened descriptors that reproduces ``classifier`` on raw ones.
+
+    With w = (e - mu) P (row vectors) and P invertible (d = D), e = w P^-1 + mu, so
+
+        classifier(e) = e W^T + b = w (W P^-T)^T + (b + W mu)
+        => W' = W P^-T  (K, d),   b' = b + W mu  (K,)
+
+    and ``folded(w) == classifier(e)`` up to float round-off. With d < D, P^-1 is the
+    pseudo-inverse and e is replaced by its projection on the kept principal subspace, so
+    the logits are only an approximation.
+
+    The retrieval descriptor is ŵ = w / ||w||. Exact logits are
+    ``folded(ŵ * ||w||)``; equivalently ``ŵ W'^T + b' / ||w||`` is the logit vector divided
+    by ||w|| > 0, so it has the same top-k. ``folded(ŵ)`` alone does not: its bias
+    b' = b + W mu is not scaled by 1 / ||w|| (b' is nonzero in general even when b = 0).
+
+    Args:
+        classifier: (K, D) linear layer on raw embeddings.
+        whitening: a fitted :class:`Whitening` with input dimension D.
+
+    Returns:
+        A new ``nn.Linear(d, K)`` (float32 parameters, on the classifier's device).
+    """
+    if classifier.in_features != whitening.input_dim:
+        raise MultiGrainError(
+            f"the classifier takes {classifier.in_features}-d embeddings but the whitening "
+            f"was fitted on {whitening.input_dim}-d descriptors: fit it with the same model"
+        )
+    device = classifier.weight.device
+    weight = classifier.weight.detach().double()
+    bias = (
+        classifier.bias.detach().double()
+        if classifier.bias is not None
+        else torch.zeros(classifier.out_features, dtype=torch.float64, device=device)
+    )
+    projection = whitening.projection.to(device)
+    inverse = (
+        torch.linalg.inv(projection)
+        if whitening.output_dim == whitening.input_dim
+        else torch.linalg.pinv(projection)
+    )  # (d, D)
+    folded = nn.Linear(whitening.output_dim, classifier.out_features, device=device)
+    with torch.no_grad():
+        folded.weight.copy_(weight @ inverse.T)
+        folded.bias.copy_(bias + weight @ whitening.mean.to(device))
+    return folded
+
+
+def _check_descriptors(x: Tensor, expected_dim: int | None) -> None:
+    if x.dim() != 2:
+        raise MultiGrainError(f"descriptors must be a (N, D) matrix, got shape {tuple(x.shape)}")
+    if expected_dim is not None and x.shape[1] != expected_dim:
+        raise MultiGrainError(
+            f"descriptors have {x.shape[1]} dimensions but the whitening expects {expected_dim}: "
+            "use descriptors from the model the whitening was fitted with"
+        )
+    if not torch.isfinite(x).all():
+        raise MultiGrainError("descriptors contain NaN or inf: check the model and the images")
