@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from multigrain.experiments.research import _BuiltinMaps, _descriptors
+from multigrain.experiments.builtin_maps import BuiltinMaps
 from multigrain.metrics import rank_of_match
 from multigrain.models import MultiGrain
 from multigrain.models.checkpoint import model_from_checkpoint
@@ -43,11 +43,11 @@ def main() -> None:
     models["untrained"] = MultiGrain(trunk=first.trunk_name, num_classes=first.num_classes).eval()
     for s in resolutions:
         for name, model in models.items():
-            maps = _BuiltinMaps.extract(model, args.root, s)
+            maps = BuiltinMaps.extract(model, args.root, s)
             cells = []
             for p in exponents:
-                queries = F.normalize(_descriptors(maps.queries, p), dim=1)
-                references = F.normalize(_descriptors(maps.references, p), dim=1)
+                queries = F.normalize(maps.queries.embeddings(p), dim=1)
+                references = F.normalize(maps.references.embeddings(p), dim=1)
                 inverse = 1 / rank_of_match(queries @ references.T, maps.truth).double()
                 cells.append(
                     f"p={p:g} all {inverse.mean():.3f} strong {inverse[strong].mean():.3f}"

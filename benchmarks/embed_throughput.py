@@ -66,8 +66,8 @@ from multigrain.data.inference_loading import (
     default_num_workers,
 )
 from multigrain.data.resize import normalise
-from multigrain.inference.embed import DEFAULT_PRECISION, build_trunk, embed_collection
-from multigrain.inference.fast_trunk import TorchTrunk
+from multigrain.inference.embed import DEFAULT_PRECISION, embed_collection
+from multigrain.inference.fast_trunk import TorchTrunk, fast_trunk_for
 from multigrain.inference.store import EmbeddingMetadata
 from multigrain.models import MultiGrain
 from multigrain.models.checkpoint import save_checkpoint
@@ -260,7 +260,7 @@ def run_mode(
     else:
         precision = "int8" if name == "int8" else FLOAT_MODES.get(name, DEFAULT_PRECISION.value)
         used = resolve_inference_precision(precision, device)
-        trunk = build_trunk(
+        trunk = fast_trunk_for(
             model, used, device=device, calibration_paths=paths, resolution=resolution
         )
         if name == "compile":

@@ -31,17 +31,18 @@ from typing import Any
 
 import torch
 
-from multigrain.evaluation.builtin.score import BuiltinResult, evaluate_builtin
+from multigrain.evaluation.builtin.result import BuiltinResult, Method
+from multigrain.evaluation.builtin.score import evaluate_builtin
 from multigrain.models import MultiGrain
 from multigrain.runtime.atomic import atomic_write_text
 from multigrain.runtime.distributed import resolve_device
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import resolve_inference_precision
 
-METHODS = ("trained", "untrained")
+METHODS = (Method.TRAINED, Method.UNTRAINED)
 
 
-def metrics_of(result: BuiltinResult, method: str) -> dict[str, float]:
+def metrics_of(result: BuiltinResult, method: Method) -> dict[str, float]:
     """The headline numbers of one method, as fractions (not points)."""
     overall = next(
         row
@@ -51,7 +52,7 @@ def metrics_of(result: BuiltinResult, method: str) -> dict[str, float]:
     values = {
         "copy_map": overall.map,
         "copy_micro_ap": overall.micro_ap,
-        "instance_map": result.instances[method]["map"],
+        "instance_map": result.instances[method].map,
     }
     if method in result.classification:
         values["heldout_top1"] = result.classification[method]
@@ -120,7 +121,7 @@ def main() -> None:
             model, args.root, model_name=name, resolution=args.resolution, device=device,
             classes=classes, precision=used,
         )  # fmt: skip
-        scores[used.value] = {method: metrics_of(result, method) for method in METHODS}
+        scores[used.value] = {method.value: metrics_of(result, method) for method in METHODS}
         runs[used.value] = {"seconds": round(time.perf_counter() - start, 1)}
         print(json.dumps({"precision": used.value, **scores[used.value]}), flush=True)
     report = {

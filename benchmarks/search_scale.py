@@ -24,12 +24,12 @@ without faiss' polysemous code ordering (see multigrain.search.index). Search se
 efSearch; HNSW efConstruction is faiss' default, recorded) are in each result.
 
 Timings: `train_s` (ImageIndex.trained: k-means, PQ codebooks), `add_s` (ImageIndex.add:
-assignment / encoding / graph insertion, plus the float32 re-ranking copy), `queries_per_s`
-(1000 queries in one call, k = 10). Memory: `index_mb` is the faiss index as written to
-disk, `rerank_copy_mb` the float32 descriptors an ImageIndex keeps; `rss_delta_mb` is the
-current RSS after the build minus before it; `build_peak_mb` the highest RSS sampled every
-5 ms during the build minus the RSS before it (training temporaries included);
-`peak_rss_mb` the process peak so far (ru_maxrss, never decreases).
+assignment / encoding / graph insertion, plus the IndexRefineFlat's float32 re-ranking
+copy), `queries_per_s` (1000 queries in one call, k = 10). Memory: `index_mb` is the faiss
+index as written to disk, `rerank_copy_mb` the float32 descriptors an ImageIndex keeps;
+`rss_delta_mb` is the current RSS after the build minus before it; `build_peak_mb` the
+highest RSS sampled every 5 ms during the build minus the RSS before it (training
+temporaries included); `peak_rss_mb` the process peak so far (ru_maxrss, never decreases).
 
 Threads: faiss (OpenMP) uses `--threads` (default: the CPUs this process may run on). On
 cores shared with another busy job, OpenMP's spinning barriers make more threads *slower*;
@@ -205,15 +205,16 @@ def ivf_lists(size: int, wanted: int) -> int:
 
 
 def _inner(index: ImageIndex) -> Any:
-    inner = index.faiss_index
-    while hasattr(inner, "index"):  # IndexIDMap2 / IndexPreTransform wrappers
+    inner = faiss.downcast_index(index.faiss_index.base_index)  # inside the IndexRefineFlat
+    while hasattr(inner, "index"):  # IndexPreTransform (OPQ) wrappers
         inner = faiss.downcast_index(inner.index)
     return faiss.downcast_index(inner)
 
 
 def _index_mb(index: ImageIndex, folder: Path) -> float:
+    """The base index as index_store writes it (index.faiss; the exact copy is separate)."""
     path = folder / "index.faiss"
-    faiss.write_index(index.faiss_index, str(path))
+    faiss.write_index(index.faiss_index.base_index, str(path))
     size = path.stat().st_size / 2**20
     path.unlink()
     return size
@@ -283,7 +284,7 @@ def run_size(size: int, args: argparse.Namespace) -> tuple[Difficulty, list[Meas
             train_s=round(train_s, 2),
             add_s=round(add_s, 2),
             index_mb=round(index_mb, 1),
-            rerank_copy_mb=round(index.descriptors.nbytes / 2**20, 1),
+            rerank_copy_mb=round(index.ntotal * index.faiss_index.d * 4 / 2**20, 1),
             rss_delta_mb=round(rss_delta, 1),
             build_peak_mb=round(build_peak, 1),
             peak_rss_mb=round(peak_rss_mb(), 1),

@@ -215,8 +215,8 @@ def test_whitening_is_scored_with_its_untrained_control(built) -> None:
         if method == WHITENED:
             control = rows[UNTRAINED_WHITENED, family, strength]
             assert row.map == pytest.approx(control.map, abs=1e-6)
-    assert result.instances[WHITENED]["map"] == pytest.approx(
-        result.instances[UNTRAINED_WHITENED]["map"], abs=1e-6
+    assert result.instances[WHITENED].map == pytest.approx(
+        result.instances[UNTRAINED_WHITENED].map, abs=1e-6
     )
     # whitening changes the ranking: the whitened rows are not the raw ones
     raw, whitened = rows["trained", "all", "all"], rows[WHITENED, "all", "all"]
@@ -262,9 +262,9 @@ def test_demo_pipeline_on_the_built_benchmark(built, tmp_path: Path) -> None:
     }  # fmt: skip
     assert "held-out top-1" in summary.headline["trained"]
     # the comparison on the held-out photo packages (mate-backgrounds, lomiri-wallpapers*)
-    methods = [row["method"] for row in summary.heldout_packages]
+    methods = [row.method for row in summary.heldout_packages]
     assert methods[:3] == ["pHash (16x16)", "PDQ", "this demo's model (p*, whitening)"]
-    assert all(0.0 < float(row["map"]) <= 1.0 for row in summary.heldout_packages)
+    assert all(0.0 < float(row.map) <= 1.0 for row in summary.heldout_packages)
     folder = tmp_path / "demo"
     for name in ("report.html", "report.md", "report.json", "calibration.png", "copy_map.png"):
         assert (folder / name).stat().st_size > 0, name
@@ -282,6 +282,7 @@ def test_experiments_quick_report_structure(built, tmp_path: Path, fashion_mnist
 
     from typer.testing import CliRunner
 
+    import multigrain.cli.demo  # noqa: F401  (registers experiments)
     from multigrain.cli.main import app
 
     output, _ = built
@@ -314,7 +315,7 @@ def test_cli_report_plots_the_stored_calibration(built, tmp_path: Path) -> None:
     import torch
     from typer.testing import CliRunner
 
-    import multigrain.cli.inference  # noqa: F401  (registers evaluate)
+    import multigrain.cli.evaluate  # noqa: F401  (registers evaluate)
     from multigrain.cli.main import app
     from multigrain.inference.calibrate import CalibrationResult, CalibrationRow
     from multigrain.models import MultiGrain

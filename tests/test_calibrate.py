@@ -7,6 +7,7 @@ import torch
 
 from multigrain.data import ImageFolderImages
 from multigrain.data.resize import prepare
+from multigrain.evaluation.plots import plot_calibration
 from multigrain.inference.calibrate import (
     CalibrationResult,
     CalibrationRow,
@@ -15,7 +16,6 @@ from multigrain.inference.calibrate import (
     grid_search,
     learn_exponent,
     learn_exponents,
-    plot_calibration,
 )
 from multigrain.models import MultiGrain
 from multigrain.runtime.errors import MultiGrainError

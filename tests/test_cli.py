@@ -87,3 +87,22 @@ def test_help_lists_the_commands():
     assert result.returncode == 0
     for command in ("train", "probe", "demo"):
         assert command in result.stdout
+
+
+def test_evaluate_benchmarks_mirror_the_readers():
+    """`evaluate --benchmark` offers every standard reader, plus the built-in photos."""
+    from multigrain.cli.evaluate import EvaluationBenchmark
+    from multigrain.data.standard import READERS, BenchmarkName
+
+    offered = {choice.value for choice in EvaluationBenchmark} - {"builtin"}
+    assert offered == {name.value for name in BenchmarkName} == {name.value for name in READERS}
+
+
+def test_comma_separated_option_values():
+    from multigrain.cli.app import comma_list
+
+    assert comma_list(int)("224, 320,500") == [224, 320, 500]
+    assert comma_list(float)("1,2.5") == [1.0, 2.5]
+    assert comma_list(int)((30, 60)) == [30, 60]  # a default, as Typer hands it over
+    with pytest.raises(ValueError, match="comma-separated list of int"):
+        comma_list(int)("a,b")

@@ -154,6 +154,23 @@ def test_image_folder_errors(tmp_path: Path) -> None:
         ImageFolderImages(empty)
 
 
+def test_one_listing_with_narrower_suffixes(tmp_path: Path) -> None:
+    """image_files: any case, sorted, recursive or not, a reader's own suffixes, no link loops."""
+    from multigrain.data import listing
+
+    (tmp_path / "sub").mkdir()
+    for name in ["b.JPG", "a.webp", "notes.txt", "sub/c.png", "sub/d.tif"]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "loop").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    names = [p.relative_to(tmp_path).as_posix() for p in listing.image_files(tmp_path)]
+    assert names == ["a.webp", "b.JPG", "sub/c.png", "sub/d.tif"]
+    flat = listing.image_files(tmp_path, recursive=False, suffixes=(".jpg", ".png"))
+    assert [p.name for p in flat] == ["b.JPG"]
+    assert listing.list_images(tmp_path) == listing.image_files(tmp_path)
+    assert listing.image_files(tmp_path / "sub", suffixes=(".gif",)) == []
+
+
 # --------------------------------------------------------------------------- file lists
 
 

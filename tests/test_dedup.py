@@ -1,4 +1,4 @@
-"""Duplicate groups against planted near-duplicates; union-find; the HTML contact sheet."""
+"""Duplicate groups against planted near-duplicates and a brute-force closure; the HTML sheet."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import numpy as np
 from PIL import Image
 
 from multigrain.search.dedup import (
-    UnionFind,
-    connected_components,
+    component_labels,
     find_duplicate_groups,
     write_contact_sheet_html,
     write_groups_csv,
@@ -46,13 +45,40 @@ def test_planted_groups_recovered_exactly() -> None:
     assert find_duplicate_groups(index, threshold=0.8) == expected
 
 
-def test_union_find_is_transitive() -> None:
-    forest = UnionFind(5)
-    forest.union(0, 1)
-    forest.union(1, 2)
-    assert forest.find(0) == forest.find(2) != forest.find(3)
-    labels = connected_components(5, np.array([[0, 1], [1, 2], [3, 4]]))
+def test_components_are_transitive() -> None:
+    labels = component_labels(5, np.array([[0, 1], [1, 2]]))
+    assert labels[0] == labels[2] != labels[3]
+    labels = component_labels(5, np.array([[0, 1], [1, 2], [3, 4]]))
     assert labels[0] == labels[1] == labels[2] and labels[3] == labels[4] != labels[0]
+    assert len(set(component_labels(3, np.zeros((0, 2), dtype=np.int64)).tolist())) == 3
+
+
+def _brute_force_groups(descriptors: np.ndarray, names: list[str], threshold: float):
+    """Groups as the transitive closure of the "similarity > threshold" matrix."""
+    reach = (descriptors @ descriptors.T > threshold) | np.eye(len(names), dtype=bool)
+    while True:  # square the reachability matrix until it stops growing
+        grown = (reach.astype(np.int64) @ reach.astype(np.int64)) > 0
+        if np.array_equal(grown, reach):
+            break
+        reach = grown
+    groups = {tuple(np.flatnonzero(row).tolist()) for row in reach}
+    result = [[names[i] for i in group] for group in groups if len(group) >= 2]
+    return sorted(result, key=lambda group: (-len(group), group[0]))
+
+
+def test_groups_equal_brute_force_closure() -> None:
+    rng = np.random.default_rng(3)
+    # 30 random walks of 8 steps: a walk's ends score ~0.8, its neighbours ~0.97, so groups
+    # form through intermediate images; 200 unrelated images around them
+    walks = rng.standard_normal((30, 1, 16)) + np.cumsum(rng.normal(0, 0.3, (30, 8, 16)), axis=1)
+    descriptors = np.concatenate(
+        [normalise(walks.reshape(-1, 16)), normalise(rng.standard_normal((200, 16)))]
+    )
+    names = [f"{i:03d}.jpg" for i in range(len(descriptors))]
+    for threshold in (0.9, 0.97):
+        expected = _brute_force_groups(descriptors, names, threshold)
+        assert len(expected) > 20 and max(len(g) for g in expected) >= 8
+        assert find_duplicate_groups(descriptors, names, threshold=threshold) == expected
 
 
 def test_chain_below_threshold_end_to_end_is_one_group() -> None:

@@ -1,4 +1,5 @@
-"""ImageIndex against brute-force numpy search, persistence and damaged files, score norms."""
+"""ImageIndex against brute-force numpy search, persistence (format 1 too) and damaged files,
+score norms against brute force."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.search.descriptors import EmbeddingMetadata
 from multigrain.search.index import ImageIndex
 from multigrain.search.index_store import (
     INDEX_FILE,
@@ -15,7 +17,7 @@ from multigrain.search.index_store import (
     load_index,
     save_index,
 )
-from multigrain.search.score_norm import normalize_scores, threshold_for_precision
+from multigrain.search.score_norm import background_similarity, normalize_scores
 from multigrain.search.whitening import fit_whitening
 
 
@@ -67,7 +69,10 @@ def test_ivf_pq_recall_against_flat() -> None:
 @pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "OPQ8,IVF16,PQ8x4"])
 def test_add_remove_save_load_roundtrip(tmp_path, factory: str) -> None:
     data = clustered(1200, 32, noise=1.0)
-    index = ImageIndex.build(data[:1000], paths(1000), factory=factory, metadata={"s": 800})
+    metadata = EmbeddingMetadata(
+        model="m@sha256:0", resolution=800, exponent=3.0, whitened=False, dim=32, precision="fp32"
+    )
+    index = ImageIndex.build(data[:1000], paths(1000), factory=factory, metadata=metadata)
     if factory != "Flat":
         index.set_search_parameters(nprobe=16)
     new_ids = index.add(data[1000:], paths(200, 1000))
@@ -81,7 +86,7 @@ def test_add_remove_save_load_roundtrip(tmp_path, factory: str) -> None:
     assert "img/000005.jpg" not in sum(before.paths, [])
     save_index(index, tmp_path / "idx")
     loaded = load_index(tmp_path / "idx")
-    assert loaded.metadata == {"s": 800} and len(loaded) == 1198 and loaded.ntotal == 1198
+    assert loaded.metadata == metadata and len(loaded) == 1198 and loaded.ntotal == 1198
     after = loaded.search(queries, 5, rerank=True)
     np.testing.assert_array_equal(after.ids, before.ids)
     np.testing.assert_allclose(after.scores, before.scores, atol=1e-6)
@@ -151,7 +156,7 @@ def test_whitening_pretransform_equals_prewhitened_flat(tmp_path) -> None:
     result = raw_index.search(queries, 5)
     np.testing.assert_array_equal(result.ids, reference.ids)
     np.testing.assert_allclose(result.scores, reference.scores, atol=1e-4)
-    raw_index.save(tmp_path / "w")
+    save_index(raw_index, tmp_path / "w")
     reloaded = load_index(tmp_path / "w").search(queries, 5, rerank=True)
     np.testing.assert_array_equal(reloaded.ids, reference.ids)
 
@@ -180,15 +185,161 @@ def test_normalize_scores_hand_case() -> None:
     )
 
 
-def test_threshold_for_precision_hand_case() -> None:
-    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
-    positive = np.array([1, 1, 0, 1, 0, 0], dtype=bool)
-    # precision at cuts: 1, 1, 2/3, 3/4, 3/5, 1/2
-    assert threshold_for_precision(scores, positive, 1.0) == 0.8
-    assert threshold_for_precision(scores, positive, 0.75) == 0.6
-    assert threshold_for_precision(scores, positive, 0.5) == 0.4
-    # a tie between a positive and a negative cannot be split
-    tied = np.array([0.9, 0.9, 0.5])
-    assert threshold_for_precision(tied, np.array([1, 0, 0], bool), 0.5) == 0.9
-    with pytest.raises(MultiGrainError, match="no threshold"):
-        threshold_for_precision(tied, np.array([1, 0, 0], bool), 0.9)
+def test_rerank_is_exact_rescoring_of_the_shortlist() -> None:
+    """IndexRefineFlat's re-ranking == numpy: exact scores of the base index's 4k shortlist."""
+    data = clustered(3000, 32, noise=1.0)
+    queries, _ = noisy_copies(data, 60)
+    index = ImageIndex.build(data, paths(3000), factory="IVF16,PQ8x4", train_size=2000)
+    index.set_search_parameters(nprobe=4)
+    shortlist = index.search(queries, 20).ids  # the base index's own ranking, k * 4
+    exact = np.einsum("qd,qkd->qk", queries, data[shortlist])
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :5]
+    result = index.search(queries, 5, rerank=True, rerank_factor=4)
+    np.testing.assert_array_equal(result.ids, np.take_along_axis(shortlist, order, axis=1))
+    np.testing.assert_allclose(result.scores, np.take_along_axis(exact, order, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat", "PQ8x4"])
+def test_removals_and_adds_keep_search_exact(factory: str) -> None:
+    """After several removals (IVF labels renumbered) and adds, search == brute force."""
+    data = clustered(900, 16, noise=0.8)
+    index = ImageIndex.build(data[:600], paths(600), factory=factory)
+    if factory.startswith("IVF"):
+        index.set_search_parameters(nprobe=8)  # every list: exact
+    rng = np.random.default_rng(4)
+    alive = np.ones(900, dtype=bool)
+    alive[600:] = False
+    for start in (600, 700, 800):
+        gone = rng.choice(np.flatnonzero(alive), 40, replace=False)
+        assert index.remove(gone) == 40
+        alive[gone] = False
+        index.add(data[start : start + 100], paths(100, start))
+        alive[start : start + 100] = True
+    kept = np.flatnonzero(alive)
+    queries = data[rng.choice(kept, 30, replace=False)] + 0.01
+    np.testing.assert_array_equal(index.ids, kept)
+    np.testing.assert_array_equal(index.descriptors, data[kept])
+    exact = queries @ data[kept].T
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :5]
+    result = index.search(queries, 5, rerank=True, rerank_factor=40)
+    np.testing.assert_array_equal(result.ids, kept[order])
+    assert result.paths[0][0] == f"img/{kept[order[0, 0]]:06d}.jpg"
+    hits = index.range_search(queries[:3], 0.8)
+    for (ids, scores), row in zip(hits, exact[:3], strict=True):
+        if factory != "PQ8x4":  # PQ range search uses quantised scores
+            assert sorted(ids.tolist()) == kept[row > 0.8].tolist()
+        assert len(ids) == len(scores)
+
+
+def test_missing_neighbours_are_marked() -> None:
+    index = ImageIndex.build(clustered(3, 8), paths(3))
+    for rerank in (False, True):
+        result = index.search(clustered(2, 8, seed=9), 5, rerank=rerank)
+        assert (result.ids[:, 3:] == -1).all() and np.isneginf(result.scores[:, 3:]).all()
+        assert result.paths[0][3:] == ["", ""]
+
+
+def test_background_similarity_equals_brute_force() -> None:
+    queries, background = clustered(70, 24, seed=2), clustered(300, 24, seed=3)
+    top = np.sort(queries @ background.T, axis=1)[:, ::-1]
+    for neighbours in (1, 7):
+        expected = top[:, :neighbours].mean(axis=1)
+        found = background_similarity(queries, background, neighbours=neighbours)
+        np.testing.assert_allclose(found, expected, atol=1e-6)
+
+
+def _save_format_1(folder, data, names, *, factory, whitening=None, removed=()):
+    """An index folder as multigrain wrote it before format 2: faiss labels are ids (IVF
+    natively, otherwise through IndexIDMap2), whitening inside faiss and in whitening.npz."""
+    import json
+    import sqlite3
+
+    import faiss
+
+    dim = data.shape[1]
+    prepared = data
+    index = base = None
+    if whitening is not None:
+        prepared = whitening.apply(torch.from_numpy(data)).numpy().astype(np.float32)
+    base = faiss.index_factory(prepared.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    index = base
+    if whitening is not None:
+        mean, projection = whitening.mean.numpy(), whitening.projection.numpy()
+        linear = faiss.LinearTransform(dim, projection.shape[1], True)
+        faiss.copy_array_to_vector(projection.T.astype(np.float32).ravel(), linear.A)
+        faiss.copy_array_to_vector((-mean @ projection).astype(np.float32), linear.b)
+        linear.is_trained = True
+        index = faiss.IndexPreTransform(base)
+        index.prepend_transform(faiss.NormalizationTransform(projection.shape[1], 2.0))
+        index.prepend_transform(linear)
+    native = faiss.try_extract_index_ivf(base) is not None
+    if not native:
+        index = faiss.IndexIDMap2(index)
+    index.train(data)
+    ids = np.arange(len(data), dtype=np.int64)
+    index.add_with_ids(data, ids)
+    if len(removed):
+        index.remove_ids(faiss.IDSelectorBatch(np.asarray(removed, dtype=np.int64)))
+    keep = ~np.isin(ids, removed)
+    version = folder / "v-old"
+    version.mkdir(parents=True)
+    (folder / "CURRENT").write_text("v-old\n")
+    faiss.write_index(index, str(version / INDEX_FILE))
+    np.save(version / "descriptors.npy", prepared[keep])
+    if whitening is not None:
+        np.savez(version / "whitening.npz", mean=mean, projection=projection)
+    info = {"format_version": 1, "factory": factory, "dim": dim, "next_id": len(data),
+            "id_mapping": "native" if native else "idmap2", "metadata": "{}",
+            "index_bytes": (version / INDEX_FILE).stat().st_size}  # fmt: skip
+    with sqlite3.connect(version / META_FILE) as connection:
+        connection.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        connection.execute("CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT, added_at REAL)")
+        connection.executemany(
+            "INSERT INTO info VALUES (?, ?)", [(k, str(v)) for k, v in info.items()]
+        )
+        rows = [(int(i), names[i], 0.0) for i in ids[keep]]
+        connection.executemany("INSERT INTO images VALUES (?, ?, ?)", rows)
+    connection.close()
+    assert json.loads(info["metadata"]) == {}
+    return ids[keep], prepared[keep]
+
+
+@pytest.mark.parametrize(
+    ("factory", "whitened"),
+    [
+        ("Flat", False),
+        ("IVF8,Flat", False),
+        ("Flat", True),
+        ("IVF8,Flat", True),
+        ("HNSW8", False),
+    ],  # fmt: skip
+)
+def test_format_1_index_still_loads(tmp_path, factory: str, whitened: bool) -> None:
+    data = clustered(500, 16, noise=0.6)
+    whitening = None
+    if whitened:
+        whitening = fit_whitening(torch.from_numpy(clustered(400, 16, seed=5).astype(np.float64)))
+    removed = [] if factory.startswith("HNSW") else [3, 10, 11, 250, 499]
+    kept, prepared = _save_format_1(
+        tmp_path / "old", data, paths(500), factory=factory, whitening=whitening, removed=removed
+    )
+    index = load_index(tmp_path / "old")
+    assert (index.whitening is None) == (not whitened) and index.metadata is None
+    if factory.startswith("IVF"):
+        index.set_search_parameters(nprobe=8)
+    queries = data[[0, 5, 100, 300]]
+    exact = index.prepare(queries) @ prepared.T
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :5]
+    result = index.search(queries, 5)
+    np.testing.assert_array_equal(result.ids, kept[order])
+    np.testing.assert_allclose(result.scores, np.take_along_axis(exact, order, 1), atol=1e-4)
+    if factory.startswith("HNSW"):
+        return
+    index.remove([100])  # the converted IVF lists are renumbered like new ones
+    assert index.add(data[3:4], ["img/new.jpg"])[0] == 500  # image 3 was removed
+    save_index(index, tmp_path / "old")  # written as format 2
+    again = load_index(tmp_path / "old")
+    if factory.startswith("IVF"):
+        again.set_search_parameters(nprobe=8)
+    assert again.search(queries[2:3], 1).ids[0, 0] != 100
+    np.testing.assert_array_equal(again.search(data[3:4], 1).ids, [[500]])

@@ -1,4 +1,6 @@
-"""Metrics against hand-computed cases (arithmetic in the comments) and brute-force loops."""
+"""Metrics against hand-computed cases (arithmetic in the comments), brute-force loops,
+scikit-learn where the definitions coincide, and the official evaluation loops (revisitop,
+INRIA Holidays) where they differ."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn import metrics as sk
 
 from multigrain.metrics import (
+    ThresholdChoice,
     average_precision,
     average_precision_trapezoid,
     average_precision_with_junk,
@@ -18,6 +22,7 @@ from multigrain.metrics import (
     rank_of_match,
     recall_at_precision,
     single_positive_map,
+    threshold_for_precision,
     top_k_accuracies,
     top_k_accuracy,
     ukbench_score,
@@ -232,3 +237,192 @@ def test_ukbench_score() -> None:
     assert ukbench_score(torch.from_numpy(imperfect), groups, queries) == 2.5
     with pytest.raises(MultiGrainError, match="top 4"):
         ukbench_score(perfect[:, :3], groups, queries)
+
+
+# --- Threshold for a target precision ------------------------------------------------------
+def test_threshold_for_precision_hand_case() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    positive = np.array([1, 1, 0, 1, 0, 0], dtype=bool)
+    # precision at cuts: 1, 1, 2/3, 3/4, 3/5, 1/2
+    assert threshold_for_precision(scores, positive, 1.0) == 0.8
+    assert threshold_for_precision(scores, positive, 0.75) == 0.6
+    assert threshold_for_precision(scores, positive, 0.5) == 0.4
+    # a tie between a positive and a negative cannot be split
+    tied = np.array([0.9, 0.9, 0.5])
+    assert threshold_for_precision(tied, np.array([1, 0, 0], bool), 0.5) == 0.9
+    with pytest.raises(MultiGrainError, match="no threshold"):
+        threshold_for_precision(tied, np.array([1, 0, 0], bool), 0.9)
+    # of the thresholds with the best recall, the highest (0.6, not 0.4, at target 0.5)
+    highest = ThresholdChoice.HIGHEST_AT_BEST_RECALL
+    assert threshold_for_precision(scores, positive, 0.5, choice=highest) == 0.6
+
+
+def _untied_scores(rng: np.random.Generator, size: int) -> np.ndarray:
+    scores = rng.random(size)
+    assert np.unique(scores).size == size
+    return scores
+
+
+# --- Against scikit-learn, where the definitions coincide ---------------------------------
+def test_average_precision_equals_sklearn_without_ties() -> None:
+    # sklearn's AP = sum_n (R_n - R_{n-1}) P_n over distinct thresholds: on a ranking without
+    # ties and with every positive retrieved it is our non-interpolated AP.
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        scores = _untied_scores(rng, int(rng.integers(5, 60)))
+        labels = rng.random(scores.size) < rng.uniform(0.1, 0.7)
+        if not labels.any():
+            continue
+        ranked = labels[np.argsort(-scores)]
+        expected = sk.average_precision_score(labels, scores)
+        assert average_precision(ranked, int(labels.sum())) == pytest.approx(expected)
+
+
+def test_single_positive_map_and_top_k_equal_sklearn() -> None:
+    rng = np.random.default_rng(6)
+    similarity = torch.from_numpy(rng.random((40, 25)))
+    match = torch.from_numpy(rng.integers(0, 25, 40))
+    per_query = [
+        sk.average_precision_score(np.arange(25) == int(m), row.numpy())
+        for row, m in zip(similarity, match, strict=True)
+    ]
+    ranks = rank_of_match(similarity, match)
+    assert single_positive_map(ranks) == pytest.approx(np.mean(per_query))
+    for k in (1, 3, 10):
+        expected = sk.top_k_accuracy_score(match.numpy(), similarity.numpy(), k=k, labels=range(25))
+        assert top_k_accuracy(similarity, match, k) == pytest.approx(expected)
+
+
+def test_micro_average_precision_equals_sklearn_without_ties() -> None:
+    # µAP divides by every ground-truth pair, sklearn by the positives it is given.
+    rng = np.random.default_rng(7)
+    scores = _untied_scores(rng, 500)
+    is_positive = rng.random(500) < 0.3
+    positives = int(is_positive.sum())
+    expected = sk.average_precision_score(is_positive, scores)
+    assert micro_average_precision(scores, is_positive, positives) == pytest.approx(expected)
+    assert micro_average_precision(scores, is_positive, positives + 40) == pytest.approx(
+        expected * positives / (positives + 40)
+    )
+
+
+def test_thresholds_at_precision_match_sklearn_curve() -> None:
+    # precision_recall_curve gives one (precision, recall) point per distinct score t when
+    # accepting score >= t -- ties included, as our thresholds never split a tie.
+    rng = np.random.default_rng(8)
+    for _ in range(30):
+        scores = np.round(rng.random(300), 2)  # many ties
+        is_positive = rng.random(300) < np.clip(scores + rng.normal(0, 0.3, 300), 0.05, 0.95)
+        precision, recall, thresholds = sk.precision_recall_curve(is_positive, scores)
+        assert thresholds.size == np.unique(scores).size  # every threshold, none dropped
+        for target in (0.6, 0.8, 0.9):
+            reached = precision[:-1] >= target
+            if not reached.any():
+                with pytest.raises(MultiGrainError, match="no threshold"):
+                    threshold_for_precision(scores, is_positive, target)
+                assert recall_at_precision(scores, is_positive, 300, target)[0] == 0.0
+                continue
+            best = recall[:-1][reached].max()
+            lowest = thresholds[reached].min()
+            highest = thresholds[reached & (recall[:-1] == best)].max()
+            assert threshold_for_precision(scores, is_positive, target) == pytest.approx(lowest)
+            num_ground_truth = int(is_positive.sum()) + 10
+            found_recall, found_threshold = recall_at_precision(
+                scores, is_positive, num_ground_truth, target
+            )
+            assert found_threshold == pytest.approx(highest)
+            assert found_recall == pytest.approx(best * is_positive.sum() / num_ground_truth)
+
+
+# --- Against the official evaluation loops, where the definitions differ --------------------
+def _revisitop_compute_ap(ranks: np.ndarray, nres: int) -> float:
+    """revisitop `compute_ap` (Radenović et al. 2018), transcribed: trapezoids in the PR plot."""
+    ap, recall_step = 0.0, 1.0 / nres
+    for j, rank in enumerate(ranks):
+        precision_0 = 1.0 if rank == 0 else float(j) / rank
+        precision_1 = float(j + 1) / (rank + 1)
+        ap += (precision_0 + precision_1) * recall_step / 2.0
+    return ap
+
+
+def _revisitop_compute_map(rankings: np.ndarray, gnd: list[dict], kappas: list[int]):
+    """revisitop `compute_map`, transcribed (rankings row-wise here): junk shifts positives up."""
+    total, empty = 0.0, 0
+    prs = np.zeros((len(gnd), len(kappas)))
+    for i, truth in enumerate(gnd):
+        positives = np.array(truth["ok"])
+        if positives.shape[0] == 0:
+            prs[i, :] = float("nan")
+            empty += 1
+            continue
+        pos = np.arange(rankings.shape[1])[np.isin(rankings[i], positives)]
+        junk = np.arange(rankings.shape[1])[np.isin(rankings[i], truth["junk"])]
+        k = ij = 0
+        if len(junk):
+            ip = 0
+            while ip < len(pos):
+                while ij < len(junk) and pos[ip] > junk[ij]:
+                    k += 1
+                    ij += 1
+                pos[ip] = pos[ip] - k
+                ip += 1
+        total += _revisitop_compute_ap(pos, len(positives))
+        pos += 1  # 1-based
+        for j, kappa in enumerate(kappas):
+            kq = min(max(pos), kappa)
+            prs[i, j] = (pos <= kq).sum() / kq
+    return total / (len(gnd) - empty), np.nanmean(prs, axis=0)
+
+
+def _holidays_ap(results: list[int], query: int, positives: set[int]) -> float:
+    """INRIA Holidays `eval_holidays` / `score_ap_from_ranks_1`, transcribed: the query image
+    is skipped in its own result list, then trapezoids as in revisitop."""
+    ranks, rank = [], 0
+    for image in results:
+        if image == query:
+            continue
+        if image in positives:
+            ranks.append(rank)
+        rank += 1
+    ap, recall_step = 0.0, 1.0 / len(positives)
+    for ntp, rank in enumerate(ranks):
+        precision_0 = 1.0 if rank == 0 else ntp / float(rank)
+        precision_1 = (ntp + 1) / float(rank + 1)
+        ap += (precision_1 + precision_0) * recall_step / 2.0
+    return ap
+
+
+def test_trapezoid_map_and_precision_equal_revisitop() -> None:
+    rng = np.random.default_rng(9)
+    rankings = np.stack([rng.permutation(60) for _ in range(25)])
+    gnd = []
+    for _ in range(25):
+        labels = rng.choice(3, 60, p=[0.75, 0.15, 0.10])  # negative, positive, junk
+        gnd.append({"ok": np.flatnonzero(labels == 1), "junk": np.flatnonzero(labels == 2)})
+    gnd[3] = {"ok": np.array([], dtype=np.int64), "junk": np.array([1, 2])}  # skipped query
+    expected_map, expected_prs = _revisitop_compute_map(rankings, gnd, [1, 5, 10])
+    positives, junk = [g["ok"] for g in gnd], [g["junk"] for g in gnd]
+    assert mean_average_precision(rankings, positives, junk) == pytest.approx(expected_map)
+    found = precision_at_k(rankings, positives, junk, ks=(1, 5, 10), truncate_at_last_positive=True)
+    assert [found[k] for k in (1, 5, 10)] == pytest.approx(expected_prs.tolist())
+    for ranking, truth in zip(rankings, gnd, strict=True):
+        ranks = np.flatnonzero(np.isin(ranking, truth["ok"]))
+        if truth["ok"].size:
+            expected = _revisitop_compute_ap(ranks, truth["ok"].size)
+            assert average_precision_trapezoid(ranks, truth["ok"].size) == pytest.approx(expected)
+
+
+def test_holidays_query_as_junk_equals_eval_holidays() -> None:
+    rng = np.random.default_rng(10)
+    groups = np.repeat(np.arange(20), rng.integers(2, 5, 20))  # Holidays: small groups
+    queries = [int(np.flatnonzero(groups == g)[0]) for g in range(20)]
+    rankings = np.stack([rng.permutation(groups.size) for _ in queries])
+    positives = [set(np.flatnonzero(groups == groups[q]).tolist()) - {q} for q in queries]
+    expected = np.mean(
+        [
+            _holidays_ap(r.tolist(), q, p)
+            for r, q, p in zip(rankings, queries, positives, strict=True)
+        ]
+    )
+    junk = [[q] for q in queries]
+    assert mean_average_precision(rankings, positives, junk) == pytest.approx(expected)

@@ -21,12 +21,14 @@ import uvicorn
 from PIL import Image
 
 from multigrain.inference.embed import embed_in_memory
+from multigrain.inference.store import EmbeddingMetadata
 from multigrain.models import MultiGrain
 from multigrain.models.checkpoint import save_checkpoint
 from multigrain.search.index import ImageIndex
 from multigrain.search.index_store import load_index, save_index
 from multigrain.search.threshold import CalibratedThreshold, save_threshold
-from multigrain.service.app import Service, create_app
+from multigrain.service.app import create_app
+from multigrain.service.state import Service
 
 CLIENTS = 8
 REQUESTS_PER_CLIENT = 200  # every third one an add
@@ -109,7 +111,10 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Pa
         model, images, resolution=RESOLUTION, device=torch.device("cpu")
     )
     assert not failures
-    metadata = {"resolution": RESOLUTION, "exponent": float(model.pool.p)}
+    metadata = EmbeddingMetadata(
+        model="", resolution=RESOLUTION, exponent=float(model.pool.p), whitened=False,
+        dim=model.embedding_dim, precision="fp32",
+    )  # fmt: skip
     save_index(ImageIndex.build(descriptors.numpy(), paths, metadata=metadata), root / "index")
     return checkpoint, images
 

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import multigrain.cli.search  # noqa: F401  (registers the commands)
+import multigrain.cli.threshold  # noqa: F401
 from multigrain.cli.app import app
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.search.threshold import load_threshold, read_ground_truth

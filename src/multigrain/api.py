@@ -8,8 +8,10 @@
     model.classify(["a.jpg"], top_k=3)
 
 The descriptors are exactly those of ``multigrain embed`` with the same source and
-settings: the same loader (:mod:`multigrain.inference.prepare`) and forward path
-(:func:`multigrain.inference.embed.embed_in_memory`).
+settings: the same loader (:func:`multigrain.inference.prepare.prepare_model`) and forward
+path (:func:`multigrain.inference.embed.embed_in_memory` through the trunk of
+:func:`multigrain.inference.fast_trunk.fast_trunk_for`, built once per model and reused by
+``embed`` and ``classify``; an int8 trunk is calibrated on each call's images instead).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import torch
 
 from multigrain.inference.classify import Prediction, classify_images
 from multigrain.inference.embed import DEFAULT_PRECISION, embed_in_memory
+from multigrain.inference.fast_trunk import Trunk, fast_trunk_for
 from multigrain.inference.prepare import PreparedModel, prepare_model
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
 
 PathLike = str | os.PathLike[str]
 
@@ -32,10 +36,21 @@ PathLike = str | os.PathLike[str]
 class Model:
     """A model with its settings; build with :func:`load`."""
 
-    def __init__(self, prepared: PreparedModel, device: torch.device, precision: str) -> None:
+    def __init__(
+        self, prepared: PreparedModel, device: torch.device, precision: InferencePrecision | str
+    ) -> None:
         self.prepared = prepared
         self.device = device
-        self.precision = precision
+        self.precision = resolve_inference_precision(precision, device)  # what runs
+        self._trunk: Trunk | None = None
+
+    def _trunk_for(self, paths: Sequence[Path]) -> Trunk | None:
+        """The cached fast trunk; None for int8 (embed_in_memory calibrates it on `paths`)."""
+        if self.precision is InferencePrecision.INT8:
+            return None
+        if self._trunk is None:
+            self._trunk = fast_trunk_for(self.prepared.model, self.precision, device=self.device)
+        return self._trunk
 
     @property
     def resolution(self) -> int:
@@ -59,7 +74,8 @@ class Model:
         whitening = self.prepared.whitening
         descriptors, _, failures = embed_in_memory(
             self.prepared.model, paths, resolution=self.resolution, device=self.device,
-            precision=self.precision, whitening=whitening.apply if whitening else None,
+            precision=self.precision, trunk=self._trunk_for(paths),
+            whitening=whitening.apply if whitening else None,
         )  # fmt: skip
         if failures:
             raise MultiGrainError(f"cannot embed {failures[0].path}: {failures[0].reason}")
@@ -76,10 +92,11 @@ class Model:
 
     def classify(self, images: Sequence[PathLike], *, top_k: int = 5) -> list[Prediction]:
         """Top-k class names and probabilities per image (the raw embedding's classifier)."""
+        paths = [Path(image) for image in images]
         return classify_images(
-            self.prepared.model, [Path(image) for image in images],
-            classes=self.prepared.classes, resolution=self.resolution, top_k=top_k,
-            device=self.device, precision=self.precision,
+            self.prepared.model, paths, classes=self.prepared.classes,
+            resolution=self.resolution, top_k=top_k, device=self.device,
+            precision=self.precision, trunk=self._trunk_for(paths),
         )  # fmt: skip
 
 

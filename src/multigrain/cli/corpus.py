@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from multigrain.cli.app import app, echo, parse_list
+from multigrain.cli.app import app, comma_list, echo
 
 corpus_app = typer.Typer(
     no_args_is_help=True,
@@ -48,7 +49,8 @@ def corpus_curve(
 ) -> None:
     """Validation copy mAP of every training snapshot (cached in TRAIN_FOLDER/curve.json)."""
     from multigrain.data.corpus.heldout import read_copy_set
-    from multigrain.evaluation.heldout.select import plot_curve, training_curve
+    from multigrain.evaluation.heldout.select import training_curve
+    from multigrain.evaluation.plots import plot_curve
     from multigrain.runtime.distributed import resolve_device
 
     validation = read_copy_set(corpus / "validation")
@@ -70,8 +72,22 @@ def bundle_command(
     corpus: Annotated[
         Path, typer.Option(help="corpus with validation/ (choices) and train/ (whitening)")
     ] = Path("data/corpus"),
-    resolutions: Annotated[str, typer.Option(help="test resolutions s to try")] = "224,288",
-    exponents: Annotated[str, typer.Option(help="GeM exponents p* to try")] = "2,3,4,5",
+    resolutions: Annotated[
+        Sequence[int],
+        typer.Option(
+            parser=comma_list(int),
+            metavar="S,...",
+            help="test resolutions s to try",
+        ),
+    ] = (224, 288),
+    exponents: Annotated[
+        Sequence[float],
+        typer.Option(
+            parser=comma_list(float),
+            metavar="P,...",
+            help="GeM exponents p* to try",
+        ),
+    ] = (2.0, 3.0, 4.0, 5.0),
     notes: Annotated[
         Path | None, typer.Option(help="JSON file of provenance to store (command, data)")
     ] = None,
@@ -94,8 +110,8 @@ def bundle_command(
     validation = read_copy_set(corpus / "validation")
     selection, whitening = select_settings(
         model, validation, training_images(corpus),
-        resolutions=parse_list(resolutions, "--resolutions"),
-        exponents=parse_list(exponents, "--exponents", float),
+        resolutions=list(resolutions),
+        exponents=list(exponents),
         device=target, whitening_description=f"{corpus}/train + train_unlabelled", report=echo,
     )  # fmt: skip
     provenance: dict[str, object] = json.loads(notes.read_text()) if notes else {}

@@ -9,9 +9,10 @@ The families mirror the built-in benchmark's queries (:mod:`multigrain.evaluatio
 but are drawn from continuous ranges and drawn here with torch/PIL only (AugLy is
 far too slow for a training loop).
 
-Every random draw uses torch's global RNG, so :class:`~multigrain.data.datasets.AugmentedDataset`'s
-per-sample seeding makes each augmentation reproducible. Each transform maps an RGB
-PIL image to an RGB PIL image of the same size unless stated.
+Every random draw uses torch's global RNG, so the per-sample seeding of
+:class:`~multigrain.data.training_batches.AugmentedDataset` makes each augmentation
+reproducible. Each transform maps an RGB PIL image to an RGB PIL image of the same size
+unless stated.
 """
 
 from __future__ import annotations

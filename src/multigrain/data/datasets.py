@@ -1,43 +1,30 @@
-"""Labelled image collections and the training loader built on them.
+"""Labelled image collections: an ImageFolder tree, a list file, extra unlabelled images.
 
-Readers (an ImageFolder tree, a list file, Fashion-MNIST) expose the
-:class:`LabelledImages` protocol: ``len()``, ``load(index) -> PIL.Image``,
-``labels`` and ``classes``; they only decode. :class:`AugmentedDataset` applies
-a random transform reproducibly from the per-sample seed chosen by
-:class:`~multigrain.data.samplers.RepeatedAugmentationSampler`, so the images a
-training run sees depend neither on the number of DataLoader workers nor on
-where it was resumed.
+Readers (these, and :class:`~multigrain.data.fashion_mnist.FashionMNISTImages`) expose the
+:class:`LabelledImages` protocol: ``len()``, ``load(index) -> PIL.Image``, ``labels`` and
+``classes``; they only decode. Augmentation and batching live in
+:mod:`multigrain.data.training_batches`.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-import torch
 from PIL import Image
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 
-from multigrain.data.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT, FashionMNISTImages
-from multigrain.data.images import IMAGE_EXTENSIONS, load_rgb
-from multigrain.data.samplers import RepeatedAugmentationSampler
+from multigrain.data.images import load_rgb
+from multigrain.data.listing import image_files
 from multigrain.runtime.errors import MultiGrainError
 
 __all__ = [
-    "DEFAULT_FASHION_MNIST_ROOT",
-    "AugmentedDataset",
-    "FashionMNISTImages",
+    "UNLABELLED",
     "FileListImages",
     "ImageFolderImages",
     "LabelledImages",
-    "TrainingBatch",
-    "collate_training",
-    "make_training_loader",
+    "WithUnlabelled",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,18 +44,13 @@ class LabelledImages(Protocol):
         ...
 
 
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 class ImageFolderImages:
     """Images laid out as ``root/<class>/**/<image>.<ext>`` (torchvision's ImageFolder layout).
 
-    Classes are the sorted names of the non-hidden subdirectories of ``root``;
-    images are found recursively inside each class directory (extensions in
-    :data:`IMAGE_EXTENSIONS`, any case) and sorted by path, so the index of an
-    image is deterministic. Empty class directories keep their label (a warning
-    is logged).
+    Classes are the sorted names of the non-hidden subdirectories of ``root``; images are
+    found recursively inside each class directory (:func:`~multigrain.data.listing.image_files`:
+    extensions in ``IMAGE_EXTENSIONS``, any case) and sorted by path, so the index of an
+    image is deterministic. Empty class directories keep their label (a warning is logged).
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -92,7 +74,7 @@ class ImageFolderImages:
         self.paths: list[Path] = []
         self.labels: list[int] = []
         for label, class_dir in enumerate(class_dirs):
-            found = sorted(p for p in class_dir.rglob("*") if _is_image(p))
+            found = image_files(class_dir)
             if not found:
                 logger.warning("class directory %s holds no images", class_dir)
             self.paths += found
@@ -201,131 +183,3 @@ class FileListImages:
     def load(self, index: int) -> Image.Image:
         """Decode image ``index`` as RGB (raises MultiGrainError naming a bad file)."""
         return load_rgb(self.paths[index])
-
-
-class AugmentedDataset(Dataset[tuple[Tensor, int, int]]):
-    """Applies ``transform`` to ``images`` reproducibly: the key is ``(index, sample_seed)``.
-
-    The transform runs with torch's CPU RNG and Python's ``random`` seeded from
-    ``sample_seed``; both generators are restored afterwards, so the caller's
-    random streams are untouched and the result depends only on the key.
-    """
-
-    def __init__(self, images: LabelledImages, transform: Callable[[Image.Image], Tensor]) -> None:
-        self.images = images
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int, int]:
-        """``(index, sample_seed) -> (image (3, S, S) float, label, index)``."""
-        index, sample_seed = key
-        return self._augment(self.images.load(index), index, sample_seed)
-
-    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> list[tuple[Tensor, int, int]]:
-        """A whole batch of keys, decoding each source image once.
-
-        Repeated augmentations put m copies of each source in a batch; the DataLoader
-        hands the batch's keys here (``__getitems__``), so a file is read and decoded
-        once per batch instead of m times. Each item equals ``self[key]``.
-        """
-        decoded: dict[int, Image.Image] = {}
-        items = []
-        for index, sample_seed in keys:
-            if index not in decoded:
-                decoded[index] = self.images.load(index)
-            items.append(self._augment(decoded[index], index, sample_seed))
-        return items
-
-    def _augment(self, image: Image.Image, index: int, sample_seed: int) -> tuple[Tensor, int, int]:
-        python_state = random.getstate()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(sample_seed)
-                random.seed(sample_seed)
-                tensor = self.transform(image)
-        finally:
-            random.setstate(python_state)
-        return tensor, self.images.labels[index], index
-
-
-@dataclass(frozen=True)
-class TrainingBatch:
-    """A collated training batch.
-
-    Attributes:
-        images: (B, 3, S, S) float.
-        labels: (B,) int64 class labels.
-        instance_ids: (B,) int64 source-image indices; equal ids are positives.
-    """
-
-    images: Tensor
-    labels: Tensor
-    instance_ids: Tensor
-
-    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> TrainingBatch:
-        """Copy of the batch on ``device``."""
-        return TrainingBatch(
-            images=self.images.to(device, non_blocking=non_blocking),
-            labels=self.labels.to(device, non_blocking=non_blocking),
-            instance_ids=self.instance_ids.to(device, non_blocking=non_blocking),
-        )
-
-    def pin_memory(self) -> TrainingBatch:
-        """Copy in page-locked memory (called by ``DataLoader(pin_memory=True)``)."""
-        return TrainingBatch(
-            images=self.images.pin_memory(),
-            labels=self.labels.pin_memory(),
-            instance_ids=self.instance_ids.pin_memory(),
-        )
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def collate_training(batch: Sequence[tuple[Tensor, int, int]]) -> TrainingBatch:
-    """Stack ``AugmentedDataset`` items: B x ((3, S, S), label, index) -> :class:`TrainingBatch`."""
-    images, labels, indices = zip(*batch, strict=True)
-    return TrainingBatch(
-        images=torch.stack(images),
-        labels=torch.tensor(labels, dtype=torch.long),
-        instance_ids=torch.tensor(indices, dtype=torch.long),
-    )
-
-
-def _init_worker(worker_id: int) -> None:
-    # One intra-op thread per worker: N workers x N threads would oversubscribe the CPUs.
-    torch.set_num_threads(1)
-
-
-def make_training_loader(
-    dataset: AugmentedDataset,
-    sampler: RepeatedAugmentationSampler,
-    *,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> DataLoader[tuple[Tensor, int, int]]:
-    """A DataLoader yielding :class:`TrainingBatch` in the sampler's order.
-
-    The loader gets its own ``torch.Generator`` (it only seeds worker processes),
-    so creating an iterator does not consume the global RNG: a resumed run's
-    global random stream matches the original run's.
-    """
-    if num_workers < 0:
-        raise MultiGrainError(f"number of workers {num_workers} is negative: use 0 or more")
-    if sampler.dataset_size != len(dataset):
-        raise MultiGrainError(
-            f"sampler covers {sampler.dataset_size} images but the dataset has {len(dataset)}: "
-            "build the sampler with dataset_size=len(dataset)"
-        )
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=num_workers,
-        collate_fn=collate_training,
-        pin_memory=pin_memory,
-        worker_init_fn=_init_worker,
-        persistent_workers=False,
-        generator=torch.Generator(),
-    )

@@ -29,20 +29,6 @@ from multigrain.runtime.errors import MultiGrainError
 
 logger = logging.getLogger(__name__)
 
-#: File name suffixes (lower case) that dataset readers treat as images.
-IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".webp",
-    ".ppm",
-    ".pgm",
-)
-
 #: Default pixel budget of :func:`decode_image`: 2 x PIL's default ``MAX_IMAGE_PIXELS``
 #: (89,478,485), i.e. the size at which PIL itself would raise ``DecompressionBombError``.
 #: About 13,400 x 13,400 pixels, or 537 MB once decoded to RGB.
@@ -75,6 +61,10 @@ class ImageDecodeError(MultiGrainError):
         self.reason = reason
         message = f"cannot read image {path}: {reason}"
         super().__init__(f"{message}; {hint}" if hint else message)
+
+
+class ImageOverPixelLimit(ImageDecodeError):
+    """An image whose header claims more pixels than the caller allows (a bomb?)."""
 
 
 @contextlib.contextmanager
@@ -202,7 +192,7 @@ def decode_image(
         with opened:
             width, height = opened.size
             if width * height > max_pixels:
-                raise ImageDecodeError(
+                raise ImageOverPixelLimit(
                     path,
                     f"has {width}×{height} = {width * height} pixels, over the limit of "
                     f"{max_pixels} (a decompression bomb?): raise --max-pixels if the image "

@@ -1,30 +1,75 @@
-"""Which image files a job reads: a folder (recursive), a glob pattern, or a file list.
+"""Which files are images, and which image files a job reads: a folder, a glob or a file list.
 
-The listing is sorted, so row i of every output belongs to the i-th path whatever the
-file system's order; that order is also what splits work across `torchrun` ranks.
+One suffix list (:data:`IMAGE_EXTENSIONS`) and one folder walk (:func:`image_files`) serve
+every reader; a reader that reads fewer formats (the benchmark readers: .jpg/.png) passes its
+narrower `suffixes`. Listings are sorted, so row i of every output belongs to the i-th path
+whatever the file system's order; that order is also what splits work across `torchrun` ranks.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from multigrain.data.images import IMAGE_EXTENSIONS
 from multigrain.runtime.errors import MultiGrainError
+
+#: File name suffixes (lower case) that count as images, unless a reader narrows them.
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+)
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
-def is_image_name(name: str) -> bool:
-    return name.lower().endswith(tuple(ext.lower() for ext in IMAGE_EXTENSIONS))
+def is_image_name(name: str, *, suffixes: tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:
+    """Whether the file name (or path) `name` ends with one of `suffixes`, in any case."""
+    return name.lower().endswith(suffixes)
+
+
+def image_files(
+    folder: str | os.PathLike[str],
+    *,
+    recursive: bool = True,
+    suffixes: tuple[str, ...] = IMAGE_EXTENSIONS,
+) -> list[Path]:
+    """The image files in `folder` (and below it when `recursive`), sorted by path.
+
+    Only files (or links to files) whose name ends with one of `suffixes` (lower case, matched
+    in any case) are kept. Symlinked folders are not followed, so a link cycle cannot trap
+    the walk. An empty list when there is none; MultiGrainError when a folder is unreadable.
+    """
+    return sorted(_walk(Path(folder), recursive=recursive, suffixes=suffixes))
+
+
+def _walk(folder: Path, *, recursive: bool, suffixes: tuple[str, ...]) -> Iterator[Path]:
+    try:
+        with os.scandir(folder) as listing:
+            entries = list(listing)
+    except OSError as error:
+        raise MultiGrainError(f"cannot list {folder}: {error.strerror}") from error
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            if recursive:
+                yield from _walk(Path(entry.path), recursive=True, suffixes=suffixes)
+        elif entry.is_file() and is_image_name(entry.name, suffixes=suffixes):
+            yield Path(entry.path)
 
 
 def list_images(source: str | os.PathLike[str]) -> list[Path]:
     """All image paths under `source`, sorted (a list file keeps its own order).
 
-    - a folder: every file with an image extension below it, recursively (symlinked
-      folders are not followed, so a link cycle cannot trap the walk);
+    - a folder: every image file below it, recursively (:func:`image_files`);
     - a glob pattern (contains `*`, `?` or `[`; `**` recurses): the matching image files;
     - a text file (.txt/.lst/.list): one path per line, relative to the list's folder,
       blank lines and lines starting with '#' ignored, kept even without an image extension.
@@ -40,14 +85,11 @@ def list_images(source: str | os.PathLike[str]) -> list[Path]:
     if not path.exists():
         raise MultiGrainError(f"input {path} does not exist: give a folder, a glob or a list file")
     if path.is_dir():
-        paths = []
-        for folder, dirs, files in os.walk(path, onerror=_raise_walk_error):
-            dirs.sort()
-            paths.extend(Path(folder) / name for name in files if is_image_name(name))
+        paths = image_files(path)
         if not paths:
             extensions = ", ".join(IMAGE_EXTENSIONS)
             raise MultiGrainError(f"no image files ({extensions}) found under {path}")
-        return sorted(paths)
+        return paths
     if path.suffix.lower() in LIST_SUFFIXES:
         return _read_list(path)
     if is_image_name(path.name):
@@ -72,7 +114,3 @@ def _read_list(path: Path) -> list[Path]:
     if not paths:
         raise MultiGrainError(f"the file list {path} names no images")
     return paths
-
-
-def _raise_walk_error(error: OSError) -> None:
-    raise MultiGrainError(f"cannot list {error.filename}: {error.strerror}") from error

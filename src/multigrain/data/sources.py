@@ -13,6 +13,7 @@ from multigrain.data.datasets import (
     WithUnlabelled,
 )
 from multigrain.data.fashion_mnist import FashionMNISTImages
+from multigrain.data.listing import list_images
 from multigrain.runtime.errors import MultiGrainError
 
 
@@ -73,8 +74,6 @@ def open_training_images(
     if limit is not None:
         images = FirstImages(images, limit)
     if unlabelled:
-        from multigrain.data.listing import list_images
-
         images = WithUnlabelled(images, list_images(unlabelled))
     return images
 

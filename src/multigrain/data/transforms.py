@@ -1,7 +1,7 @@
 """Image transforms: the paper's training augmentations and the evaluation resize/crop.
 
 Every random draw comes from torch's global RNG, so a caller that seeds it
-(see :class:`multigrain.data.datasets.AugmentedDataset`) gets a reproducible
+(see :class:`multigrain.data.training_batches.AugmentedDataset`) gets a reproducible
 augmentation.
 """
 

@@ -1,7 +1,8 @@
-"""Evaluation reports people look at: markdown + JSON + an HTML page with a query grid and a plot.
+"""Evaluation reports people look at: markdown + JSON + an HTML page with a query grid and plots.
 
-The HTML page is self-contained (thumbnails and the plot are embedded as data URIs), so the
-report folder can be moved or attached and still opens in any browser, offline.
+The HTML page is self-contained (thumbnails and the plots, drawn by plots.py, are embedded
+as data URIs), so the report folder can be moved or attached and still opens in any
+browser, offline. Markdown is rendered by markdown-it-py (CommonMark and pipe tables).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from markdown_it import MarkdownIt
+from markdown_it.renderer import RendererHTML
+from markdown_it.token import Token
+from markdown_it.utils import EnvType, OptionsDict
 from PIL import Image
 
 from multigrain.data.images import ImageDecodeError, thumbnail_data_uri
-from multigrain.metrics.copy_families import ALL, BreakdownRow
-from multigrain.runtime.atomic import atomic_write_bytes, atomic_write_text
+from multigrain.runtime.atomic import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -42,86 +46,29 @@ def thumbnail_uri(path: Path, size: int = 128) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def plot_breakdown(rows: Sequence[BreakdownRow], path: Path, *, metric: str = "map") -> Path:
-    """Grouped bars: `metric` per transform family (all strengths), one bar per method."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+class _CompactRenderer(RendererHTML):
+    """markdown-it's HTML renderer without the line breaks between block tags."""
 
-    chosen = [r for r in rows if r.strength == ALL and r.family != ALL]
-    families = list(dict.fromkeys(r.family for r in chosen))
-    methods = list(dict.fromkeys(r.method for r in chosen))
-    value = {(r.method, r.family): getattr(r, metric) for r in chosen}
-    figure = Figure(figsize=(max(6.0, 0.9 * len(families) + 4), 4.0))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    width = 0.8 / max(len(methods), 1)
-    for offset, method in enumerate(methods):
-        xs = [i + offset * width for i in range(len(families))]
-        axes.bar(xs, [value.get((method, f), 0.0) for f in families], width, label=method)
-    axes.set_xticks([i + 0.4 - width / 2 for i in range(len(families))], families, rotation=30)
-    axes.set_ylabel(metric)
-    axes.set_ylim(0, 1)
-    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    axes.set_title(f"copy detection: {metric} per transform family")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")  # keep the legend
-    return atomic_write_bytes(path, buffer.getvalue())
+    def renderToken(  # noqa: N802 -- markdown-it's name
+        self, tokens: Sequence[Token], idx: int, options: OptionsDict, env: EnvType
+    ) -> str:
+        return super().renderToken(tokens, idx, options, env).strip("\n")
+
+
+#: CommonMark with pipe tables; raw HTML in the text is escaped, never passed through.
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}, renderer_cls=_CompactRenderer).enable("table")
+#: Tags renamed in our pages: the page's title is the only h1, so headings move one level
+#: down (at most h4); strong text is plain bold.
+_RENAMED = {"h1": "h2", "h2": "h3", "h3": "h4", "h5": "h4", "h6": "h4", "strong": "b"}
 
 
 def markdown_to_html(text: str) -> str:
     """Our reports' markdown (headings, pipe tables, bullets, paragraphs, `code`) as HTML."""
-    out: list[str] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i].strip()
-        if not line:
-            i += 1
-        elif line.startswith("#"):
-            level = min(len(line) - len(line.lstrip("#")) + 1, 4)  # the page's title is h1
-            out.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
-            i += 1
-        elif line.startswith("|"):
-            rows = []
-            while i < len(lines) and lines[i].strip().startswith("|"):
-                cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
-                if not all(set(c) <= set("-: ") for c in cells):  # skip the |---| rule
-                    rows.append(cells)
-                i += 1
-            head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
-            body = "".join(
-                "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>"
-                for row in rows[1:]
-            )
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif line.startswith("- "):
-            items = []
-            while i < len(lines) and lines[i].strip().startswith("- "):
-                items.append(f"<li>{_inline(lines[i].strip()[2:])}</li>")
-                i += 1
-            out.append("<ul>" + "".join(items) + "</ul>")
-        else:
-            paragraph = []
-            while i < len(lines) and lines[i].strip() and lines[i].strip()[0] not in "#|-":
-                paragraph.append(lines[i].strip())
-                i += 1
-            if not paragraph:  # a lone "-" line that is not a bullet
-                paragraph, i = [line], i + 1
-            out.append(f"<p>{_inline(' '.join(paragraph))}</p>")
-    return "\n".join(out)
-
-
-def _inline(text: str) -> str:
-    """Escape, then `code` and **bold**."""
-    parts = html.escape(text).split("`")
-    for k in range(1, len(parts), 2):
-        parts[k] = f"<code>{parts[k]}</code>"
-    joined = "".join(parts)
-    bold = joined.split("**")
-    for k in range(1, len(bold), 2):
-        bold[k] = f"<b>{bold[k]}</b>"
-    return "".join(bold)
+    tokens = _MARKDOWN.parse(text)
+    for token in tokens:
+        for child in [token, *(token.children or [])]:
+            child.tag = _RENAMED.get(child.tag, child.tag)
+    return _MARKDOWN.renderer.render(tokens, _MARKDOWN.options, {})
 
 
 def write_html(

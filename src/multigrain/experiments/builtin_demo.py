@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,114 +20,28 @@ import torch
 
 from multigrain.data.datasets import ImageFolderImages
 from multigrain.data.listing import list_images
-from multigrain.data.sources import DatasetKind
+from multigrain.data.standard import read_disc21
 from multigrain.evaluation.builtin import build_builtin_benchmark
-from multigrain.evaluation.builtin.score import BuiltinResult, score_builtin, write_report
-from multigrain.evaluation.heldout.compare import (
-    compare_with_shipped,
-    comparison_dicts,
-    comparison_markdown,
-)
-from multigrain.evaluation.heldout.scoring import CopyScores
-from multigrain.inference.calibrate import CalibrationResult, grid_search, plot_calibration
+from multigrain.evaluation.builtin.report import write_report
+from multigrain.evaluation.builtin.score import score_builtin
+from multigrain.evaluation.heldout.compare import compare_with_shipped
+from multigrain.evaluation.plots import plot_calibration
+from multigrain.experiments.demo_settings import DemoSettings, demo_train_config
+from multigrain.experiments.demo_summary import DemoSummary, StepSeconds, headline_figures
+from multigrain.inference.calibrate import CalibrationResult, grid_search
 from multigrain.inference.embed import embed_in_memory
 from multigrain.models import MultiGrain
 from multigrain.models.checkpoint import model_from_checkpoint, model_identity
+from multigrain.runtime.precision import resolve_inference_precision
+from multigrain.search.descriptors import EmbeddingMetadata
 from multigrain.search.index import ImageIndex
 from multigrain.search.index_store import load_index, save_index
 from multigrain.search.whitening import Whitening, fit_whitening
-from multigrain.training.config import Precision, Schedule, TrainConfig
 from multigrain.training.loop import train
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATA = Path("data/builtin")
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """What the demo trains and how it tests; the defaults fit ~15 minutes on 2 cores."""
-
-    trunk: str = "resnet18"
-    steps: int = 400
-    batch_size: int = 48
-    train_resolution: int = 128
-    test_resolution: int = 224
-    lr: float = 0.02
-    warmup_epochs: float = 3.0  # without it the first steps blow up (loss 14 at step 10)
-    augmentation: str = "copy"
-    calibration_resolutions: tuple[int, ...] = (128, 160, 224, 288)
-    calibration_exponents: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)
-    whitening_dim: int = 128
-    whitening_shrinkage: float = 0.1
-    seed: int = 0
-    workers: int = 1
-    precision: str = "auto"  # inference: bf16 where the CPU/GPU runs it natively
-
-
-@dataclass
-class DemoSummary:
-    output_dir: str
-    data_root: str
-    steps: int
-    seconds: dict[str, float] = field(default_factory=dict)
-    exponent: float = 3.0
-    index_recall_at_1: float = 0.0
-    headline: dict[str, dict[str, float]] = field(default_factory=dict)
-    # copy detection on photo packages neither model trained on (corpus.compare)
-    heldout_packages: list[dict[str, object]] = field(default_factory=list)
-
-    def to_markdown(self) -> str:
-        methods = list(self.headline)
-        rows = [
-            "| figure | " + " | ".join(methods) + " |",
-            "|---|" + "---|" * len(methods),
-        ]
-        figures = list(dict.fromkeys(f for values in self.headline.values() for f in values))
-        for figure in figures:
-            cells = [
-                f"{self.headline[m][figure]:.3f}" if figure in self.headline[m] else "—"
-                for m in methods
-            ]
-            rows.append(f"| {figure} | " + " | ".join(cells) + " |")
-        timing = ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items())
-        heldout = ""
-        if self.heldout_packages:
-            heldout = (
-                "\n\nCopy detection on photo packages that neither model trained on "
-                "(the shipped model's test packages):\n\n"
-                + comparison_markdown([_scores(row) for row in self.heldout_packages])
-            )
-        return (
-            f"{self.steps} training steps; p* = {self.exponent:g} at the test resolution; "
-            f"FAISS index recall@1 for the copy queries: {self.index_recall_at_1:.3f}\n\n"
-            + "\n".join(rows)
-            + heldout
-            + f"\n\ntime: {timing}"
-        )
-
-
-def _scores(row: dict[str, object]) -> CopyScores:
-    values = {k: v for k, v in row.items() if k != "family_mean"}
-    return CopyScores(**values)  # type: ignore[arg-type]
-
-
-def headline_figures(result: BuiltinResult) -> dict[str, dict[str, float]]:
-    """The figures a newcomer looks at first, per method."""
-    headline: dict[str, dict[str, float]] = {}
-    for row in result.copy_detection:
-        if row.family != "all":
-            continue
-        values = headline.setdefault(row.method, {})
-        values[f"copy mAP ({row.strength})"] = row.map
-        if row.strength == "all":
-            values["copy µAP"] = row.micro_ap
-            values["copy µAP, normalised"] = row.micro_ap_normalised
-    for method, scores in result.instances.items():
-        headline.setdefault(method, {})["instance mAP"] = scores["map"]
-    for method, top1 in result.classification.items():
-        headline.setdefault(method, {})["held-out top-1"] = top1
-    return headline
 
 
 def run_builtin_demo(
@@ -140,19 +53,19 @@ def run_builtin_demo(
 ) -> DemoSummary:
     settings = settings or DemoSettings()
     output_dir.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
+    seconds = StepSeconds()
     target = torch.device(device)
 
     start = time.perf_counter()
     if not (data_root / "manifest.json").exists():
         print(f"building the built-in benchmark in {data_root} ...", flush=True)
         build_builtin_benchmark(data_root, seed=0, overwrite=True)
-    seconds["data"] = time.perf_counter() - start
+    seconds.data = time.perf_counter() - start
 
     start = time.perf_counter()
     print("training ...", flush=True)
-    result = train(_train_config(settings, data_root, output_dir / "train"), resume=True)
-    seconds["train"] = time.perf_counter() - start
+    result = train(demo_train_config(settings, data_root, output_dir / "train"), resume=True)
+    seconds.train = time.perf_counter() - start
     model, classes = model_from_checkpoint(result.checkpoint)
     model = model.to(target).eval()
 
@@ -163,23 +76,26 @@ def run_builtin_demo(
     plot_calibration(calibration, output_dir / "calibration.png")
     exponent = calibration.best[settings.test_resolution]
     model.pool.set_p(exponent)
-    seconds["calibrate"] = time.perf_counter() - start
+    seconds.calibrate = time.perf_counter() - start
 
     start = time.perf_counter()
     whitening = _fit_whitening(model, data_root, settings, target)
     whitening.save(output_dir / "whitening.pt")
-    seconds["whiten"] = time.perf_counter() - start
+    seconds.whiten = time.perf_counter() - start
 
     start = time.perf_counter()
-    recall = _index_and_search(model, data_root, settings, target, output_dir / "index")
-    seconds["index"] = time.perf_counter() - start
+    model_name = model_identity(result.checkpoint)
+    recall = _index_and_search(
+        model, data_root, settings, target, output_dir / "index", model_name=model_name
+    )
+    seconds.index = time.perf_counter() - start
 
     start = time.perf_counter()
     print("evaluating the model, the untrained network and pHash ...", flush=True)
     evaluation, grid = score_builtin(
         model,
         data_root,
-        model_name=model_identity(result.checkpoint),
+        model_name=model_name,
         resolution=settings.test_resolution,
         device=target,
         classes=classes,
@@ -187,7 +103,7 @@ def run_builtin_demo(
         seed=settings.seed,
         precision=settings.precision,
     )
-    seconds["evaluate"] = time.perf_counter() - start
+    seconds.evaluate = time.perf_counter() - start
 
     start = time.perf_counter()
     print("comparing with the shipped model on the held-out photo packages ...", flush=True)
@@ -195,7 +111,7 @@ def run_builtin_demo(
         model, name="this demo's model (p*, whitening)", resolution=settings.test_resolution,
         whitening=whitening, device=target, heldout=data_root.parent / "heldout",
     )  # fmt: skip
-    seconds["heldout"] = time.perf_counter() - start
+    seconds.heldout = time.perf_counter() - start
 
     summary = DemoSummary(
         output_dir=str(output_dir),
@@ -205,7 +121,7 @@ def run_builtin_demo(
         exponent=exponent,
         index_recall_at_1=recall,
         headline=headline_figures(evaluation),
-        heldout_packages=comparison_dicts(heldout),
+        heldout_packages=heldout,
     )
     write_report(
         evaluation,
@@ -214,34 +130,9 @@ def run_builtin_demo(
         calibration=calibration,
         title="multigrain demo: built-in photos",
         summary=summary.to_markdown(),
-        extra=asdict(summary),
+        extra=summary.to_dict(),
     )
     return summary
-
-
-def _train_config(settings: DemoSettings, data_root: Path, output_dir: Path) -> TrainConfig:
-    unlabelled = data_root / "train_unlabelled"
-    return TrainConfig(
-        dataset=DatasetKind.FOLDER,
-        data_root=str(data_root / "train"),
-        unlabelled_root=str(unlabelled) if unlabelled.is_dir() else None,
-        augmentation=settings.augmentation,
-        trunk=settings.trunk,
-        input_size=settings.train_resolution,
-        batch_size=settings.batch_size,
-        num_repeats=3,
-        classification_weight=0.5,
-        max_steps=settings.steps,
-        lr=settings.lr,
-        warmup_epochs=settings.warmup_epochs,
-        schedule=Schedule.COSINE,
-        weight_decay=5e-4,
-        precision=Precision.AUTO,
-        num_workers=settings.workers,
-        seed=settings.seed,
-        output_dir=str(output_dir),
-        checkpoint_every_steps=50,
-    )
 
 
 def _calibrate(
@@ -293,10 +184,10 @@ def _index_and_search(
     settings: DemoSettings,
     device: torch.device,
     folder: Path,
+    *,
+    model_name: str,
 ) -> float:
     """Index the held-out reference photos (FAISS, exact), search the copy queries: recall@1."""
-    from multigrain.data.standard import read_disc21
-
     copies = read_disc21(data_root / "copydetection")
 
     def embed(paths: list[Path]) -> tuple[torch.Tensor, list[str]]:
@@ -307,11 +198,15 @@ def _index_and_search(
         return descriptors, kept
 
     references, kept = embed(copies.references)
-    index = ImageIndex.build(
-        references.numpy(),
-        kept,
-        metadata={"resolution": settings.test_resolution, "exponent": float(model.pool.p)},
+    metadata = EmbeddingMetadata(
+        model=model_name,
+        resolution=settings.test_resolution,
+        exponent=float(model.pool.p),
+        whitened=False,
+        dim=int(references.shape[1]),
+        precision=resolve_inference_precision(settings.precision, device).value,
     )
+    index = ImageIndex.build(references.numpy(), kept, metadata=metadata)
     save_index(index, folder)
     queries, _ = embed(copies.queries)
     found = load_index(folder).search(queries.numpy(), 1)
@@ -322,4 +217,10 @@ def _index_and_search(
     return float(np.mean(hits))
 
 
-__all__ = ["DemoSettings", "DemoSummary", "headline_figures", "run_builtin_demo"]
+__all__ = [
+    "DemoSettings",
+    "DemoSummary",
+    "demo_train_config",
+    "headline_figures",
+    "run_builtin_demo",
+]

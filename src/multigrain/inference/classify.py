@@ -1,4 +1,9 @@
-"""Classify image files at a test resolution s and pooling exponent p (SPEC §4)."""
+"""Classify image files at a test resolution s and pooling exponent p (SPEC §4).
+
+The classifier reads the raw GeM embedding of the one forward path
+(:func:`multigrain.inference.embed.embed_in_memory`, ``normalise=False``): the same
+trunk, pooling and round-off as ``embed`` and the service.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pathlib import Path
 import torch
 
 from multigrain.inference.embed import embed_in_memory
+from multigrain.inference.fast_trunk import Trunk
 from multigrain.models import MultiGrain
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import InferencePrecision
@@ -60,6 +66,7 @@ def classify_images(
     top_k: int = 5,
     device: str | torch.device = "cpu",
     precision: InferencePrecision | str = InferencePrecision.FP32,
+    trunk: Trunk | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
 ) -> list[Prediction]:
@@ -68,8 +75,9 @@ def classify_images(
     ``scores = softmax(logits)[top-k]`` with ``logits = W gem(trunk(image), p) + b``; p is
     ``exponent`` for the call (the model's own exponent when None) and is restored
     afterwards, as is the train/eval mode. The trunk runs at `precision` through the fast
-    inference path (images of one shape batched, see multigrain.inference.embed); pooling and the
-    classifier run in fp32. The model is moved to ``device``.
+    inference path (images of one shape batched, see multigrain.inference.embed), or is
+    `trunk` when given (``fast_trunk_for(model, ...)``, reused across calls); pooling and
+    the classifier run in fp32. The model is moved to ``device``.
 
     Returns:
         One :class:`Prediction` per path, in order; ``min(top_k, K)`` classes each.
@@ -93,7 +101,7 @@ def classify_images(
             embeddings, kept, failures = embed_in_memory(
                 model, [Path(p) for p in paths], resolution=resolution, device=device,
                 batch_size=batch_size, num_workers=num_workers, precision=precision,
-                normalise=False,
+                trunk=trunk, normalise=False,
             )  # fmt: skip
             if failures:
                 raise MultiGrainError(f"cannot read image {failures[0].path}: {failures[0].reason}")

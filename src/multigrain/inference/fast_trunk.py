@@ -1,5 +1,7 @@
 """The fast inference path: a frozen copy of a model's trunk, ready to run on a device.
 
+:func:`fast_trunk_for` is the one way to build it (float precisions here, int8 through
+onnxruntime in int8.py); :func:`multigrain.inference.embed.embed_batch` runs it.
 :func:`inference_trunk` copies ``model.features`` and, for inference only,
 
 - folds every batch norm into the convolution before it: in eval mode
@@ -20,14 +22,25 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
+from PIL import Image
 from torch import nn
 
+from multigrain.data.images import DEFAULT_MAX_PIXELS
+from multigrain.data.inference_loading import DecodedImages
+from multigrain.data.resize import normalise
+from multigrain.inference.int8 import int8_trunk
 from multigrain.models import MultiGrain
-from multigrain.runtime.precision import InferencePrecision, compute_dtype
+from multigrain.runtime.precision import (
+    InferencePrecision,
+    compute_dtype,
+    resolve_inference_precision,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +90,7 @@ def inference_trunk(
     """A folded, channels-last copy of ``model.features`` in `precision` (bf16, fp16 or fp32).
 
     `precision` must be resolved (``resolve_inference_precision``); int8 is built by
-    ``multigrain.inference.int8.int8_trunk`` instead. The model itself is left unchanged.
+    :func:`fast_trunk_for` instead. The model itself is left unchanged.
     """
     module = fold_batch_norm(model.features)
     module = module.to(device=device, dtype=compute_dtype(precision))
@@ -92,3 +105,33 @@ def embed_features(model: MultiGrain, features: torch.Tensor) -> torch.Tensor:
     """(B, C, h, w) trunk output -> (B, C) float32 raw GeM embedding, on the model's device."""
     device = model.pool.p.device
     return model.pool(features.to(device)).float()
+
+
+def fast_trunk_for(
+    model: MultiGrain,
+    precision: InferencePrecision | str,
+    *,
+    device: torch.device,
+    calibration_paths: Sequence[Path] = (),
+    resolution: int = 224,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    adjust: Callable[[int, Image.Image], Image.Image] | None = None,
+    calibration_images: int = 32,
+) -> Trunk:
+    """The fast trunk that runs ``model.features`` at `precision` (resolved on `device`).
+
+    bf16/fp16/fp32: :func:`inference_trunk`. int8: the folded trunk quantised by
+    onnxruntime, calibrated on up to `calibration_images` of `calibration_paths`, spread
+    evenly over them and decoded at `resolution` exactly as they will be embedded.
+    """
+    used = resolve_inference_precision(precision, device)
+    if used is not InferencePrecision.INT8:
+        return inference_trunk(model, precision=used, device=device)
+    step = max(1, len(calibration_paths) // calibration_images)
+    decoded = DecodedImages(list(calibration_paths), resolution, max_pixels, adjust)
+    calibration = []
+    for index in range(0, len(calibration_paths), step)[:calibration_images]:
+        image = decoded[index][1]
+        if image is not None:
+            calibration.append(normalise(image[None]))
+    return int8_trunk(fold_batch_norm(model.features), calibration)

@@ -1,6 +1,7 @@
 """int8 inference of a trunk with onnxruntime: static quantisation calibrated on images.
 
-The trunk (``model.features``, dynamic batch/height/width) is exported to ONNX, quantised
+The trunk (``model.features`` with its batch norms folded, dynamic batch/height/width;
+built by ``fast_trunk.fast_trunk_for``) is exported to ONNX, quantised
 with ``onnxruntime.quantization.quantize_static`` -- weights int8 per output channel,
 activations uint8 with ranges from the min/max seen on the calibration images (QDQ
 format) -- and run by onnxruntime's CPU provider, which uses VNNI int8 dot products where
@@ -13,6 +14,7 @@ benchmarks/quality_guard.py; int8 is therefore opt-in (``--precision int8``).
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import time
@@ -23,9 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from multigrain.inference.fast_trunk import fold_batch_norm
-from multigrain.models import MultiGrain
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import InferencePrecision
 
@@ -63,12 +64,13 @@ class _Calibration:
 
 
 def int8_trunk(
-    model: MultiGrain, calibration: Sequence[torch.Tensor], *, threads: int | None = None
+    trunk: nn.Module, calibration: Sequence[torch.Tensor], *, threads: int | None = None
 ) -> OnnxInt8Trunk:
-    """Quantise ``model.features`` to int8, calibrated on `calibration` images.
+    """Quantise a trunk (e.g. ``fold_batch_norm(model.features)``) to int8, calibrated on
+    `calibration` images.
 
     Args:
-        model: the model (its trunk is copied; the model is unchanged).
+        trunk: (B, 3, H, W) -> (B, C, h, w) module, in eval mode (left unchanged).
         calibration: normalised images, each (1, 3, H, W) float32 (shapes may differ).
         threads: onnxruntime intra-op threads (default: torch's thread count).
 
@@ -85,7 +87,7 @@ def int8_trunk(
     if not calibration:
         raise MultiGrainError("int8 quantisation needs at least one calibration image")
     started = time.perf_counter()
-    trunk = fold_batch_norm(model.features).float().cpu()
+    trunk = copy.deepcopy(trunk).float().cpu()
     with tempfile.TemporaryDirectory(prefix="multigrain-int8-") as tmp:
         plain, quantised = Path(tmp) / "trunk.onnx", Path(tmp) / "trunk.int8.onnx"
         with torch.no_grad(), warnings.catch_warnings():

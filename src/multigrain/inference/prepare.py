@@ -18,6 +18,8 @@ import torch
 from multigrain.inference.bundle import Bundle, default_bundle, is_bundle, load_bundle
 from multigrain.models import MultiGrain
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.precision import InferencePrecision
+from multigrain.search.descriptors import EmbeddingMetadata
 from multigrain.search.whitening import Whitening
 
 DEFAULT_RESOLUTION = 500  # for a bare checkpoint: the paper's s*
@@ -57,6 +59,19 @@ class PreparedModel:
             and (self.whitening is not None) == threshold.whitened
         )
         return threshold.score if same else None
+
+    def embedding_metadata(self, precision: InferencePrecision) -> EmbeddingMetadata:
+        """What descriptors made by this model at `precision` (the one that ran) record."""
+        return EmbeddingMetadata(
+            model=self.identity,
+            resolution=self.resolution,
+            exponent=float(self.model.pool.p),
+            whitened=self.whitening is not None,
+            dim=self.whitening.output_dim if self.whitening else self.model.embedding_dim,
+            precision=precision.value,
+            bundle=self.source,
+            threshold=self.threshold,
+        )
 
 
 def calibration_path(checkpoint: Path) -> Path:

@@ -29,34 +29,10 @@ import numpy as np
 from multigrain.runtime.atomic import atomic_write, atomic_write_text
 from multigrain.runtime.errors import MultiGrainError
 
-FORMAT_VERSION = 1
+# EmbeddingMetadata lives on the search floor (an index holds it too); still importable here
+from multigrain.search.descriptors import EmbeddingMetadata
+
 SHARD_FOLDER = "shards"
-
-
-@dataclass(frozen=True)
-class EmbeddingMetadata:
-    model: str  # identity of the weights: file name and content hash
-    resolution: int  # s: longest image side
-    exponent: float  # p*: GeM exponent used
-    whitened: bool
-    dim: int
-    precision: str
-    format_version: int = FORMAT_VERSION
-    bundle: str | None = None  # the model bundle folder the settings came from, if any
-    threshold: float | None = None  # the bundle's 90 %-precision score at these settings
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> EmbeddingMetadata:
-        values = json.loads(text)
-        if values.get("format_version", 0) > FORMAT_VERSION:
-            raise MultiGrainError(
-                f"embeddings written by a newer multigrain (format {values['format_version']})"
-                ": upgrade multigrain"
-            )
-        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ reference it was made from, every subset of queries (one family at one strength,
 family, a whole strength, everything) gets
 
 - mAP: each query has exactly one positive, so AP = 1 / rank of its reference (ties count
-  against the query, see `metrics.rank_of_match`);
+  against the query, see `metrics.retrieval.rank_of_match`);
 - µAP: over the global list of each query's `neighbours` best (query, reference, score)
-  predictions, as in DISC21 (`metrics.micro_average_precision`);
+  predictions, as in DISC21 (`metrics.copy_detection.micro_average_precision`);
 - µAP after score normalisation, when per-query offsets are given: each query's scores
   minus beta x its similarity to a background set (SSCD), so that one threshold means
   the same for every query (`score_norm.background_similarity`).
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from multigrain.metrics import micro_average_precision, rank_of_match, single_positive_map
+from multigrain.metrics.copy_detection import micro_average_precision
+from multigrain.metrics.retrieval import rank_of_match, single_positive_map
 
 ALL = "all"
 

@@ -7,12 +7,14 @@ models (`model_state` with `features.*`, `pool.p`, `classifier.*`), so either lo
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from multigrain.models.multigrain import MultiGrain
 from multigrain.runtime.atomic import atomic_write
 from multigrain.runtime.errors import MultiGrainError
 
@@ -57,10 +59,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str = "cpu") 
 
 def model_from_checkpoint(
     path: str | os.PathLike[str], *, map_location: str = "cpu"
-) -> tuple[Any, list[str]]:
+) -> tuple[MultiGrain, list[str]]:
     """Rebuild the MultiGrain model a multigrain checkpoint describes -> (model, class names)."""
-    from multigrain.models import MultiGrain
-
     state = load_checkpoint(path, map_location=map_location)
     architecture = state.get("architecture")
     if not isinstance(architecture, dict):
@@ -77,8 +77,6 @@ def model_from_checkpoint(
 
 def model_identity(path: str | os.PathLike[str]) -> str:
     """'<file name>@sha256:<first 16 hex digits>' of a weights file: what made a descriptor."""
-    import hashlib
-
     path = Path(path)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

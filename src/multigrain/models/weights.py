@@ -12,7 +12,9 @@ Three file layouts are understood (:class:`WeightsFormat`), all read with
   exactly torchvision's logits.
 
 The trunk depth (ResNet-18 ... 152), the stem (``small_input``) and the number of classes
-are read off the tensor names and shapes, so no architecture needs to be given.
+are read off the tensor names and shapes (:mod:`multigrain.models.state_architecture`), so no
+architecture needs to be given; the conversion of each layout to our tensor names is in
+:mod:`multigrain.models.weight_formats`.
 """
 
 from __future__ import annotations
@@ -30,21 +32,18 @@ import torch
 from torch import Tensor
 from torchvision.models import ResNet50_Weights
 
-from multigrain.models import MultiGrain, TrunkName
-from multigrain.models.checkpoint import FORMAT_VERSION
+from multigrain.models.multigrain import MultiGrain
+from multigrain.models.state_architecture import architecture_of
+from multigrain.models.weight_formats import (
+    from_authors,
+    from_multigrain,
+    from_torchvision,
+    strip_module_prefix,
+)
 from multigrain.runtime.errors import MultiGrainError
 
 logger = logging.getLogger(__name__)
 
-# (blocks in layer1..layer4, bottleneck blocks?) -> trunk
-_RESNET_LAYOUTS: dict[tuple[tuple[int, int, int, int], bool], TrunkName] = {
-    ((2, 2, 2, 2), False): TrunkName.resnet18,
-    ((3, 4, 6, 3), False): TrunkName.resnet34,
-    ((3, 4, 6, 3), True): TrunkName.resnet50,
-    ((3, 4, 23, 3), True): TrunkName.resnet101,
-    ((3, 8, 36, 3), True): TrunkName.resnet152,
-}
-_BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 _SHOWN_KEYS = 5  # how many missing / unexpected keys an error message lists
 
 
@@ -97,19 +96,14 @@ def load_model(
     architecture: dict[str, Any] = {}
     classes: list[str] = []
     if source_format is WeightsFormat.MULTIGRAIN:
-        state, architecture, classes = _from_multigrain(path, raw)
+        state, architecture, classes = from_multigrain(path, raw)
     elif source_format is WeightsFormat.AUTHORS:
-        state = _from_authors(path, raw, pooling_exponent)
+        state = from_authors(path, raw, pooling_exponent)
     else:
-        state = _from_torchvision(path, raw, 1.0 if pooling_exponent is None else pooling_exponent)
+        state = from_torchvision(path, raw, 1.0 if pooling_exponent is None else pooling_exponent)
 
     if not architecture:
-        architecture = {
-            "trunk": _infer_trunk(path, state),
-            "num_classes": _num_classes(path, state),
-            "pooling_exponent": float(state["pool.p"]),
-            "small_input": _is_small_input(state),
-        }
+        architecture = architecture_of(path, state)
     try:
         model = MultiGrain(**architecture)
     except TypeError as error:
@@ -140,9 +134,6 @@ def load_model(
         float(model.pool.p),
     )
     return LoadedModel(model=model, classes=classes, source_format=source_format, path=path)
-
-
-# --------------------------------------------------------------------------- reading
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -178,7 +169,7 @@ def _read(path: Path) -> dict[str, Any]:
 def _detect_format(path: Path, raw: dict[str, Any]) -> WeightsFormat:
     if "model_state" in raw:
         return WeightsFormat.MULTIGRAIN if "architecture" in raw else WeightsFormat.AUTHORS
-    keys = set(_strip_module_prefix(raw))
+    keys = set(strip_module_prefix(raw))
     if "conv1.weight" in keys and all(isinstance(v, Tensor) for v in raw.values()):
         return WeightsFormat.TORCHVISION
     shown = ", ".join(sorted(map(str, raw))[:_SHOWN_KEYS])
@@ -187,143 +178,6 @@ def _detect_format(path: Path, raw: dict[str, Any]) -> WeightsFormat:
         "multigrain or MultiGrain-authors checkpoint ('model_state') or a torchvision ResNet "
         "state dict ('conv1.weight' ... 'fc.bias'); pass format= if it is one of these"
     )
-
-
-def _strip_module_prefix(state: dict[str, Any]) -> dict[str, Any]:
-    """Drop the ``module.`` prefix DataParallel/DDP add to every key, if present."""
-    if state and all(str(key).startswith("module.") for key in state):
-        logger.info("stripping the 'module.' prefix (a DataParallel/DDP state dict)")
-        return {str(key)[len("module.") :]: value for key, value in state.items()}
-    return state
-
-
-def _model_state(path: Path, raw: dict[str, Any]) -> dict[str, Tensor]:
-    state = raw.get("model_state")
-    if not isinstance(state, dict):
-        raise MultiGrainError(
-            f"weights file {path} has no 'model_state' dict: pass format='torchvision' for a "
-            "plain state dict"
-        )
-    return _strip_module_prefix(state)
-
-
-def _from_multigrain(
-    path: Path, raw: dict[str, Any]
-) -> tuple[dict[str, Tensor], dict[str, Any], list[str]]:
-    version = raw.get("format_version", FORMAT_VERSION)
-    if version > FORMAT_VERSION:
-        raise MultiGrainError(
-            f"checkpoint {path} has format version {version}, newer than this multigrain "
-            f"({FORMAT_VERSION}): upgrade multigrain"
-        )
-    architecture = raw.get("architecture")
-    if not isinstance(architecture, dict):
-        raise MultiGrainError(
-            f"checkpoint {path} does not record its architecture: pass format='authors' if it "
-            "is one of the MultiGrain authors' released models"
-        )
-    classes = [str(name) for name in raw.get("classes", [])]
-    return _model_state(path, raw), dict(architecture), classes
-
-
-def _from_authors(
-    path: Path, raw: dict[str, Any], pooling_exponent: float | None
-) -> dict[str, Tensor]:
-    state = dict(_model_state(path, raw))
-    if "pool.p" in state:
-        state["pool.p"] = state["pool.p"].detach().float().reshape(())
-    elif pooling_exponent is not None:
-        state["pool.p"] = torch.tensor(float(pooling_exponent))
-    else:
-        raise MultiGrainError(
-            f"weights file {path} has no 'pool.p' (GeM exponent): pass pooling_exponent"
-        )
-    return _fold_constant_input(path, state)
-
-
-def _fold_constant_input(path: Path, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Fold a classifier input column that multiplies a constant 1 into the bias.
-
-    The authors' whitened models have a classifier over D + 1 inputs (2049 for
-    ResNet-50). We assume the extra input is a constant 1 appended to the embedding
-    (homogeneous coordinates), so ``W [e; 1] + b = W[:, :D] e + (b + W[:, D])``. This is an
-    assumption about the released files, not something they record.
-    """
-    weight = state.get("classifier.weight")
-    if weight is None or "features.layer4.0.conv1.weight" not in state:
-        return state  # the key check reports what is missing
-    embedding_dim = _embedding_dim(state)
-    if weight.dim() == 2 and weight.shape[1] == embedding_dim + 1:
-        logger.warning(
-            "%s: classifier takes %d inputs for a %d-d embedding; folding the last input "
-            "column into the bias, assuming that input is a constant 1",
-            path,
-            weight.shape[1],
-            embedding_dim,
-        )
-        bias = state.get("classifier.bias", torch.zeros(weight.shape[0], dtype=weight.dtype))
-        state["classifier.bias"] = bias + weight[:, embedding_dim]
-        state["classifier.weight"] = weight[:, :embedding_dim].contiguous()
-    return state
-
-
-def _from_torchvision(
-    path: Path, raw: dict[str, Any], pooling_exponent: float
-) -> dict[str, Tensor]:
-    if "model_state" in raw:
-        raise MultiGrainError(
-            f"weights file {path} has a 'model_state' entry, so it is not a plain torchvision "
-            "state dict: leave format unset"
-        )
-    state: dict[str, Tensor] = {}
-    for key, value in _strip_module_prefix(raw).items():
-        name = f"classifier.{key[3:]}" if key.startswith("fc.") else f"features.{key}"
-        state[name] = value
-    state["pool.p"] = torch.tensor(float(pooling_exponent))
-    return state
-
-
-# --------------------------------------------------------------------------- inference
-
-
-def _infer_trunk(path: Path, state: dict[str, Tensor]) -> TrunkName:
-    """ResNet depth from the number of blocks per stage and the block type."""
-    blocks: dict[int, set[int]] = {stage: set() for stage in range(1, 5)}
-    for key in state:
-        match = _BLOCK_KEY.match(key.removeprefix("features."))
-        if match:
-            blocks[int(match.group(1))].add(int(match.group(2)))
-    counts = (len(blocks[1]), len(blocks[2]), len(blocks[3]), len(blocks[4]))
-    bottleneck = "features.layer1.0.conv3.weight" in state
-    trunk = _RESNET_LAYOUTS.get((counts, bottleneck))
-    if trunk is None:
-        kind = "bottleneck" if bottleneck else "basic"
-        supported = ", ".join(t.value for t in _RESNET_LAYOUTS.values())
-        raise MultiGrainError(
-            f"cannot infer the ResNet of weights file {path}: {kind} blocks per stage "
-            f"{counts} match none of {supported}; is it a ResNet checkpoint?"
-        )
-    return trunk
-
-
-def _embedding_dim(state: dict[str, Tensor]) -> int:
-    last = "conv3" if "features.layer4.0.conv3.weight" in state else "conv2"
-    return int(state[f"features.layer4.0.{last}.weight"].shape[0])
-
-
-def _num_classes(path: Path, state: dict[str, Tensor]) -> int:
-    weight = state.get("classifier.weight")
-    if weight is None or weight.dim() != 2:
-        raise MultiGrainError(
-            f"weights file {path} has no 2-d classifier weight ('classifier.weight' or "
-            "torchvision's 'fc.weight'): it is not a complete classification model"
-        )
-    return int(weight.shape[0])
-
-
-def _is_small_input(state: dict[str, Tensor]) -> bool:
-    stem = state.get("features.conv1.weight")
-    return stem is not None and tuple(stem.shape[-2:]) == (3, 3)
 
 
 def _check_keys(

@@ -1,8 +1,8 @@
 """Near-duplicate groups: every pair scoring above a threshold, then connected components.
 
 Pairs come from a range search (exact with a Flat index); groups are the connected
-components of the "scores above threshold" graph, so a ~ b and b ~ c put a, b, c in one
-group even when a and c score below the threshold.
+components (scipy.sparse.csgraph) of the "scores above threshold" graph, so a ~ b and
+b ~ c put a, b, c in one group even when a and c score below the threshold.
 """
 
 from __future__ import annotations
@@ -15,68 +15,37 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import faiss
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from multigrain.data.images import ImageDecodeError, thumbnail_data_uri
 from multigrain.runtime.atomic import atomic_write_text
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.search import refine
 from multigrain.search.index import ImageIndex
 
 
-class UnionFind:
-    """Disjoint sets over 0..n-1 with path halving and union by size."""
-
-    def __init__(self, size: int) -> None:
-        self.parent = list(range(size))
-        self.size = [1] * size
-
-    def find(self, item: int) -> int:
-        while self.parent[item] != item:
-            self.parent[item] = self.parent[self.parent[item]]
-            item = self.parent[item]
-        return item
-
-    def union(self, a: int, b: int) -> None:
-        root_a, root_b = self.find(a), self.find(b)
-        if root_a == root_b:
-            return
-        if self.size[root_a] < self.size[root_b]:
-            root_a, root_b = root_b, root_a
-        self.parent[root_b] = root_a
-        self.size[root_a] += self.size[root_b]
-
-
-def connected_components(size: int, pairs: np.ndarray) -> np.ndarray:
-    """pairs (P, 2) of node indices -> (size,) component label per node (union-find)."""
-    forest = UnionFind(size)
-    for a, b in np.asarray(pairs, dtype=np.int64).reshape(-1, 2).tolist():
-        forest.union(a, b)
-    return np.array([forest.find(i) for i in range(size)], dtype=np.int64)
-
-
-def _components(size: int, pairs: np.ndarray) -> np.ndarray:
-    try:
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components as scipy_components
-    except ImportError:
-        return connected_components(size, pairs)
+def component_labels(size: int, pairs: np.ndarray) -> np.ndarray:
+    """pairs (P, 2) of node indices -> (size,) label of each node's connected component."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(size, size))
-    return np.asarray(scipy_components(graph, directed=False)[1], dtype=np.int64)
+    _, labels = connected_components(graph, directed=False)
+    return np.asarray(labels, dtype=np.int64)
 
 
 def _neighbour_rows(index: ImageIndex, threshold: float) -> list[np.ndarray]:
-    """For each stored row, the rows of the images scoring above `threshold` with it."""
-    if index.whitening_projection is None:
-        hits = index.range_search(index.descriptors, threshold)
-        return [index._rows(ids) for ids, _ in hits]
-    # The stored descriptors are already whitened and the faiss index would whiten them
-    # again, so compare them exactly with a plain Flat index whose ids are the rows.
-    flat = faiss.IndexFlatIP(index.descriptors.shape[1])
-    flat.add(index.descriptors)
-    limits, _, rows = flat.range_search(index.descriptors, float(threshold))
-    return [rows[limits[q] : limits[q + 1]].astype(np.int64) for q in range(len(index.paths))]
+    """For each stored row, the rows of the images scoring above `threshold` with it.
+
+    The stored descriptors are already prepared (whitened if the index whitens), so they
+    are searched in the faiss part directly: in the base index, or, for a whitened index,
+    exactly in the stored copy (as before the whitening moved out of faiss).
+    """
+    stored = refine.stored_vectors(index.faiss_index)
+    hits = refine.range_search(
+        index.faiss_index, stored, threshold, exact=index.whitening is not None
+    )
+    return [rows for rows, _ in hits]
 
 
 def find_duplicate_groups(
@@ -105,7 +74,7 @@ def find_duplicate_groups(
     ]
     edges = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
     edges = edges[edges[:, 0] != edges[:, 1]]
-    labels = _components(len(index.paths), edges)
+    labels = component_labels(len(index.paths), edges)
     groups: dict[int, list[str]] = {}
     for row, label in enumerate(labels.tolist()):
         groups.setdefault(label, []).append(index.paths[row])

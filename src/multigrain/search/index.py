@@ -1,19 +1,18 @@
 """Nearest-neighbour search over MultiGrain descriptors with faiss (inner product = cosine).
 
-An :class:`ImageIndex` holds three things that always agree:
+An :class:`ImageIndex` holds things that always agree, row for row:
 
-* a faiss index built from a factory string ("Flat", "IVF1024,PQ32", "HNSW32", ...), with
-  an optional whitening pre-transform ``x -> normalise((x - mean) @ P)``;
-* one stable int64 id per image (ids are never reused, so a saved id stays meaningful);
-* the prepared (whitened if asked, float32) descriptors, sorted by id, for exact re-ranking
-  of a compressed index's shortlist, and the image paths.
+* the faiss part (:mod:`multigrain.search.refine`): an index built from a factory string
+  ("Flat", "IVF1024,PQ32", "HNSW32", ...) inside an ``IndexRefineFlat`` whose exact float32
+  copy of every vector re-ranks a compressed index's shortlist; faiss labels are rows;
+* one stable int64 id per image, ascending with the rows (ids are never reused, so a saved
+  id stays meaningful), the image paths and the times they were added;
+* an optional :class:`~multigrain.search.whitening.Whitening` applied to every descriptor
+  before faiss sees it (the faiss part only ever holds prepared vectors), and the
+  :class:`~multigrain.search.descriptors.EmbeddingMetadata` of the indexed descriptors.
 
-Ids: IVF indexes take ``add_with_ids`` natively and remove by id. Everything else is wrapped
-in ``IndexIDMap2``, whose ``remove_ids`` is only correct for indexes that renumber their
-vectors on removal like ``IndexFlat`` does -- that is why IVF is *not* wrapped. HNSW cannot
-remove vectors at all: :meth:`ImageIndex.remove` says so instead of corrupting the graph.
-
-Persistence lives in :mod:`multigrain.search.index_store`.
+HNSW cannot remove vectors: :meth:`ImageIndex.remove` says so instead of corrupting the
+graph. Persistence lives in :mod:`multigrain.search.index_store`.
 """
 
 from __future__ import annotations
@@ -26,14 +25,14 @@ from typing import Any
 
 import faiss
 import numpy as np
+import torch
 
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.search import refine
+from multigrain.search.descriptors import EmbeddingMetadata
 from multigrain.search.whitening import Whitening
 
 logger = logging.getLogger(__name__)
-
-NATIVE_IDS = "native"
-IDMAP2 = "idmap2"
 
 
 @dataclass(frozen=True)
@@ -49,17 +48,14 @@ class SearchResult:
 class ImageIndex:
     """Use :meth:`build` or :func:`~multigrain.search.index_store.load_index`, not `__init__`."""
 
-    faiss_index: Any
+    faiss_index: Any  # faiss.IndexRefineFlat over the factory's index; labels = rows
     factory: str
     dim: int  # dimension of the descriptors given to add/search (before whitening)
-    id_mapping: str  # NATIVE_IDS or IDMAP2
-    ids: np.ndarray  # (N,) int64, ascending
-    descriptors: np.ndarray  # (N, d) float32 prepared descriptors, row i <-> ids[i]
+    ids: np.ndarray  # (N,) int64, ascending; row i <-> faiss label i
     paths: list[str]
     added_at: np.ndarray  # (N,) float64 unix times
-    metadata: dict[str, Any] = field(default_factory=dict)
-    whitening_mean: np.ndarray | None = None  # (D,) float64
-    whitening_projection: np.ndarray | None = None  # (D, d) float64
+    metadata: EmbeddingMetadata | None = None
+    whitening: Whitening | None = None
     next_id: int = 0
     _row_of_path: dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -75,7 +71,7 @@ class ImageIndex:
         *,
         factory: str = "Flat",
         whitening: Whitening | None = None,
-        metadata: dict[str, Any] | None = None,
+        metadata: EmbeddingMetadata | None = None,
         train_size: int = 100_000,
         seed: int = 0,
     ) -> ImageIndex:
@@ -85,10 +81,9 @@ class ImageIndex:
             descriptors: (N, D) float32 L2-normalised descriptors.
             paths: N distinct image paths.
             factory: faiss index_factory string, metric inner product.
-            whitening: applied inside faiss as a pre-transform (``LinearTransform`` with
-                A = P^T, b = -mean @ P, then L2 normalisation); pass it only for descriptors
-                that are not whitened yet.
-            metadata: model identity, s, p, whitened, ... stored with the index.
+            whitening: applied to every descriptor added or searched (``Whitening.apply``:
+                whiten, then L2-normalise); pass it only for descriptors not whitened yet.
+            metadata: how the descriptors were made (model identity, s, p, whitened, ...).
             train_size: IVF/PQ/OPQ are trained on at most this many rows, drawn with `seed`.
         """
         x = _as_matrix(descriptors, None)
@@ -106,7 +101,7 @@ class ImageIndex:
         *,
         factory: str = "Flat",
         whitening: Whitening | None = None,
-        metadata: dict[str, Any] | None = None,
+        metadata: EmbeddingMetadata | None = None,
         train_size: int = 100_000,
         seed: int = 0,
     ) -> ImageIndex:
@@ -114,52 +109,28 @@ class ImageIndex:
         (N, D) `descriptors` (drawn with `seed`); arguments as in :meth:`build`."""
         x = _as_matrix(descriptors, None)
         dim = x.shape[1]
-        mean = projection = None
-        if whitening is not None:
-            if whitening.input_dim != dim:
-                raise MultiGrainError(
-                    f"the whitening takes {whitening.input_dim}-d descriptors, got {dim}-d: "
-                    "use the whitening fitted for this model"
-                )
-            mean = whitening.mean.cpu().numpy().astype(np.float64)
-            projection = whitening.projection.cpu().numpy().astype(np.float64)
-        inner_dim = dim if projection is None else projection.shape[1]
-        try:
-            base = faiss.index_factory(inner_dim, factory, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as error:
+        if whitening is not None and whitening.input_dim != dim:
             raise MultiGrainError(
-                f"invalid faiss factory string {factory!r}: try 'Flat', 'IVF1024,Flat', "
-                "'IVF1024,PQ32', 'OPQ32,IVF1024,PQ32' or 'HNSW32'"
-            ) from error
-        _skip_polysemous_training(base)
-        index = base
-        if projection is not None:
-            assert mean is not None
-            index = faiss.IndexPreTransform(base)
-            index.prepend_transform(faiss.NormalizationTransform(inner_dim, 2.0))
-            index.prepend_transform(_linear_transform(mean, projection))
-        native = faiss.try_extract_index_ivf(base) is not None
-        if not native:
-            index = faiss.IndexIDMap2(index)
-        if not index.is_trained:
-            rng = np.random.default_rng(seed)
+                f"the whitening takes {whitening.input_dim}-d descriptors, got {dim}-d: "
+                "use the whitening fitted for this model"
+            )
+        base = refine.new_base_index(dim if whitening is None else whitening.output_dim, factory)
+        if not base.is_trained:
             sample = x
             if x.shape[0] > train_size:
+                rng = np.random.default_rng(seed)
                 sample = x[np.sort(rng.choice(x.shape[0], train_size, replace=False))]
             logger.info("training %s on %d descriptors", factory, sample.shape[0])
-            index.train(np.ascontiguousarray(sample))
+            base.train(_prepared(sample, whitening))
         return cls(
-            faiss_index=index,
+            faiss_index=refine.refined(base),
             factory=factory,
             dim=dim,
-            id_mapping=NATIVE_IDS if native else IDMAP2,
             ids=np.zeros(0, dtype=np.int64),
-            descriptors=np.zeros((0, inner_dim), dtype=np.float32),
             paths=[],
             added_at=np.zeros(0, dtype=np.float64),
-            metadata=dict(metadata or {}),
-            whitening_mean=mean,
-            whitening_projection=projection,
+            metadata=metadata,
+            whitening=whitening,
         )
 
     # ------------------------------------------------------------------ contents
@@ -170,15 +141,14 @@ class ImageIndex:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def descriptors(self) -> np.ndarray:
+        """(N, d) float32 copy of the stored prepared descriptors, row i <-> ids[i]."""
+        return refine.stored_vectors(self.faiss_index).copy()
+
     def prepare(self, descriptors: np.ndarray) -> np.ndarray:
         """(N, D) -> (N, d) float32: the vectors faiss stores (whitened + normalised if asked)."""
-        x = _as_matrix(descriptors, self.dim)
-        if self.whitening_projection is None:
-            return x
-        assert self.whitening_mean is not None
-        y = (x.astype(np.float64) - self.whitening_mean) @ self.whitening_projection
-        norms = np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
-        return (y / norms).astype(np.float32)
+        return _prepared(_as_matrix(descriptors, self.dim), self.whitening)
 
     def add(self, descriptors: np.ndarray, paths: Sequence[str]) -> np.ndarray:
         """Add (N, D) descriptors for N new paths; returns their (N,) int64 ids."""
@@ -195,10 +165,9 @@ class ImageIndex:
                 "remove them first to replace their descriptors"
             )
         ids = np.arange(self.next_id, self.next_id + x.shape[0], dtype=np.int64)
-        self.faiss_index.add_with_ids(x, ids)
+        self.faiss_index.add(_prepared(x, self.whitening))
         start = len(self.paths)
         self.ids = np.concatenate([self.ids, ids])
-        self.descriptors = np.concatenate([self.descriptors, self.prepare(x)])
         self.paths.extend(paths)
         self.added_at = np.concatenate([self.added_at, np.full(len(paths), time.time())])
         self._row_of_path.update({p: start + i for i, p in enumerate(paths)})
@@ -220,7 +189,7 @@ class ImageIndex:
             ids = self.ids_of([str(item) for item in items])
         else:
             ids = np.asarray(items, dtype=np.int64)
-        if self.id_mapping == IDMAP2 and _is_hnsw(self.faiss_index):
+        if refine.is_hnsw(self.faiss_index):
             raise MultiGrainError(
                 f"a {self.factory} (HNSW) index cannot remove images: rebuild it without them, "
                 "or use a Flat or IVF factory if you need to remove images"
@@ -228,17 +197,10 @@ class ImageIndex:
         rows = self._rows(ids)
         if np.any(rows < 0):
             raise MultiGrainError(f"id {int(ids[rows < 0][0])} is not in the index")
-        try:
-            removed = int(self.faiss_index.remove_ids(faiss.IDSelectorBatch(ids)))
-        except RuntimeError as error:  # faiss checks support before changing anything
-            raise MultiGrainError(
-                f"a {self.factory} index cannot remove images: rebuild it without them, "
-                "or use a Flat or IVF factory"
-            ) from error
+        removed = refine.remove_rows(self.faiss_index, np.unique(rows), self.factory)
         keep = np.ones(len(self.paths), dtype=bool)
         keep[rows] = False
-        self.ids, self.descriptors = self.ids[keep], self.descriptors[keep]
-        self.added_at = self.added_at[keep]
+        self.ids, self.added_at = self.ids[keep], self.added_at[keep]
         self.paths = [p for p, k in zip(self.paths, keep, strict=True) if k]
         self.__post_init__()
         assert removed == int(keep.size - keep.sum()) and self.ntotal == len(self.paths)
@@ -269,35 +231,29 @@ class ImageIndex:
     ) -> SearchResult:
         """queries (Q, D) -> the k best images each.
 
-        With ``rerank``, faiss returns ``rerank_factor * k`` candidates whose scores are then
-        recomputed exactly from the stored float32 descriptors (undoes PQ quantisation error).
+        With ``rerank``, faiss takes ``rerank_factor * k`` candidates from the base index and
+        rescores them exactly from the stored float32 copy (undoes PQ quantisation error).
         """
-        x = _as_matrix(queries, self.dim)
+        x = self.prepare(queries)
         if k < 1:
             raise MultiGrainError(f"k must be >= 1, got {k}")
-        shortlist = k * rerank_factor if rerank else k
-        scores, ids = self.faiss_index.search(x, shortlist)
-        if rerank:
-            scores, ids = self._rerank(self.prepare(x), ids, k)
-        return SearchResult(ids=ids, scores=scores, paths=self._paths_of(ids))
+        factor = rerank_factor if rerank else None
+        scores, rows = refine.search(self.faiss_index, x, k, rerank_factor=factor)
+        return SearchResult(ids=self._ids_at(rows), scores=scores, paths=self._paths_of(rows))
 
     def range_search(
         self, queries: np.ndarray, threshold: float
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """queries (Q, D) -> per query (ids, scores) of every image scoring above `threshold`."""
-        x = _as_matrix(queries, self.dim)
-        limits, scores, ids = self.faiss_index.range_search(x, float(threshold))
-        return [
-            (ids[limits[q] : limits[q + 1]].astype(np.int64), scores[limits[q] : limits[q + 1]])
-            for q in range(x.shape[0])
-        ]
+        hits = refine.range_search(self.faiss_index, self.prepare(queries), threshold, exact=False)
+        return [(self.ids[rows], scores) for rows, scores in hits]
 
     def descriptors_of(self, ids: np.ndarray) -> np.ndarray:
         """(N,) ids -> (N, d) stored prepared descriptors."""
         rows = self._rows(np.asarray(ids, dtype=np.int64))
         if np.any(rows < 0):
             raise MultiGrainError("unknown id: it was removed or never added")
-        return self.descriptors[rows]
+        return refine.stored_vectors(self.faiss_index)[rows]
 
     # ------------------------------------------------------------------ internals
     def _rows(self, ids: np.ndarray) -> np.ndarray:
@@ -308,55 +264,22 @@ class ImageIndex:
         rows = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
         return np.where(self.ids[rows] == ids, rows, -1)
 
-    def _rerank(
-        self, queries: np.ndarray, candidates: np.ndarray, k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        rows = self._rows(candidates)
-        valid = rows >= 0
-        vectors = self.descriptors[np.where(valid, rows, 0)]  # (Q, k', d)
-        exact = np.einsum("qd,qkd->qk", queries, vectors).astype(np.float32)
-        exact[~valid] = -np.inf
-        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-        scores = np.take_along_axis(exact, order, axis=1)
-        ids = np.take_along_axis(np.where(valid, candidates, -1), order, axis=1)
-        if ids.shape[1] < k:  # fewer candidates than k
-            pad = k - ids.shape[1]
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        return scores, ids
+    def _ids_at(self, rows: np.ndarray) -> np.ndarray:
+        """faiss labels (rows, -1 for none) -> ids (-1 for none)."""
+        if len(self.ids) == 0:
+            return np.full(rows.shape, -1, dtype=np.int64)
+        return np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1).astype(np.int64)
 
-    def _paths_of(self, ids: np.ndarray) -> list[list[str]]:
-        rows = self._rows(ids)
-        return [[self.paths[r] if r >= 0 else "" for r in row] for row in rows]
+    def _paths_of(self, rows: np.ndarray) -> list[list[str]]:
+        return [[self.paths[r] if r >= 0 else "" for r in row] for row in rows.tolist()]
 
 
-def _linear_transform(mean: np.ndarray, projection: np.ndarray) -> Any:
-    """faiss computes y = A x + b: A = P^T (d, D), b = -mean @ P (d,)."""
-    size, out = projection.shape
-    transform = faiss.LinearTransform(size, out, True)
-    faiss.copy_array_to_vector(
-        np.ascontiguousarray(projection.T, dtype=np.float32).ravel(), transform.A
-    )
-    faiss.copy_array_to_vector((-mean @ projection).astype(np.float32), transform.b)
-    transform.is_trained = True
-    return transform
-
-
-def _skip_polysemous_training(index: Any) -> None:
-    """IVF-PQ from index_factory trains a polysemous code ordering by default. Only a
-    Hamming-threshold search (polysemous_ht, L2) uses it, and it made training ~15x slower
-    (170 s instead of 11 s for IVF256,PQ64 on 5k 512-d vectors, one core)."""
-    ivf = faiss.try_extract_index_ivf(index)
-    concrete: Any = None if ivf is None else faiss.downcast_index(ivf)
-    if hasattr(concrete, "do_polysemous_training"):
-        concrete.do_polysemous_training = False
-
-
-def _is_hnsw(index: Any) -> bool:
-    inner = faiss.downcast_index(index.index) if hasattr(index, "index") else index
-    while isinstance(inner, faiss.IndexPreTransform):
-        inner = faiss.downcast_index(inner.index)
-    return isinstance(inner, faiss.IndexHNSW)
+def _prepared(x: np.ndarray, whitening: Whitening | None) -> np.ndarray:
+    """(N, D) float32 -> (N, d) float32, whitened and L2-normalised when a whitening is given."""
+    if whitening is None:
+        return x
+    tensor = torch.from_numpy(x if x.flags.writeable else x.copy())  # torch wants writable memory
+    return np.ascontiguousarray(whitening.apply(tensor).numpy(), dtype=np.float32)
 
 
 def _as_matrix(x: np.ndarray, dim: int | None) -> np.ndarray:

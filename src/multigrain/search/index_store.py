@@ -4,11 +4,17 @@ Layout of an index folder ROOT:
 
     ROOT/CURRENT                  one line: the name of the live version folder
     ROOT/v-<time>-<random>/
-        index.faiss               faiss.write_index output
+        index.faiss               faiss.write_index of the base index, labels = rows
         meta.sqlite               tables info(key, value) and images(id, path, added_at)
         descriptors.npy           (N, d) float32 prepared descriptors, row i <-> i-th id
-                                  in `SELECT id FROM images ORDER BY id`
-        whitening.npz             mean (D,), projection (D, d) float64; only when whitened
+                                  in `SELECT id FROM images ORDER BY id`: the exact copy
+                                  that re-ranks (refine.py)
+        whitening.pt              the Whitening, in its own file format (Whitening.save);
+                                  only when whitened
+
+Format 1 (still read): index.faiss labelled vectors by id -- IVF natively, other indexes
+through an IndexIDMap2 -- and held the whitening as an IndexPreTransform, saved again as
+whitening.npz (mean, projection). Loading turns it into format 2; the next save writes it.
 
 Atomicity: three files cannot be replaced together by one rename, so every save writes a
 complete new version folder (each file through a temporary name, fsynced), then swaps the
@@ -23,27 +29,33 @@ row would cost a Python round-trip per image; the SQLite file stays small and qu
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
+import torch
 
 from multigrain.runtime.atomic import atomic_path, atomic_write, atomic_write_text
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.search import refine
+from multigrain.search.descriptors import index_metadata_from_json
 from multigrain.search.index import ImageIndex
+from multigrain.search.whitening import Whitening
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 POINTER = "CURRENT"
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.sqlite"
 DESCRIPTORS_FILE = "descriptors.npy"
-WHITENING_FILE = "whitening.npz"
+WHITENING_FILE = "whitening.pt"
+LEGACY_WHITENING_FILE = "whitening.npz"  # format 1
 REBUILD = "rebuild it with `multigrain index build`"
 
 
@@ -55,21 +67,18 @@ def save_index(index: ImageIndex, folder: str | os.PathLike[str]) -> Path:
     version = root / name
     version.mkdir()
     with atomic_path(version / INDEX_FILE) as tmp:
-        faiss.write_index(index.faiss_index, str(tmp))
-    atomic_write(version / DESCRIPTORS_FILE, lambda h: np.save(h, index.descriptors))
-    mean, projection = index.whitening_mean, index.whitening_projection
-    if mean is not None and projection is not None:
-        atomic_write(
-            version / WHITENING_FILE, lambda h: np.savez(h, mean=mean, projection=projection)
-        )
+        faiss.write_index(index.faiss_index.base_index, str(tmp))
+    exact = refine.stored_vectors(index.faiss_index)
+    atomic_write(version / DESCRIPTORS_FILE, lambda h: np.save(h, exact))
+    if index.whitening is not None:
+        index.whitening.save(version / WHITENING_FILE)
     info = {
         "format_version": FORMAT_VERSION,
         "factory": index.factory,
         "dim": index.dim,
-        "id_mapping": index.id_mapping,
         "next_id": index.next_id,
         "index_bytes": (version / INDEX_FILE).stat().st_size,
-        "metadata": json.dumps(index.metadata, sort_keys=True),
+        "metadata": "{}" if index.metadata is None else index.metadata.to_json(),
     }
     with atomic_path(version / META_FILE) as tmp:
         _write_meta(tmp, info, index)
@@ -111,30 +120,67 @@ def load_index(folder: str | os.PathLike[str]) -> ImageIndex:
             f"{index_file} holds {faiss_index.ntotal} vectors but {version / META_FILE} lists "
             f"{len(ids)} images: {REBUILD}"
         )
-    try:
-        descriptors = np.load(version / DESCRIPTORS_FILE, allow_pickle=False)
+    try:  # memory-mapped: faiss copies it into the index once
+        descriptors = np.load(version / DESCRIPTORS_FILE, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as error:
         raise MultiGrainError(f"cannot read {version / DESCRIPTORS_FILE}: {REBUILD}") from error
-    if descriptors.ndim != 2 or descriptors.shape[0] != len(ids):
+    if descriptors.ndim != 2 or descriptors.shape[0] != len(ids) or descriptors.dtype != np.float32:
         raise MultiGrainError(f"{version / DESCRIPTORS_FILE} does not match the images: {REBUILD}")
-    mean = projection = None
-    if (version / WHITENING_FILE).exists():
-        with np.load(version / WHITENING_FILE, allow_pickle=False) as data:
-            mean, projection = data["mean"], data["projection"]
+    whitening = _read_whitening(version)
+    if int(info["format_version"]) == 1:
+        faiss_index = _base_of_format_1(faiss_index, info, ids, whitened=whitening is not None)
+    if int(faiss_index.d) != descriptors.shape[1]:
+        raise MultiGrainError(f"{index_file} does not match {DESCRIPTORS_FILE}: {REBUILD}")
     return ImageIndex(
-        faiss_index=faiss_index,
+        faiss_index=refine.refined(faiss_index, descriptors),
         factory=str(info["factory"]),
         dim=int(info["dim"]),
-        id_mapping=str(info["id_mapping"]),
         ids=ids,
-        descriptors=descriptors,
         paths=paths,
         added_at=added_at,
-        metadata=json.loads(str(info["metadata"])),
-        whitening_mean=mean,
-        whitening_projection=projection,
+        metadata=index_metadata_from_json(str(info["metadata"]), source=str(version / META_FILE)),
+        whitening=whitening,
         next_id=int(info["next_id"]),
     )
+
+
+def _read_whitening(version: Path) -> Whitening | None:
+    if (version / WHITENING_FILE).exists():
+        return Whitening.load(version / WHITENING_FILE)
+    if not (version / LEGACY_WHITENING_FILE).exists():
+        return None
+    with np.load(version / LEGACY_WHITENING_FILE, allow_pickle=False) as data:
+        mean, projection = torch.from_numpy(data["mean"]), torch.from_numpy(data["projection"])
+    return Whitening(
+        mean=mean.double(),
+        projection=projection.double(),
+        eigenvalues=torch.full((projection.shape[1],), float("nan"), dtype=torch.float64),
+        fitted_on={"source": f"{LEGACY_WHITENING_FILE} of a format-1 index (no eigenvalues)"},
+    )
+
+
+def _base_of_format_1(index: Any, info: dict[str, str], ids: np.ndarray, *, whitened: bool) -> Any:
+    """A format-1 faiss index -> the format-2 base index (labels = rows).
+
+    The inner index of an IndexIDMap2 numbers its vectors by row already (it compacts them
+    in order on removal); native IVF labels are ids, looked up in the sorted `ids`.
+    """
+    if info.get("id_mapping") == "idmap2":
+        if not np.array_equal(faiss.vector_to_array(index.id_map), ids):
+            raise MultiGrainError(f"the ids of the index disagree with its {META_FILE}: {REBUILD}")
+        index = refine.unwrap(index)
+    if whitened:  # the IndexPreTransform (whitening, L2 normalisation) around the factory's
+        index = refine.unwrap(index)
+    if info.get("id_mapping") == "native":
+
+        def rows_of(labels: np.ndarray) -> np.ndarray:
+            rows = np.searchsorted(ids, labels)
+            if np.any(rows >= len(ids)) or not np.array_equal(ids[rows], labels):
+                raise MultiGrainError(f"the IVF lists name ids missing from {META_FILE}: {REBUILD}")
+            return rows
+
+        refine.map_ivf_labels(faiss.extract_index_ivf(index), rows_of)
+    return index
 
 
 def _write_meta(path: Path, info: dict[str, object], index: ImageIndex) -> None:
@@ -182,10 +228,10 @@ def _read_meta(
     except sqlite3.DatabaseError as error:
         raise MultiGrainError(f"{path} is damaged or not a multigrain index: {REBUILD}") from error
     version = int(info.get("format_version", 0))
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise MultiGrainError(
-            f"{path} has index format version {version}, this multigrain reads version "
-            f"{FORMAT_VERSION}: {REBUILD} (or use the multigrain version that wrote it)"
+            f"{path} has index format version {version}, this multigrain reads versions "
+            f"{READABLE_VERSIONS}: {REBUILD} (or use the multigrain version that wrote it)"
         )
     ids = np.array([row[0] for row in rows], dtype=np.int64)
     paths = [str(row[1]) for row in rows]

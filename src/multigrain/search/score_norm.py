@@ -1,15 +1,17 @@
-"""Score normalisation for copy detection (SSCD, Pizzi et al. 2022, eq. 3) and thresholds.
+"""Score normalisation for copy detection (SSCD, Pizzi et al. 2022, eq. 3).
 
 A query that resembles many unrelated images (a plain sky, a logo) gets high scores
 everywhere. SSCD subtracts its typical similarity to a background set of distractors:
 
     s'(q, x) = s(q, x) - beta * mean_{b in NN_n(q, B)} <q, b>
 
-where NN_n(q, B) are the `neighbours` background descriptors most similar to q.
+where NN_n(q, B) are the `neighbours` background descriptors most similar to q. The
+threshold reaching a target precision is :func:`multigrain.metrics.threshold_for_precision`.
 """
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 
 from multigrain.runtime.errors import MultiGrainError
@@ -20,12 +22,11 @@ def background_similarity(
     background_descriptors: np.ndarray,
     *,
     neighbours: int = 1,
-    chunk_size: int = 1024,
 ) -> np.ndarray:
     """queries (Q, D), background (B, D) -> (Q,) mean inner product with the `neighbours`
-    most similar background descriptors. Streams over queries: memory (chunk_size, B)."""
-    queries = np.asarray(query_descriptors, dtype=np.float32)
-    background = np.asarray(background_descriptors, dtype=np.float32)
+    most similar background descriptors (exact: ``faiss.knn``, which works in blocks)."""
+    queries = np.ascontiguousarray(query_descriptors, dtype=np.float32)
+    background = np.ascontiguousarray(background_descriptors, dtype=np.float32)
     if queries.ndim != 2 or background.ndim != 2 or queries.shape[1] != background.shape[1]:
         raise MultiGrainError(
             f"queries {queries.shape} and background {background.shape} must be (Q, D) and "
@@ -35,12 +36,8 @@ def background_similarity(
         raise MultiGrainError(
             f"neighbours must be in [1, {background.shape[0]}] (the background size)"
         )
-    out = np.empty(queries.shape[0], dtype=np.float64)
-    for start in range(0, queries.shape[0], chunk_size):
-        sims = queries[start : start + chunk_size] @ background.T  # (c, B)
-        top = np.partition(sims, sims.shape[1] - neighbours, axis=1)[:, -neighbours:]
-        out[start : start + chunk_size] = top.mean(axis=1)
-    return out
+    similarities, _ = faiss.knn(queries, background, neighbours, faiss.METRIC_INNER_PRODUCT)
+    return similarities.mean(axis=1).astype(np.float64)
 
 
 def normalize_scores(
@@ -57,32 +54,3 @@ def normalize_scores(
         raise MultiGrainError(f"scores must be (Q, k) with one row per query, got {scores.shape}")
     bias = background_similarity(query_descriptors, background_descriptors, neighbours=neighbours)
     return (scores - beta * bias[:, None]).astype(scores.dtype)
-
-
-def threshold_for_precision(
-    scores: np.ndarray, is_positive: np.ndarray, target_precision: float
-) -> float:
-    """Lowest threshold t such that the pairs with score >= t have precision >= target.
-
-    The lowest such t keeps the most true pairs (highest recall). Ties are never split: a
-    threshold accepts every pair with that score. Raises MultiGrainError if no threshold
-    reaches the target precision.
-    """
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    positive = np.asarray(is_positive, dtype=bool).ravel()
-    if scores.shape != positive.shape or scores.size == 0:
-        raise MultiGrainError("scores and is_positive must be non-empty and of the same size")
-    if not 0.0 < target_precision <= 1.0:
-        raise MultiGrainError(f"target_precision must be in (0, 1], got {target_precision}")
-    order = np.argsort(-scores, kind="stable")
-    sorted_scores = scores[order]
-    precision = np.cumsum(positive[order]) / np.arange(1, scores.size + 1)
-    # a cut after position i is only possible where the next score is strictly lower
-    cut = np.append(sorted_scores[1:] < sorted_scores[:-1], True)
-    ok = np.flatnonzero(cut & (precision >= target_precision))
-    if ok.size == 0:
-        raise MultiGrainError(
-            f"no threshold reaches precision {target_precision}: the best is "
-            f"{precision[cut].max():.3f}; lower the target or improve the descriptors"
-        )
-    return float(sorted_scores[ok[-1]])

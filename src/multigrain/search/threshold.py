@@ -2,12 +2,12 @@
 
 :func:`calibrate_threshold` takes the scores of every (query, top-k result) pair, labels
 each pair with a DISC21-style ground truth, and keeps the lowest threshold whose accepted
-pairs reach the target precision (:func:`multigrain.search.score_norm.threshold_for_precision`),
-which is the one with the highest recall. Recall counts every ground-truth pair of the
+pairs reach the target precision (:func:`multigrain.metrics.threshold_for_precision`), which
+is the one with the highest recall. Recall counts every ground-truth pair of the
 labelled queries, so a copy missing from the top k is a miss, as in µAP.
 
-Ground truth: the DISC21 CSV (`multigrain.data.standard.disc21`, also written by the
-built-in benchmark): header ``query_id,reference_id``, ids are file names without their
+Ground truth: the DISC21 CSV (parsed by `multigrain.data.standard.disc21`, also written by
+the built-in benchmark): header ``query_id,reference_id``, ids are file names without their
 extension, an empty reference_id marks a query without a copy.
 
 The result is saved as ``<index folder>/threshold.json``, next to ``CURRENT`` rather than
@@ -18,7 +18,6 @@ it was calibrated on, and :meth:`CalibratedThreshold.scoring` refuses a mismatch
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -29,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from multigrain.data.standard.disc21 import read_ground_truth_csv
+from multigrain.metrics import threshold_for_precision
 from multigrain.runtime.atomic import atomic_write_text
 from multigrain.runtime.errors import MultiGrainError
-from multigrain.search.score_norm import threshold_for_precision
 
 THRESHOLD_FILE = "threshold.json"
 FORMAT_VERSION = 1
@@ -48,34 +48,14 @@ class GroundTruth:
 
 def read_ground_truth(path: str | os.PathLike[str]) -> GroundTruth:
     """Read a DISC21-style CSV (header ``query_id,reference_id``; empty reference = no copy)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MultiGrainError(
-            f"ground truth {path} not found: pass a CSV with the header 'query_id,reference_id'"
-        )
-    queries: set[str] = set()
-    pairs: set[tuple[str, str]] = set()
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if not {"query_id", "reference_id"} <= set(reader.fieldnames or ()):
-                raise MultiGrainError(
-                    f"{path} must start with the header 'query_id,reference_id' "
-                    "(DISC21 layout), one line per query or (query, copy) pair"
-                )
-            for line, row in enumerate(reader, start=2):
-                query = (row["query_id"] or "").strip()
-                if not query:
-                    raise MultiGrainError(f"{path}:{line}: empty query_id: give every row one")
-                queries.add(query)
-                reference = (row["reference_id"] or "").strip()
-                if reference:
-                    pairs.add((query, reference))
-    except UnicodeDecodeError:
-        raise MultiGrainError(f"{path} is not a UTF-8 text CSV: export it as CSV") from None
-    if not queries:
+    rows = read_ground_truth_csv(Path(path))
+    if not rows:
         raise MultiGrainError(f"{path} lists no query: add 'query_id,reference_id' rows")
-    return GroundTruth(path=path, queries=frozenset(queries), pairs=frozenset(pairs))
+    return GroundTruth(
+        path=Path(path),
+        queries=frozenset(query for _, query, _ in rows),
+        pairs=frozenset((query, reference) for _, query, reference in rows if reference),
+    )
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,9 @@
 """The state the HTTP service's endpoints share: model, index, locks and the micro-batcher.
 
+* Queries go through the one forward path: the upload is decoded and resized exactly as
+  ``embed`` decodes a file (uint8, longest side s), and :meth:`Service.forward` runs
+  :func:`multigrain.inference.embed.embed_batch` on the trunk that ``fast_trunk_for``
+  built, so a query's descriptor equals the one ``embed`` stores for the same image.
 * One ``threading.Lock`` serialises every index access (search, add, remove, save). A Flat
   search over a small index takes microseconds next to the model's forward pass, which runs
   outside the lock, so a read-write lock would buy little.
@@ -17,22 +21,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from fastapi import UploadFile
 
 from multigrain.data.images import decode_image
-from multigrain.data.resize import prepare
+from multigrain.data.resize import resize_longest_side, to_uint8_tensor
+from multigrain.inference.embed import descriptors_from, embed_batch
+from multigrain.inference.fast_trunk import Trunk
 from multigrain.models import MultiGrain
 from multigrain.search.index import ImageIndex
 from multigrain.search.index_store import save_index
 from multigrain.search.whitening import Whitening
 from multigrain.service.batching import MicroBatcher
+from multigrain.service.errors import NotInIndex
+from multigrain.service.schemas import Hit
+from multigrain.service.uploads import store_upload
 
 
 @dataclass
 class Service:
     """Everything the endpoints share; index access only under ``lock``."""
 
-    model: MultiGrain
+    model: MultiGrain  # eval mode, on `device`, p set (inference.prepare.prepare_model)
+    trunk: Trunk  # fast_trunk_for(model, precision, device=device)
     classes: list[str]
     index: ImageIndex
     index_folder: Path
@@ -58,22 +68,79 @@ class Service:
             self.forward, max_batch=self.max_batch, max_wait_s=self.batch_wait_s
         )
 
+    @property
+    def uploads_dir(self) -> Path:
+        """Where added images are kept (the only files the service ever deletes)."""
+        return self.data_dir / "uploads"
+
+    def store_upload(self, upload: UploadFile) -> Path:
+        """The upload's bytes in data_dir/tmp/<uuid>.upload (see uploads.store_upload)."""
+        return store_upload(upload, self.data_dir / "tmp", self.max_upload_bytes)
+
     def load_input(self, image_path: Path) -> torch.Tensor:
-        """Image file -> (3, H, W) model input, longest side s."""
+        """Image file -> (3, H, W) uint8 image, longest side s, decoded as ``embed`` does.
+
+        Raises ImageDecodeError (ImageOverPixelLimit over ``max_pixels``).
+        """
         image = decode_image(image_path, longest_side=self.resolution, max_pixels=self.max_pixels)
-        return prepare(image, self.resolution)
+        return to_uint8_tensor(resize_longest_side(image, self.resolution))
 
     @torch.no_grad()
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) -> ((B, d) float32 unit descriptors, whitened when the index is, and
-        (B, classes) logits of the raw embedding)."""
-        embedding, logits = self.model(batch.to(self.device))
-        embedding = embedding.float()
-        if self.whitening is not None:
-            descriptors = self.whitening.apply(embedding)
-        else:
-            descriptors = F.normalize(embedding, dim=1)
+        """(B, 3, H, W) uint8 -> ((B, d) float32 unit descriptors, whitened when the index
+        is, and (B, classes) logits of the raw embedding), on the CPU."""
+        embedding = embed_batch(self.model, self.trunk, batch, normalise_output=False)
+        whitening = self.whitening.apply if self.whitening is not None else None
+        descriptors = descriptors_from(embedding, whitening)
+        logits = self.model.classifier(embedding)
         return descriptors.cpu(), logits.float().cpu()
+
+    def search(self, descriptor: np.ndarray, k: int) -> list[Hit]:
+        """(1, d) query -> its k best hits, marked against the threshold when there is one."""
+        with self.lock:
+            if len(self.index) == 0:
+                return []
+            result = self.index.search(descriptor, min(k, len(self.index)))
+        return [
+            Hit(
+                id=int(i),
+                path=p,
+                score=float(s),
+                match=None if self.threshold is None else bool(s >= self.threshold),
+            )
+            for i, p, s in zip(result.ids[0], result.paths[0], result.scores[0], strict=True)
+            if i >= 0
+        ]
+
+    def add_image(self, descriptor: np.ndarray, path: Path) -> tuple[int, int]:
+        """Index the (1, d) descriptor of the stored image `path`; returns (its id, images)
+        once the index on disk holds it. `path` is deleted if the index refuses it."""
+        with self.lock:
+            try:
+                ids = self.index.add(descriptor, [str(path)])
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+            self.edits += 1
+            edit, count = self.edits, len(self.index)
+        self.persist(edit)
+        return int(ids[0]), count
+
+    def remove_image(self, image_id: int) -> int:
+        """Drop image `image_id` (and its file, if the service stored it); returns the images
+        left, once the index on disk has the change. Raises NotInIndex."""
+        with self.lock:
+            rows = np.flatnonzero(self.index.ids == image_id)
+            if rows.size == 0:
+                raise NotInIndex(f"no image with id {image_id} in the index")
+            path = Path(self.index.paths[int(rows[0])])
+            self.index.remove([image_id])
+            self.edits += 1
+            edit, count = self.edits, len(self.index)
+        self.persist(edit)
+        if path.parent == self.uploads_dir:  # only files the service itself stored
+            path.unlink(missing_ok=True)
+        return count
 
     def persist(self, edit: int) -> None:
         """Return once the index on disk holds edit number `edit` (group commit).

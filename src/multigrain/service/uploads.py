@@ -12,9 +12,9 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from fastapi import HTTPException, UploadFile
+from fastapi import UploadFile
 
-from multigrain.data.images import ImageDecodeError
+from multigrain.service.errors import BadUpload, UploadTooLarge
 
 # magic bytes -> extension of a stored upload (the format decode_image then reads)
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -31,22 +31,12 @@ def store_upload(upload: UploadFile, folder: Path, max_bytes: int) -> Path:
     """Copy an upload to folder/<uuid>.upload; 413 over `max_bytes`, 400 if empty."""
     data = upload.file.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise HTTPException(
-            413, f"upload is over the limit of {max_bytes} bytes: send a smaller file"
-        )
+        raise UploadTooLarge(f"upload is over the limit of {max_bytes} bytes: send a smaller file")
     if not data:
-        raise HTTPException(400, "empty upload: send an image file in the 'image' field")
+        raise BadUpload("empty upload: send an image file in the 'image' field")
     path = folder / f"{uuid.uuid4().hex}.upload"
     path.write_bytes(data)
     return path
-
-
-def decode_http_error(error: ImageDecodeError, upload: UploadFile) -> HTTPException:
-    """413 for an image over the pixel limit, 422 for anything unreadable."""
-    status = 413 if "over the limit" in error.reason else 422
-    return HTTPException(
-        status, f"cannot read the uploaded image {upload.filename!r}: {error.reason}"
-    )
 
 
 def extension_of(path: Path) -> str:

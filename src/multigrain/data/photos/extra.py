@@ -23,10 +23,14 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from multigrain.data.photos.packages import Candidate, package_files, package_licence
+from multigrain.data.listing import is_image_name
+from multigrain.data.photos.packages import (
+    PHOTO_SUFFIXES,
+    Candidate,
+    package_files,
+    package_licence,
+)
 from multigrain.data.photos.rcc import read_rcc
-
-_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 #: Wallpaper packages read as "every image file, one per wallpaper".
 WALLPAPER_PACKAGES = (
@@ -59,7 +63,7 @@ def _pixels(path: Path) -> int:
 
 def _wallpapers(package: str) -> Iterator[Candidate]:
     licence = package_licence(package)
-    files = [p for p in package_files(package) if p.suffix.lower() in _SUFFIXES]
+    files = [p for p in package_files(package) if is_image_name(p.name, suffixes=PHOTO_SUFFIXES)]
     if package == "plasma-workspace-wallpapers":
         # /usr/share/wallpapers/<Name>/contents/images{,_dark}/<W>x<H>.<ext>: one picture
         # per <Name> (its dark variant is a separate picture); keep the largest.
@@ -83,7 +87,7 @@ def _stellarium() -> Iterator[Candidate]:
     licence = package_licence(package)
     for path in package_files(package):
         text = str(path)
-        if path.suffix.lower() not in _SUFFIXES or "/skycultures/" in text:
+        if not is_image_name(path.name, suffixes=PHOTO_SUFFIXES) or "/skycultures/" in text:
             continue
         if "/nebulae/" in text or "/landscapes/" in text or "/textures/" in text:
             yield Candidate(text, package, licence, "", f"{package}:{text}", path.read_bytes)
@@ -93,7 +97,8 @@ def _kstars() -> Iterator[Candidate]:
     package = "kstars-data"
     licence = package_licence(package)
     for path in package_files(package):
-        if path.suffix.lower() in _SUFFIXES and "/share/kstars/textures/" in str(path):
+        textures = "/share/kstars/textures/" in str(path)
+        if textures and is_image_name(path.name, suffixes=PHOTO_SUFFIXES):
             yield Candidate(str(path), package, licence, "", f"{package}:{path}", path.read_bytes)
 
 
@@ -105,7 +110,7 @@ def _gcompris_extra() -> Iterator[Candidate]:
         if name not in bundles:
             continue
         for inner, data in sorted(read_rcc(bundles[name]).items()):
-            if inner.lower().endswith(_SUFFIXES):
+            if is_image_name(inner, suffixes=PHOTO_SUFFIXES):
                 key = f"{bundles[name]}:{inner}"
                 yield Candidate(key, package, licence, "", key, functools.partial(bytes, data))
 

@@ -27,10 +27,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from multigrain.data.listing import is_image_name
 from multigrain.data.photos.rcc import read_rcc
 from multigrain.runtime.errors import MultiGrainError
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+#: The formats the photo packages ship photos in (every photo source reads only these).
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _GCOMPRIS_RCC = {  # bundle -> label (None: the parent folder is the label)
     "categorization": None,
     "explore_monuments": "monuments",
@@ -108,7 +110,7 @@ def _file_candidate(path: Path, package: str, licence: str, label: str, group: s
 def _opencv() -> Iterator[Candidate]:
     licence = package_licence("opencv-doc", "data/*")
     for path in package_files("opencv-doc"):
-        if "/examples/data/" in str(path) and path.suffix.lower() in _IMAGE_SUFFIXES:
+        if "/examples/data/" in str(path) and is_image_name(path.name, suffixes=PHOTO_SUFFIXES):
             # Stereo pairs / sequences (aloeL+aloeR, left01..14, graf1+graf3) form one group.
             stem = re.sub(r"(\d+|L|R)$", "", path.stem)
             stem = re.sub(r"^(left|right)", "leftright", stem)
@@ -120,7 +122,7 @@ def _tuxpaint() -> Iterator[Candidate]:
     licence = package_licence(package)
     root = Path("/usr/share/tuxpaint/stamps")
     for path in package_files(package):
-        if path.suffix.lower() == ".png" and root in path.parents:
+        if is_image_name(path.name, suffixes=(".png",)) and root in path.parents:
             label = path.relative_to(root).parts[0]
             group = f"{package}:{path.with_suffix('')}".removesuffix("_mirror")
             yield _file_candidate(path, package, licence, label, group)
@@ -134,7 +136,7 @@ def _gcompris() -> Iterator[Candidate]:
         if name not in bundles:
             continue
         for inner, data in sorted(read_rcc(bundles[name]).items()):
-            if not inner.lower().endswith(_IMAGE_SUFFIXES):
+            if not is_image_name(inner, suffixes=PHOTO_SUFFIXES):
                 continue
             label = Path(inner).parent.name if fixed_label is None else fixed_label
             label = "" if label in _GCOMPRIS_NO_LABEL else label
@@ -146,7 +148,7 @@ def _libjxl() -> Iterator[Candidate]:
     package = "libjxl-testdata"
     licence = package_licence(package)
     for path in package_files(package):
-        if path.suffix.lower() in _IMAGE_SUFFIXES and "pngsuite" not in str(path):
+        if is_image_name(path.name, suffixes=PHOTO_SUFFIXES) and "pngsuite" not in str(path):
             # flower.png, flower.png.im_q85_420.jpg, flower_small.q85_...: one photo.
             stem = re.split(r"[._]", path.name)[0]
             yield _file_candidate(path, package, licence, "", f"{package}:{stem}")

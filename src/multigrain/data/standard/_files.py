@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from multigrain.data.listing import image_files
 from multigrain.runtime.errors import MultiGrainError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+#: The formats the standard benchmarks are distributed in: their readers read only these.
+BENCHMARK_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def require_dir(path: Path, *, what: str, layout: str) -> Path:
@@ -23,15 +25,14 @@ def require_file(path: Path, *, what: str, layout: str) -> Path:
     return path
 
 
-def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
+def benchmark_images(folder: Path, *, recursive: bool = False) -> list[Path]:
     """Image files (.jpg/.jpeg/.png, any case) in `folder`, sorted by path."""
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return image_files(folder, recursive=recursive, suffixes=BENCHMARK_SUFFIXES)
 
 
 def first_dir_with_images(candidates: list[Path]) -> Path | None:
     """The first existing folder of `candidates` that holds at least one image, else None."""
     for folder in candidates:
-        if folder.is_dir() and list_images(folder):
+        if folder.is_dir() and benchmark_images(folder):
             return folder
     return None

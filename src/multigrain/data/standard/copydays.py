@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multigrain.data.standard._files import list_images, require_dir
+from multigrain.data.standard._files import benchmark_images, require_dir
 from multigrain.data.standard.types import RetrievalBenchmark
 from multigrain.runtime.errors import MultiGrainError
 
@@ -60,11 +60,11 @@ def read_copydays(root: Path | str, *, distractors: Path | str | None = None) ->
     """
     root = require_dir(Path(root), what="Copydays", layout=LAYOUT)
     originals_dir = root / "original" if (root / "original").is_dir() else root
-    originals = list_images(originals_dir)
+    originals = benchmark_images(originals_dir)
     if not originals:
         raise MultiGrainError(f"Copydays: no original images in {originals_dir}; expected {LAYOUT}")
     strong_dir = require_dir(root / "strong", what="Copydays strong subset", layout=LAYOUT)
-    queries = list_images(strong_dir)
+    queries = benchmark_images(strong_dir)
     if not queries:
         raise MultiGrainError(f"Copydays: no images in {strong_dir}; expected {LAYOUT}")
 
@@ -104,7 +104,7 @@ def read_copydays(root: Path | str, *, distractors: Path | str | None = None) ->
         distractor_dir = require_dir(
             Path(distractors), what="Copydays distractors", layout="a folder of images"
         )
-        distractor_images = list_images(distractor_dir, recursive=True)
+        distractor_images = benchmark_images(distractor_dir, recursive=True)
     return RetrievalBenchmark(
         name="copydays",
         database=originals + distractor_images,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from multigrain.data.standard._files import list_images, require_dir, require_file
+from multigrain.data.standard._files import benchmark_images, require_dir, require_file
 from multigrain.data.standard.types import CopyDetectionBenchmark
 from multigrain.runtime.errors import MultiGrainError
 
@@ -30,7 +30,7 @@ LAYOUT = (
 
 
 def _images(folder: Path) -> list[Path]:
-    images = list_images(folder, recursive=True)
+    images = benchmark_images(folder, recursive=True)
     if not images:
         raise MultiGrainError(f"DISC21: no images in {folder}; expected {LAYOUT}")
     return images
@@ -49,6 +49,37 @@ def _find_ground_truth(root: Path) -> Path:
             "pass ground_truth= to choose one"
         )
     return found[0]
+
+
+def read_ground_truth_csv(path: Path | str) -> list[tuple[int, str, str]]:
+    """The rows of a DISC21 ground-truth CSV: (line number, query id, reference id).
+
+    Header ``query_id,reference_id``; ids are file names without their extension; an empty
+    reference id ("") marks a query without a copy. The one parser of this format (the
+    threshold calibration of an index reads it too).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MultiGrainError(
+            f"ground truth {path} not found: pass a CSV with the header 'query_id,reference_id'"
+        )
+    rows: list[tuple[int, str, str]] = []
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not {"query_id", "reference_id"} <= set(reader.fieldnames or ()):
+                raise MultiGrainError(
+                    f"{path} must start with the header 'query_id,reference_id' "
+                    "(DISC21 layout), one line per query or (query, copy) pair"
+                )
+            for line, row in enumerate(reader, start=2):
+                query = (row["query_id"] or "").strip()
+                if not query:
+                    raise MultiGrainError(f"{path}:{line}: empty query_id: give every row one")
+                rows.append((line, query, (row["reference_id"] or "").strip()))
+    except UnicodeDecodeError:
+        raise MultiGrainError(f"{path} is not a UTF-8 text CSV: export it as CSV") from None
+    return rows
 
 
 def read_disc21(
@@ -75,27 +106,19 @@ def read_disc21(
     query_index = {p.stem: i for i, p in enumerate(queries)}
     reference_index = {p.stem: i for i, p in enumerate(references)}
     pairs: list[tuple[int, int]] = []
-    with csv_path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        header = set(reader.fieldnames or ())
-        if not {"query_id", "reference_id"} <= header:
+    for line, query, reference in read_ground_truth_csv(csv_path):
+        if query not in query_index:
             raise MultiGrainError(
-                f"DISC21: {csv_path} must have the header 'query_id,reference_id'"
+                f"DISC21: {csv_path}:{line}: query {query!r} is not an image in {query_dir}"
             )
-        for line, row in enumerate(reader, start=2):
-            query, reference = row["query_id"].strip(), (row["reference_id"] or "").strip()
-            if query not in query_index:
-                raise MultiGrainError(
-                    f"DISC21: {csv_path}:{line}: query {query!r} is not an image in {query_dir}"
-                )
-            if not reference:
-                continue  # a query without a copy among the references
-            if reference not in reference_index:
-                raise MultiGrainError(
-                    f"DISC21: {csv_path}:{line}: reference {reference!r} is not an image in "
-                    f"{root / 'references'}"
-                )
-            pairs.append((query_index[query], reference_index[reference]))
+        if not reference:
+            continue  # a query without a copy among the references
+        if reference not in reference_index:
+            raise MultiGrainError(
+                f"DISC21: {csv_path}:{line}: reference {reference!r} is not an image in "
+                f"{root / 'references'}"
+            )
+        pairs.append((query_index[query], reference_index[reference]))
     return CopyDetectionBenchmark(
         name="disc21",
         queries=queries,

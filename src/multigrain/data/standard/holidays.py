@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from multigrain.data.standard._files import list_images, require_dir
+from multigrain.data.listing import image_files
+from multigrain.data.standard._files import require_dir
 from multigrain.data.standard.types import RetrievalBenchmark
 from multigrain.runtime.errors import MultiGrainError
 
@@ -86,7 +87,7 @@ def read_holidays(
     """
     root = require_dir(Path(root), what="INRIA Holidays", layout=LAYOUT)
     folder = root / "jpg" if (root / "jpg").is_dir() else root
-    images = [p for p in list_images(folder) if p.suffix.lower() == ".jpg"]
+    images = image_files(folder, recursive=False, suffixes=(".jpg",))
     if not images:
         raise MultiGrainError(f"INRIA Holidays: no .jpg images in {folder}; expected {LAYOUT}")
     bad = [p.name for p in images if not _NAME.match(p.stem)]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multigrain.data.standard._files import list_images, require_dir, require_file
+from multigrain.data.standard._files import benchmark_images, require_dir, require_file
 from multigrain.data.standard.types import ClassificationBenchmark
 from multigrain.runtime.errors import MultiGrainError
 
@@ -96,7 +96,7 @@ def read_imagenet_val(
     images: list[Path] = []
     labels: list[int] = []
     for label, folder in enumerate(folders):
-        found = list_images(folder)
+        found = benchmark_images(folder)
         if not found:
             raise MultiGrainError(f"ImageNet: class folder {folder} holds no images")
         images += found

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multigrain.data.standard._files import list_images, require_dir
+from multigrain.data.standard._files import benchmark_images, require_dir
 from multigrain.data.standard.types import RetrievalBenchmark
 from multigrain.runtime.errors import MultiGrainError
 
@@ -39,7 +39,7 @@ def read_ukbench(root: Path | str) -> RetrievalBenchmark:
     root = require_dir(Path(root), what="UKBench", layout=LAYOUT)
     folder = root / "full" if (root / "full").is_dir() else root
     numbered: dict[int, Path] = {}
-    for path in list_images(folder):
+    for path in benchmark_images(folder):
         match = _NAME.match(path.stem)
         if match is None:
             raise MultiGrainError(

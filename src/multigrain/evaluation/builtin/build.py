@@ -23,7 +23,6 @@ import logging
 import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from tqdm import tqdm
 from multigrain.data.photos import pool
 from multigrain.evaluation.builtin import augment
 from multigrain.evaluation.builtin.instances import instance_views
+from multigrain.evaluation.builtin.manifest import BuiltinManifest, ManifestImage, PartCounts
 from multigrain.evaluation.builtin.phash import group_map, phash_descriptors
 from multigrain.runtime.atomic import atomic_write_text, staged_folder
 from multigrain.runtime.errors import MultiGrainError
@@ -46,47 +46,6 @@ QUERY_SOURCE_FRACTION = 2 / 3  # of the held-out photos; the rest are distractor
 QUERIES_PER_REFERENCE = 9
 INSTANCE_MIN_SIDE = 640  # longest side of a photo used for the instance part
 DEFAULT_MAX_POOL = 400
-
-
-@dataclass(frozen=True)
-class ManifestImage:
-    name: str  # stable id inside the benchmark
-    source: str  # path, or bundle.rcc:/inner/path
-    package: str
-    licence: str
-    label: str
-    width: int
-    height: int
-    sha1: str
-    part: str  # "train" or "heldout"
-
-
-@dataclass(frozen=True)
-class PartCounts:
-    pool: int
-    train: int
-    train_labelled: int
-    heldout: int
-    heldout_labelled: int
-    categories: int
-    references: int
-    queries: int
-    instances: int
-
-
-@dataclass
-class BuiltinManifest:
-    output: str
-    seed: int
-    max_pool: int | None
-    counts: PartCounts
-    per_package: dict[str, int]
-    licences: dict[str, str]
-    parameters: dict[str, object]
-    phash_instance_map: float
-    phash_copy_top1: float
-    build_seconds: float
-    images: list[ManifestImage]
 
 
 def _save_jpeg(image: Image.Image, path: Path) -> None:

@@ -3,72 +3,44 @@
 Parts (built by `multigrain build-benchmark`): copy detection (held-out photos and their
 AugLy copies, DISC21 layout plus `queries.csv` naming each query's transform family and
 strength), instances (4 views of each held-out photo, UKBench layout) and classification
-(held-out labelled photos). Methods: the model, the same architecture untrained, and a
-perceptual hash (pHash) for the image-only parts; with a whitening, the model whitened and,
-as its control, the untrained network whitened the same way (fitted on its own descriptors of
-the same training photos), so that the gain of training is not confused with the gain of
-whitening.
+(held-out labelled photos). Methods (:class:`Method`): the model, the same architecture
+untrained, and a perceptual hash (pHash) for the image-only parts; with a whitening, the
+model whitened and, as its control, the untrained network whitened the same way (fitted on
+its own descriptors of the same training photos), so that the gain of training is not
+confused with the gain of whitening. Both networks embed through THE forward path
+(inference.embed). The result: result.py; the report folder: report.py.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from multigrain.data.datasets import ImageFolderImages
 from multigrain.data.listing import list_images
 from multigrain.data.standard import read_disc21, read_ukbench
-from multigrain.evaluation.report import GridRow, plot_breakdown, write_html
-from multigrain.inference.calibrate import CalibrationResult, plot_calibration
+from multigrain.evaluation.builtin.phash import phash_descriptors
+from multigrain.evaluation.builtin.report import query_grid, write_report
+from multigrain.evaluation.builtin.result import BuiltinResult, InstanceScores, Method
+from multigrain.evaluation.report import GridRow
+from multigrain.inference.calibrate import CalibrationResult
 from multigrain.inference.embed import embed_in_memory
 from multigrain.metrics import mean_average_precision, top_k_accuracy, ukbench_score
-from multigrain.metrics.copy_families import BreakdownRow, breakdown_table, copy_detection_breakdown
+from multigrain.metrics.copy_families import BreakdownRow, copy_detection_breakdown
 from multigrain.models import MultiGrain
-from multigrain.runtime.atomic import atomic_write_text
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import InferencePrecision
 from multigrain.search.score_norm import background_similarity
-from multigrain.search.whitening import Whitening
+from multigrain.search.whitening import Whitening, fit_whitening
 
 #: Method name of the model's descriptors after whitening.
-WHITENED = "trained+whitening"
+WHITENED = Method.WHITENED
 #: The control: the untrained network's descriptors after a whitening fitted the same way.
-UNTRAINED_WHITENED = "untrained+whitening"
-
-
-@dataclass
-class BuiltinResult:
-    model: str
-    resolution: int
-    exponent: float
-    copy_detection: list[BreakdownRow]
-    instances: dict[str, dict[str, float]]  # method -> {"map", "ns_score"}
-    classification: dict[str, float] = field(default_factory=dict)  # method -> top-1
-
-    def to_markdown(self) -> str:
-        parts = [
-            f"model {self.model}, s = {self.resolution}, p = {self.exponent:g}",
-            "### Copy detection, mAP\n\n" + breakdown_table(self.copy_detection, metric="map"),
-            "### Copy detection, µAP\n\n" + breakdown_table(self.copy_detection, metric="micro_ap"),
-            "### Copy detection, µAP with score normalisation (background: training photos)\n\n"
-            + breakdown_table(self.copy_detection, metric="micro_ap_normalised"),
-            "### Instances (4 views of each held-out photo)\n\n"
-            "| method | mAP | N-S |\n|---|---|---|\n"
-            + "\n".join(
-                f"| {m} | {v['map']:.3f} | {v['ns_score']:.3f} |" for m, v in self.instances.items()
-            ),
-        ]
-        if self.classification:
-            parts.append(
-                "### Classification, held-out labelled photos\n\n| method | top-1 |\n|---|---|\n"
-                + "\n".join(f"| {m} | {v:.3f} |" for m, v in self.classification.items())
-            )
-        return "\n\n".join(parts)
+UNTRAINED_WHITENED = Method.UNTRAINED_WHITENED
 
 
 def _read_query_table(path: Path) -> tuple[list[str], list[str]]:
@@ -77,21 +49,6 @@ def _read_query_table(path: Path) -> tuple[list[str], list[str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return [row["family"] for row in rows], [row["strength"] for row in rows]
-
-
-def _network_descriptors(
-    model: MultiGrain, paths: list[Path], resolution: int, device: torch.device,
-    precision: InferencePrecision | str = InferencePrecision.FP32,
-) -> torch.Tensor:  # fmt: skip
-    embeddings, kept, failures = embed_in_memory(
-        model, paths, resolution=resolution, device=device, normalise=True, progress=True,
-        precision=precision,
-    )  # fmt: skip
-    if failures:
-        raise MultiGrainError(
-            f"unreadable benchmark image {failures[0].path}: {failures[0].reason}"
-        )
-    return embeddings
 
 
 def evaluate_builtin(
@@ -126,6 +83,38 @@ def evaluate_builtin(
     return result
 
 
+class _Describer:
+    """Unit descriptors (N, d) of each method for each part of the benchmark, computed once."""
+
+    def __init__(
+        self, networks: dict[Method, MultiGrain], resolution: int, device: torch.device,
+        precision: InferencePrecision | str,
+    ) -> None:  # fmt: skip
+        self.networks, self.resolution, self.device = networks, resolution, device
+        self.precision = precision
+        self.whitenings: dict[Method, Whitening] = {}
+        self.computed: dict[tuple[Method, str], torch.Tensor] = {}
+
+    def __call__(self, method: Method, part: str, paths: list[Path]) -> torch.Tensor:
+        if (method, part) not in self.computed:
+            self.computed[method, part] = self._describe(method, part, paths)
+        return self.computed[method, part]
+
+    def _describe(self, method: Method, part: str, paths: list[Path]) -> torch.Tensor:
+        if method is Method.PHASH:
+            return F.normalize(torch.from_numpy(phash_descriptors(paths)).float(), dim=1)
+        if method in self.whitenings:
+            return self.whitenings[method].apply(self(method.network, part, paths))
+        embeddings, _, failures = embed_in_memory(
+            self.networks[method], paths, resolution=self.resolution, device=self.device,
+            normalise=True, progress=True, precision=self.precision,
+        )  # fmt: skip
+        if failures:
+            first = failures[0]
+            raise MultiGrainError(f"unreadable benchmark image {first.path}: {first.reason}")
+        return embeddings
+
+
 def score_builtin(
     model: MultiGrain,
     root: Path,
@@ -139,8 +128,6 @@ def score_builtin(
     precision: InferencePrecision | str = InferencePrecision.FP32,
 ) -> tuple[BuiltinResult, list[GridRow]]:
     """The scores of :func:`evaluate_builtin` and the report's query grid, nothing written."""
-    from multigrain.evaluation.builtin.phash import phash_descriptors
-
     copies = read_disc21(root / "copydetection")
     families, strengths = _read_query_table(root / "copydetection" / "queries.csv")
     if len(families) != len(copies.queries):
@@ -156,66 +143,53 @@ def score_builtin(
         small_input=model.small_input,
     )
     untrained.to(device).eval()
-
-    computed: dict[tuple[str, str], torch.Tensor] = {}
-
-    def describe(method: str, part: str, paths: list[Path]) -> torch.Tensor:
-        if (method, part) not in computed:
-            if method == "phash":
-                descriptors = torch.from_numpy(phash_descriptors(paths)).float()
-                computed[method, part] = F.normalize(descriptors, dim=1)
-            elif method == WHITENED:
-                assert whitening is not None
-                computed[method, part] = whitening.apply(describe("trained", part, paths))
-            elif method == UNTRAINED_WHITENED:
-                assert control is not None
-                computed[method, part] = control.apply(describe("untrained", part, paths))
-            else:
-                network = model if method == "trained" else untrained
-                computed[method, part] = _network_descriptors(
-                    network, paths, resolution, device, precision
-                )
-        return computed[method, part]
+    networks = {Method.TRAINED: model, Method.UNTRAINED: untrained}
+    describe = _Describer(networks, resolution, device, precision)
 
     background_paths = list_images(root / "train")
     if (root / "train_unlabelled").is_dir():
         background_paths += list_images(root / "train_unlabelled")
     rows: list[BreakdownRow] = []
-    instance_scores: dict[str, dict[str, float]] = {}
+    instance_scores: dict[Method, InstanceScores] = {}
     grid: list[GridRow] = []
-    methods = ["phash", "untrained", "trained"]
-    control = None
+    methods = [Method.PHASH, Method.UNTRAINED, Method.TRAINED]
     if whitening is not None:
         control = control_whitening(
-            whitening, describe("untrained", "background", background_paths)
+            whitening, describe(Method.UNTRAINED, "background", background_paths)
         )
-        methods += [UNTRAINED_WHITENED, WHITENED]
+        describe.whitenings = {Method.UNTRAINED_WHITENED: control, Method.WHITENED: whitening}
+        methods += [Method.UNTRAINED_WHITENED, Method.WHITENED]
     for method in methods:
         queries = describe(method, "queries", copies.queries)
         references = describe(method, "references", copies.references)
         background = describe(method, "background", background_paths)
         offsets = background_similarity(queries.numpy(), background.numpy())
         rows += copy_detection_breakdown(
-            queries, references, truth, families=families, strengths=strengths, method=method,
-            score_offsets=offsets,
+            queries, references, truth, families=families, strengths=strengths,
+            method=method.value, score_offsets=offsets,
         )  # fmt: skip
-        if method == "trained":
-            grid = _grid(queries, references, copies.queries, copies.references, truth,
-                         families, strengths)  # fmt: skip
+        if method is Method.TRAINED:
+            grid = query_grid(queries, references, copies.queries, copies.references, truth,
+                              families, strengths)  # fmt: skip
         views = describe(method, "instances", instances.database)
-        rankings = torch.argsort(views @ views.T, dim=1, descending=True).numpy()
-        groups = np.arange(len(instances.database)) // 4
-        own = [np.array([q]) for q in range(len(instances.database))]
-        positives = [np.setdiff1d(np.flatnonzero(groups == groups[q]), [q]) for q in own]
-        instance_scores[method] = {
-            "map": mean_average_precision(rankings, positives, own),
-            "ns_score": ukbench_score(rankings, groups, np.arange(len(groups))),
-        }
+        instance_scores[method] = _instance_scores(views)
     result = BuiltinResult(
         model_name, resolution, float(model.pool.p), rows, instance_scores,
-        _classification(model, untrained, root, classes, resolution, device, precision),
+        _classification(networks, root, classes, resolution, device, precision),
     )  # fmt: skip
     return result, grid
+
+
+def _instance_scores(views: torch.Tensor) -> InstanceScores:
+    """views (4 G, d) unit descriptors, 4 consecutive views per photo -> mAP and N-S score."""
+    rankings = torch.argsort(views @ views.T, dim=1, descending=True).numpy()
+    groups = np.arange(len(views)) // 4
+    own = [np.array([q]) for q in range(len(views))]
+    positives = [np.setdiff1d(np.flatnonzero(groups == groups[q]), [q]) for q in own]
+    return InstanceScores(
+        map=mean_average_precision(rankings, positives, own),
+        ns_score=ukbench_score(rankings, groups, np.arange(len(groups))),
+    )
 
 
 def control_whitening(whitening: Whitening, descriptors: torch.Tensor) -> Whitening:
@@ -224,8 +198,6 @@ def control_whitening(whitening: Whitening, descriptors: torch.Tensor) -> Whiten
     The built-in evaluation fits it on the untrained network's descriptors of the training
     photos (the set the demo fits the model's whitening on), as a control for the model's.
     """
-    from multigrain.search.whitening import fit_whitening
-
     settings = whitening.fitted_on
     dim = min(whitening.output_dim, len(descriptors) - 1, descriptors.shape[1])
     return fit_whitening(
@@ -238,12 +210,10 @@ def control_whitening(whitening: Whitening, descriptors: torch.Tensor) -> Whiten
 
 
 def _classification(
-    model: MultiGrain, untrained: MultiGrain, root: Path, classes: list[str] | None,
-    resolution: int, device: torch.device,
-    precision: InferencePrecision | str = InferencePrecision.FP32,
-) -> dict[str, float]:  # fmt: skip
-    from multigrain.data.datasets import ImageFolderImages
-
+    networks: dict[Method, MultiGrain], root: Path, classes: list[str] | None,
+    resolution: int, device: torch.device, precision: InferencePrecision | str,
+) -> dict[Method, float]:  # fmt: skip
+    """Held-out top-1 of the untrained and the trained network; {} without those classes."""
     folder = root / "heldout_classes"
     if not folder.is_dir() or not classes:
         return {}
@@ -252,64 +222,26 @@ def _classification(
         return {}  # the model was not trained on the built-in classes
     labels = torch.as_tensor(images.labels)
     scores = {}
-    for name, network in (("untrained", untrained), ("trained", model)):
+    for method in (Method.UNTRAINED, Method.TRAINED):
+        network = networks[method]
         embeddings, _, _ = embed_in_memory(
             network, images.paths, resolution=resolution, device=device, normalise=False,
             precision=precision,
         )  # fmt: skip
         with torch.no_grad():
             logits = network.classifier(embeddings.to(device)).cpu()
-        scores[name] = top_k_accuracy(logits, labels, 1)
+        scores[method] = top_k_accuracy(logits, labels, 1)
     return scores
 
 
-def _grid(
-    queries: torch.Tensor, references: torch.Tensor, query_paths: list[Path],
-    reference_paths: list[Path], truth: list[int], families: list[str], strengths: list[str],
-    *, count: int = 12, top: int = 5,
-) -> list[GridRow]:  # fmt: skip
-    """The strongest-distortion queries first, one per family, with their best results."""
-    order = sorted(range(len(truth)), key=lambda q: (strengths[q] != "strong", families[q]))
-    chosen, seen = [], set()
-    for q in order:
-        if families[q] not in seen:
-            chosen.append(q)
-            seen.add(families[q])
-    chosen = (chosen + [q for q in order if q not in chosen])[:count]
-    scores, indices = (queries[chosen] @ references.T).topk(min(top, len(reference_paths)), dim=1)
-    return [
-        GridRow(
-            query=query_paths[q],
-            caption=f"{families[q]} ({strengths[q]})",
-            results=[reference_paths[int(i)] for i in indices[row]],
-            scores=[float(s) for s in scores[row]],
-            correct=[int(i) == truth[q] for i in indices[row]],
-        )  # fmt: skip
-        for row, q in enumerate(chosen)
-    ]
-
-
-def write_report(
-    result: BuiltinResult, folder: Path, grid: list[GridRow],
-    *, calibration: CalibrationResult | None = None, title: str = "multigrain: built-in benchmark",
-    summary: str = "", extra: dict[str, object] | None = None,
-) -> Path:  # fmt: skip
-    """folder/report.json, report.md, copy_map.png (+ calibration.png) and report.html.
-
-    ``summary`` (markdown) goes above the detailed tables; ``extra`` is stored in the JSON
-    next to the result (under ``"summary"``).
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    document: dict[str, object] = {"result": asdict(result)}
-    if extra is not None:
-        document["summary"] = extra
-    atomic_write_text(folder / "report.json", json.dumps(document, indent=2))
-    markdown = result.to_markdown()
-    tables = [summary, markdown] if summary else [markdown]
-    atomic_write_text(folder / "report.md", f"# {title}\n\n" + "\n\n".join(tables) + "\n")
-    plots = [plot_breakdown(result.copy_detection, folder / "copy_map.png")]
-    if calibration is not None:
-        plots.append(plot_calibration(calibration, folder / "calibration.png"))
-    return write_html(
-        folder / "report.html", title=title, markdown_tables=tables, plots=plots, grid=grid,
-    )  # fmt: skip
+__all__ = [
+    "UNTRAINED_WHITENED",
+    "WHITENED",
+    "BuiltinResult",
+    "InstanceScores",
+    "Method",
+    "control_whitening",
+    "evaluate_builtin",
+    "score_builtin",
+    "write_report",
+]

@@ -254,29 +254,6 @@ def training_curve(
     return [known[k] for k in sorted(known)]
 
 
-def plot_curve(points: Sequence[CurvePoint], path: Path, *, title: str) -> None:
-    """Validation mAP / µAP / mean family mAP against training steps, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4))
-    steps = [p.step for p in points]
-    axes.plot(steps, [p.map for p in points], "o-", label="mAP")
-    axes.plot(steps, [p.micro_ap for p in points], "s--", label="µAP")
-    axes.plot(steps, [p.family_mean for p in points], "^:", label="mean of family mAPs")
-    axes.set_xlabel("training step")
-    axes.set_ylabel("validation copy detection")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
 def training_images(corpus: Path) -> list[Path]:
     """The corpus's training photos, labelled and unlabelled (the whitening fit set)."""
     paths = list_images(corpus / "train")

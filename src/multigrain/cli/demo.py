@@ -1,0 +1,94 @@
+"""Demonstration subcommands: the small end-to-end `demo` and the research `experiments`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from multigrain.cli.app import app, comma_list, echo
+
+
+class DemoData(str, Enum):
+    """The data sets the demo and the experiments run on."""
+
+    BUILTIN = "builtin"  # real photos from Debian packages: the full pipeline
+    FASHION_MNIST = "fashion-mnist"
+
+
+@app.command()
+def demo(
+    output_dir: Annotated[str, typer.Option("--output-dir", "-o")] = "runs/demo",
+    data: Annotated[
+        DemoData, typer.Option(help="builtin (real photos, the full pipeline) | fashion-mnist")
+    ] = DemoData.BUILTIN,
+    data_root: Annotated[
+        str, typer.Option(help="where the built-in benchmark is (built there if missing)")
+    ] = "data/builtin",
+    steps: Annotated[
+        int | None, typer.Option(help="training steps (default 400 builtin, 600 fashion-mnist)")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="default 48 builtin, 96 fashion")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Train a small MultiGrain model and show it against pHash and the untrained network.
+
+    With the default built-in photos: build the benchmark, train, calibrate p*, whiten,
+    index, evaluate copy detection / instances / classification, write runs/demo/report.html.
+    """
+    if data is DemoData.FASHION_MNIST:
+        from multigrain.experiments.fashion_demo import run_demo
+
+        report = run_demo(
+            output_dir=Path(output_dir), steps=steps or 600, batch_size=batch_size or 96
+        )
+        echo(report.summary())
+        return
+    from dataclasses import replace
+
+    from multigrain.experiments.builtin_demo import DemoSettings, run_builtin_demo
+    from multigrain.runtime.distributed import resolve_device
+
+    settings = DemoSettings()
+    settings = replace(
+        settings, steps=steps or settings.steps, batch_size=batch_size or settings.batch_size
+    )
+    summary = run_builtin_demo(
+        output_dir=Path(output_dir),
+        data_root=Path(data_root),
+        settings=settings,
+        device=str(resolve_device(device)),
+    )
+    echo(summary.to_markdown())
+    echo(f"\nreport: {Path(output_dir) / 'report.html'} (and report.md, report.json)")
+
+
+@app.command()
+def experiments(
+    output_dir: Annotated[str, typer.Option("--output-dir", "-o")] = "runs/experiments",
+    quick: Annotated[
+        bool, typer.Option(help="toy size: checks the pipeline in a few minutes, not the claims")
+    ] = False,
+    datasets: Annotated[
+        Sequence[DemoData],
+        typer.Option(
+            parser=comma_list(DemoData),
+            metavar="DATA,...",
+            help="comma-separated: builtin, fashion-mnist",
+        ),
+    ] = (DemoData.BUILTIN, DemoData.FASHION_MNIST),
+    data_root: Annotated[str, typer.Option(help="the built-in benchmark")] = "data/builtin",
+) -> None:
+    """The paper's research questions at small scale (RQ1-RQ4, whitening): tables + plots."""
+    from multigrain.experiments.research import FULL, QUICK, run_experiments
+
+    run_experiments(
+        output_dir=Path(output_dir),
+        data_root=Path(data_root),
+        scale=QUICK if quick else FULL,
+        datasets=[dataset.value for dataset in datasets],
+    )
+    echo(f"report: {Path(output_dir) / 'experiments.html'} (and experiments.md, .json)")

@@ -1,0 +1,104 @@
+"""The `embed` subcommand: descriptors of an image collection, sharded, resumable, torchrun."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from multigrain.cli.app import app, echo
+from multigrain.cli.loading import (
+    MODEL_HELP,
+    PRECISION_HELP,
+    RESOLUTION_HELP,
+    WORKERS_HELP,
+    prepare,
+)
+from multigrain.inference.embed import DEFAULT_PRECISION, DEFAULT_SHARD_SIZE
+from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
+
+
+@app.command()
+def embed(
+    inputs: Annotated[str, typer.Argument(help="folder (recursive), glob pattern or file list")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output folder")],
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help=MODEL_HELP)] = None,
+    resolution: Annotated[
+        int | None, typer.Option("--resolution", "-s", help=RESOLUTION_HELP)
+    ] = None,
+    exponent: Annotated[
+        float | None,
+        typer.Option("--exponent", "-p", help="GeM exponent p* (default: the model's)"),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="images per forward [default: 16 on CPU, 64 on CUDA]")
+    ] = None,
+    shard_size: Annotated[
+        int, typer.Option(help="descriptors per output shard")
+    ] = DEFAULT_SHARD_SIZE,
+    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    precision: Annotated[InferencePrecision, typer.Option(help=PRECISION_HELP)] = DEFAULT_PRECISION,
+    device: Annotated[str, typer.Option()] = "auto",
+    max_pixels: Annotated[int | None, typer.Option(help="refuse larger images")] = None,
+    whitening: Annotated[
+        Path | None,
+        typer.Option(help="whitening file from `multigrain whiten` [default: the bundle's]"),
+    ] = None,
+    bundle_whitening: Annotated[
+        bool, typer.Option(help="apply the bundle's whitening (at its s and p*)")
+    ] = True,
+    resume: Annotated[bool, typer.Option(help="skip images a previous run already did")] = False,
+) -> None:
+    """Embed an image collection: L2-normalised descriptors at longest side s, exponent p*.
+
+    Exit status: 0 when every image was embedded, 3 when the job finished but some
+    images could not be read (listed in OUTPUT/failures-r*.tsv), 2 on a usage error.
+    """
+    from multigrain.data.images import DEFAULT_MAX_PIXELS
+    from multigrain.data.inference_loading import default_num_workers
+    from multigrain.data.listing import list_images
+    from multigrain.inference.embed import embed_collection
+    from multigrain.runtime.distributed import init_distributed, shutdown_distributed
+
+    context = init_distributed(device)
+    try:
+        paths = list_images(inputs)
+        used = resolve_inference_precision(precision, context.device)
+        prepared = prepare(
+            checkpoint, resolution, exponent, context.device, whitening=whitening,
+            use_bundle_whitening=bundle_whitening,
+        )  # fmt: skip
+        model, transform = prepared.model, prepared.whitening
+        metadata = prepared.embedding_metadata(used)  # what ran: auto -> bf16 or fp32
+        report = embed_collection(
+            model,
+            paths,
+            output_dir=output,
+            metadata=metadata,
+            context=context,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            num_workers=default_num_workers(context.device) if workers is None else workers,
+            precision=used,
+            whitening=transform.apply if transform is not None else None,
+            resume=resume,
+            max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+        )
+    finally:
+        shutdown_distributed()
+    if context.is_main:
+        echo(
+            f"embedded {report.num_embedded} images ({report.num_already_done} already done) "
+            f"in {report.seconds:.1f} s, {report.images_per_second:.1f} images/s, "
+            f"{metadata.precision} -> {output}"
+        )
+        source = f"bundle {prepared.source}" if prepared.source else f"weights {checkpoint}"
+        echo(
+            f"model: {prepared.identity} ({source}), s={metadata.resolution}, "
+            f"p*={metadata.exponent:g}, whitening {'on' if metadata.whitened else 'off'}"
+        )
+    for failure in report.failures:
+        typer.echo(f"skipped {failure.path}: {failure.reason}", err=True)
+    if report.failures:
+        raise typer.Exit(3)

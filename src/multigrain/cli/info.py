@@ -1,0 +1,42 @@
+"""The `info` subcommand: what this machine runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from multigrain.cli.app import app, echo
+from multigrain.runtime.allocator import SETTING, find_allocator, loaded_allocator
+
+
+@app.command()
+def info() -> None:
+    """What this machine runs: versions, device, default precision, threads, allocator."""
+    import torch
+
+    import multigrain
+    from multigrain.inference.bundle import builtin_bundle_path, is_bundle
+    from multigrain.runtime.distributed import resolve_device
+    from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
+
+    device = resolve_device("auto")
+    precision = resolve_inference_precision(InferencePrecision.AUTO, device).value
+    loaded = loaded_allocator()
+    available = find_allocator("auto")
+    if loaded:
+        allocator = f"{Path(loaded).name} ({loaded})"
+    elif available:
+        allocator = f"glibc malloc ({available} is installed; see {SETTING})"
+    else:
+        allocator = "glibc malloc (apt-get install libtcmalloc-minimal4 for flat memory)"
+    shipped = builtin_bundle_path()
+    model = str(shipped) if is_bundle(shipped) else "none in this install (pass -c)"
+    for key, value in (
+        ("multigrain", multigrain.__version__),
+        ("built-in model", model),
+        ("torch", torch.__version__),
+        ("device", str(device)),
+        ("default precision", precision),
+        ("torch threads", str(torch.get_num_threads())),
+        ("allocator", allocator),
+    ):
+        echo(f"{key}: {value}")

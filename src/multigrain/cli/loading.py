@@ -1,0 +1,46 @@
+"""The model a test-time command runs, and the option help texts those commands share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import typer
+
+from multigrain.inference.prepare import PreparedModel
+from multigrain.inference.prepare import prepare_model as prepare_model_source
+from multigrain.models import MultiGrain
+
+PRECISION_HELP = (
+    "auto (bf16 where the CPU/GPU runs it natively, else fp32) | fp32 | bf16 | fp16 (CUDA) | "
+    "int8 (CPU, onnxruntime, calibrated on the images; opt-in: costs accuracy)"
+)
+WORKERS_HELP = "decoding processes (default: 1 on a CPU with >= 2 cores, up to 8 with CUDA)"
+MODEL_HELP = "model bundle folder or weights file [default: the built-in model]"
+RESOLUTION_HELP = "longest image side s [default: the bundle's, or 500 for a weights file]"
+
+
+def prepare(
+    checkpoint: Path | None,
+    resolution: int | None,
+    exponent: float | None,
+    device: torch.device,
+    *,
+    whitening: Path | None = None,
+    use_bundle_whitening: bool = True,
+) -> PreparedModel:
+    """The model and its settings (model_source.prepare_model); prints its notes."""
+    prepared = prepare_model_source(
+        checkpoint, resolution=resolution, exponent=exponent, whitening=whitening,
+        use_bundle_whitening=use_bundle_whitening, device=device,
+    )  # fmt: skip
+    for note in prepared.notes:
+        typer.echo(note, err=True)
+    return prepared
+
+
+def prepare_model(
+    checkpoint: Path | None, resolution: int | None, exponent: float | None, device: torch.device
+) -> MultiGrain:
+    """Load weights, set p: --exponent, else the calibrated p* for this s, else the model's."""
+    return prepare(checkpoint, resolution, exponent, device, use_bundle_whitening=False).model

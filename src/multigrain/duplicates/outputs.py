@@ -1,0 +1,139 @@
+"""What ``find-duplicates`` writes: groups.json, groups.csv and a contact sheet (HTML).
+
+Every file is written atomically. The JSON holds everything (threshold and how it was
+chosen, the calibration's measured precision and recall, every pair's score, the file to
+keep); the CSV has one row per file; the page shows each group's thumbnails with their
+scores and marks the suggested keeper, and opens offline (thumbnails are embedded).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from multigrain.data.images import ImageDecodeError, thumbnail_data_uri
+from multigrain.duplicates.folder import DuplicateGroup, DuplicateReport
+from multigrain.runtime.atomic import atomic_write_text
+
+THUMBNAIL_SIDE = 180
+
+
+def report_dict(report: DuplicateReport) -> dict[str, object]:
+    """The report as JSON-ready values (enums as their names)."""
+    return {
+        "folder": report.folder,
+        "num_images": report.num_images,
+        "num_groups": len(report.groups),
+        "num_duplicates": report.num_duplicates,
+        "threshold": report.threshold,
+        "threshold_source": report.threshold_source,
+        "calibration": asdict(report.calibration) if report.calibration else None,
+        "model": {
+            "identity": report.model,
+            "resolution": report.resolution,
+            "exponent": report.exponent,
+            "whitened": report.whitened,
+        },
+        "groups": [
+            {
+                "kind": group.kind.value,
+                "keep": group.keep,
+                "members": [asdict(member) for member in group.members],
+                "pairs": [asdict(pair) for pair in group.pairs],
+            }
+            for group in report.groups
+        ],
+        "unreadable": [asdict(failure) for failure in report.failures],
+    }
+
+
+def write_outputs(report: DuplicateReport, folder: Path) -> dict[str, Path]:
+    """groups.json, groups.csv and contact-sheet.html under `folder` -> their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {
+        "json": atomic_write_text(
+            folder / "groups.json", json.dumps(report_dict(report), indent=1)
+        ),
+        "csv": atomic_write_text(folder / "groups.csv", _csv(report)),
+        "html": atomic_write_text(folder / "contact-sheet.html", _page(report)),
+    }
+    return written
+
+
+def _csv(report: DuplicateReport) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["group", "kind", "path", "keep", "width", "height", "bytes", "best_score"])
+    for number, group in enumerate(report.groups):
+        for member in group.members:
+            best = max(
+                (p.score for p in group.pairs if member.path in (p.a, p.b)), default=float("nan")
+            )
+            writer.writerow([
+                number, group.kind.value, member.path, member.path == group.keep,
+                member.width, member.height, member.num_bytes, f"{best:.4f}",
+            ])  # fmt: skip
+    return buffer.getvalue()
+
+
+def _thumbnail(path: str) -> str:
+    try:
+        uri = thumbnail_data_uri(path, THUMBNAIL_SIDE)
+    except ImageDecodeError:
+        return "<em>unreadable</em>"
+    return f"<img src='{uri}' alt=''>"
+
+
+def _group_html(number: int, group: DuplicateGroup) -> str:
+    parts = [
+        f"<section><h2>Group {number + 1}: {len(group.members)} files ({group.kind.value})</h2>"
+    ]
+    for member in group.members:
+        keep = member.path == group.keep
+        badge = "<b class='keep'>keep</b> " if keep else ""
+        parts.append(
+            f"<figure class='{'keep' if keep else 'copy'}'>{_thumbnail(member.path)}"
+            f"<figcaption>{badge}{html.escape(member.path)}<br>{member.width}×{member.height}, "
+            f"{member.num_bytes / 1024:.0f} KiB</figcaption></figure>"
+        )
+    rows = "".join(
+        f"<tr class='{'linked' if pair.linked else ''}'><td>{html.escape(Path(pair.a).name)}</td>"
+        f"<td>{html.escape(Path(pair.b).name)}</td><td>{pair.score:.3f}</td></tr>"
+        for pair in group.pairs
+    )
+    parts.append(f"<table><tr><th>a</th><th>b</th><th>score</th></tr>{rows}</table></section>")
+    return "".join(parts)
+
+
+def _page(report: DuplicateReport) -> str:
+    calibration = report.calibration
+    how = (
+        f"calibrated on this folder: precision {calibration.estimated_precision:.2f} and "
+        f"recall {calibration.estimated_recall:.2f} measured on "
+        f"{calibration.num_sources * calibration.copies_per_source} synthetic copies of "
+        f"{calibration.num_sources} of its images (target precision "
+        f"{calibration.target_precision:g})"
+        if calibration is not None
+        else "given on the command line"
+    )
+    head = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Duplicate groups</title>"
+        "<style>body{font:13px sans-serif;margin:1.5em}figure{display:inline-block;"
+        f"margin:4px;width:{THUMBNAIL_SIDE}px;vertical-align:top;word-break:break-all}}"
+        "figure.keep img{outline:3px solid #2a7}b.keep{color:#2a7}table{font-size:12px;"
+        "border-collapse:collapse}td,th{padding:1px 8px}tr.linked td{font-weight:bold}"
+        "</style></head><body>"
+    )
+    summary = (
+        f"<h1>{len(report.groups)} duplicate groups in {html.escape(report.folder)}</h1>"
+        f"<p>{report.num_images} images; {report.num_duplicates} files could go. Two images "
+        f"are linked when their score (cosine similarity) is at least "
+        f"<b>{report.threshold:.3f}</b>, {html.escape(how)}. Bold pairs are linked; the "
+        "suggested file to keep (most pixels, then largest file) is outlined.</p>"
+    )
+    groups = "".join(_group_html(number, group) for number, group in enumerate(report.groups))
+    return head + summary + groups + "</body></html>"

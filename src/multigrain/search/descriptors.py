@@ -1,0 +1,66 @@
+"""What made a set of descriptors: the metadata an `embed` output and an index both carry.
+
+An `embed` output stores it as ``metadata.json``, each shard as a JSON string, an index in
+its ``meta.sqlite`` (``info.metadata``). The JSON is ``json.dumps(asdict(metadata),
+sort_keys=True)``, so the same settings always give the same text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, fields
+
+from multigrain.runtime.errors import MultiGrainError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EmbeddingMetadata:
+    """The settings a descriptor was computed with; two sets compare only if these agree."""
+
+    model: str  # identity of the weights: file name and content hash ("" when unknown)
+    resolution: int  # s: longest image side
+    exponent: float  # p*: GeM exponent used
+    whitened: bool
+    dim: int
+    precision: str
+    format_version: int = FORMAT_VERSION
+    bundle: str | None = None  # the model bundle folder the settings came from, if any
+    threshold: float | None = None  # the bundle's 90 %-precision score at these settings
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> EmbeddingMetadata:
+        values = json.loads(text)
+        if values.get("format_version", 0) > FORMAT_VERSION:
+            raise MultiGrainError(
+                f"embeddings written by a newer multigrain (format {values['format_version']})"
+                ": upgrade multigrain"
+            )
+        return cls(**values)
+
+
+def index_metadata_from_json(text: str, *, source: str) -> EmbeddingMetadata | None:
+    """An index's stored metadata: ``{}`` (an index built without any) -> None.
+
+    Raises MultiGrainError naming `source` when the JSON is not a complete metadata record.
+    """
+    values = json.loads(text)
+    if values == {}:
+        return None
+    names = {field.name for field in fields(EmbeddingMetadata)}
+    required = {
+        field.name
+        for field in fields(EmbeddingMetadata)
+        if field.default is MISSING and field.default_factory is MISSING
+    }
+    unknown, missing = sorted(set(values) - names), sorted(required - set(values))
+    if unknown or missing:
+        raise MultiGrainError(
+            f"{source} holds metadata {values} that does not describe an embedding "
+            f"(unknown {unknown}, missing {missing}): rebuild it with `multigrain index build`"
+        )
+    return EmbeddingMetadata.from_json(text)

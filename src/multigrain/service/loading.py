@@ -1,0 +1,111 @@
+"""Start-up of the service: the index, then the model set up to embed queries as it was built.
+
+The index's metadata says how its descriptors were made: resolution s, exponent p,
+whitening, precision and (for a bundle) the model. :func:`open_service` loads the model
+with :func:`multigrain.inference.prepare.prepare_model` at that s and p, builds the fast
+trunk at that precision (``fast_trunk_for``; fp32 for an index that records none) and
+returns the shared :class:`~multigrain.service.state.Service`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from multigrain.inference.fast_trunk import fast_trunk_for
+from multigrain.inference.prepare import DEFAULT_RESOLUTION, prepare_model
+from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
+from multigrain.search.index_store import load_index
+from multigrain.search.threshold import load_threshold
+from multigrain.service.state import Service
+
+logger = logging.getLogger(__name__)
+
+#: Precision of the queries' forward for an index whose metadata records none.
+FALLBACK_PRECISION = InferencePrecision.FP32
+#: Index images an int8 trunk is calibrated on (spread over the index).
+CALIBRATION_IMAGES = 32
+
+
+def open_service(
+    *,
+    checkpoint: Path | None,
+    index_folder: Path,
+    data_dir: Path,
+    token: str | None,
+    max_upload_bytes: int,
+    max_pixels: int,
+    device: str | torch.device = "cpu",
+    precision: InferencePrecision | str | None = None,
+    max_batch: int = 16,
+    batch_wait_s: float = 0.005,
+    request_timeout: float | None = None,
+) -> Service:
+    """Load the index and its model once -> the service's state (see the module docstring).
+
+    `precision` None: the one the index records. Raises MultiGrainError with the fix when
+    the model cannot embed queries the way the index was built.
+    """
+    if request_timeout is not None and request_timeout <= 0:
+        raise MultiGrainError(f"request timeout must be > 0 seconds, got {request_timeout}")
+    # absolute: index_store opens its sqlite file by URI, which a relative path cannot be
+    index_folder, data_dir = index_folder.resolve(), data_dir.resolve()
+    index = load_index(index_folder)
+    metadata = index.metadata  # None: an index built without any (s = 500, p the model's)
+    whitened = metadata is not None and metadata.whitened
+    resolution = metadata.resolution if metadata is not None else DEFAULT_RESOLUTION
+    torch_device = torch.device(device)
+    if checkpoint is None and metadata is not None and metadata.bundle:
+        checkpoint = Path(metadata.bundle)
+    prepared = prepare_model(
+        checkpoint, resolution=resolution,
+        exponent=metadata.exponent if metadata is not None else None,
+        use_bundle_whitening=whitened, device=torch_device,
+    )  # fmt: skip
+    for note in prepared.notes:
+        logger.warning("%s", note)
+    if whitened and prepared.whitening is None:
+        raise MultiGrainError(
+            f"the index {index_folder} holds whitened descriptors, but the model has no "
+            "whitening at its s and p*: serve the model bundle that embedded it, or build the "
+            "index from unwhitened embeddings"
+        )
+    if precision is None:
+        precision = metadata.precision if metadata is not None else FALLBACK_PRECISION
+    used = resolve_inference_precision(precision, torch_device)
+    trunk = fast_trunk_for(
+        prepared.model, used, device=torch_device, resolution=resolution,
+        max_pixels=max_pixels, calibration_images=CALIBRATION_IMAGES,
+        calibration_paths=[Path(p) for p in index.paths],
+    )  # fmt: skip
+    for sub in ("tmp", "uploads"):
+        (data_dir / sub).mkdir(parents=True, exist_ok=True)
+    stored = load_threshold(index_folder)
+    if stored is not None and stored.background is not None:
+        logger.warning("the threshold of %s is on normalised scores: not applied", index_folder)
+        stored = None
+    logger.info(
+        "serving %d images at s=%d, p=%g, %s", len(index), resolution,
+        float(prepared.model.pool.p), used.value,
+    )  # fmt: skip
+    return Service(
+        model=prepared.model,
+        trunk=trunk,
+        classes=list(prepared.classes),
+        index=index,
+        index_folder=index_folder,
+        data_dir=data_dir,
+        resolution=resolution,
+        token=token,
+        max_upload_bytes=max_upload_bytes,
+        max_pixels=max_pixels,
+        device=torch_device,
+        request_timeout=request_timeout,
+        threshold=stored.threshold if stored is not None else prepared.threshold,
+        whitening=prepared.whitening,
+        max_batch=max_batch,
+        batch_wait_s=batch_wait_s,
+    )
