@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 from multigrain.runtime.errors import MultiGrainError
 
 if TYPE_CHECKING:
-    from multigrain.api import Model
+    from multigrain.api import Index, Model
+    from multigrain.duplicates.folder import DuplicateReport
 
 __version__ = "0.1.0"
-__all__ = ["MultiGrainError", "__version__", "load"]
+__all__ = ["Index", "MultiGrainError", "__version__", "find_duplicates", "load"]
 
 
 def load(source: Any = None, **settings: Any) -> Model:
@@ -21,3 +22,19 @@ def load(source: Any = None, **settings: Any) -> Model:
     from multigrain.api import load as load_model
 
     return load_model(source, **settings)
+
+
+def find_duplicates(folder: Any, **settings: Any) -> DuplicateReport:
+    """Duplicate groups of a folder of photos: see :func:`multigrain.api.find_duplicates`."""
+    from multigrain.api import find_duplicates as find
+
+    return find(folder, **settings)
+
+
+def __getattr__(name: str) -> Any:
+    # `multigrain.Index` is imported on first use, for the same reason as `load`.
+    if name == "Index":
+        from multigrain.api import Index
+
+        return Index
+    raise AttributeError(f"module 'multigrain' has no attribute {name!r}")

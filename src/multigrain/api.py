@@ -18,17 +18,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from multigrain.duplicates.folder import DuplicateReport, find_duplicates_in_folder
+from multigrain.duplicates.outputs import write_outputs
 from multigrain.inference.classify import Prediction, classify_images
 from multigrain.inference.embed import DEFAULT_PRECISION, embed_in_memory
 from multigrain.inference.fast_trunk import Trunk, fast_trunk_for
+from multigrain.inference.pil_images import embed_pil_images
 from multigrain.inference.prepare import PreparedModel, prepare_model
+from multigrain.runtime.distributed import DistributedContext
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
+from multigrain.search.descriptors import check_compatible
+from multigrain.search.index import ImageIndex
+from multigrain.search.index_store import load_index, save_index
 
 PathLike = str | os.PathLike[str]
 
@@ -65,21 +74,43 @@ class Model:
         """The bundle's score threshold at 90 % precision (None without a bundle)."""
         return self.prepared.threshold
 
-    def embed(self, images: Sequence[PathLike]) -> np.ndarray:
-        """Image files -> (N, d) float32 unit descriptors (whitened when the bundle is).
+    def embed(self, images: Sequence[PathLike | Image.Image]) -> np.ndarray:
+        """Image files and/or PIL images -> (N, d) float32 unit descriptors, in order
+        (whitened when the bundle is); a file and the same picture as a PIL image match.
 
         Raises MultiGrainError naming the first image that cannot be read.
         """
-        paths = [Path(image) for image in images]
         whitening = self.prepared.whitening
-        descriptors, _, failures = embed_in_memory(
-            self.prepared.model, paths, resolution=self.resolution, device=self.device,
-            precision=self.precision, trunk=self._trunk_for(paths),
-            whitening=whitening.apply if whitening else None,
-        )  # fmt: skip
-        if failures:
-            raise MultiGrainError(f"cannot embed {failures[0].path}: {failures[0].reason}")
-        return descriptors.numpy().astype(np.float32)
+        apply = whitening.apply if whitening else None
+        files = [(i, Path(x)) for i, x in enumerate(images) if not isinstance(x, Image.Image)]
+        pictures = [(i, x) for i, x in enumerate(images) if isinstance(x, Image.Image)]
+        rows: dict[int, np.ndarray] = {}
+        if files:
+            paths = [path for _, path in files]
+            descriptors, _, failures = embed_in_memory(
+                self.prepared.model, paths, resolution=self.resolution, device=self.device,
+                precision=self.precision, trunk=self._trunk_for(paths), whitening=apply,
+            )  # fmt: skip
+            if failures:
+                raise MultiGrainError(f"cannot embed {failures[0].path}: {failures[0].reason}")
+            rows.update(zip((i for i, _ in files), descriptors.numpy(), strict=True))
+        if pictures:
+            trunk = self._trunk_for([])
+            if trunk is None:
+                raise MultiGrainError("int8 needs image files to calibrate on: pass paths")
+            descriptors = embed_pil_images(
+                self.prepared.model, trunk, [x for _, x in pictures],
+                resolution=self.resolution, whitening=apply,
+            )  # fmt: skip
+            rows.update(zip((i for i, _ in pictures), descriptors.numpy(), strict=True))
+        if not rows:
+            raise MultiGrainError("no images given: pass image paths or PIL images")
+        return np.stack([rows[i] for i in range(len(images))]).astype(np.float32)
+
+    def similarity(self, a: PathLike | Image.Image, b: PathLike | Image.Image) -> float:
+        """The cosine similarity of two images' descriptors (1 for the same picture)."""
+        first, second = self.embed([a, b])
+        return float(first @ second)
 
     def is_copy(self, a: np.ndarray, b: np.ndarray) -> bool:
         """Whether two descriptors score at or above the bundle's threshold."""
@@ -116,3 +147,95 @@ def load(
         use_bundle_whitening=whitening, device=target,
     )  # fmt: skip
     return Model(prepared, target, precision)
+
+
+@dataclass(frozen=True)
+class Match:
+    """One search result: the stored image, its cosine score, and whether it is a copy."""
+
+    path: str
+    score: float
+    is_match: bool | None  # score >= the threshold; None when there is no threshold
+
+
+class Index:
+    """Images searchable by a model: ``multigrain.Index.build(model, paths)``.
+
+    A Flat (exact) FAISS index of the model's descriptors that knows how they were made
+    (model, s, p*, whitening); searches embed the queries with the same model, and a
+    result is a match when it scores at or above the model's calibrated threshold.
+    """
+
+    def __init__(self, model: Model, index: ImageIndex) -> None:
+        self.model = model
+        self.index = index
+
+    @classmethod
+    def build(cls, model: Model, images: Sequence[PathLike]) -> Index:
+        descriptors = model.embed(images)
+        paths = [str(Path(image)) for image in images]
+        metadata = model.prepared.embedding_metadata(model.precision)
+        return cls(model, ImageIndex.build(descriptors, paths, metadata=metadata))
+
+    @classmethod
+    def load(cls, folder: PathLike, model: Model | None = None) -> Index:
+        """An index folder (``multigrain index build`` or :meth:`save`), with its model."""
+        index = load_index(folder)
+        model = model or load()
+        wanted = model.prepared.embedding_metadata(model.precision)
+        if index.metadata is not None:
+            check_compatible(index.metadata, wanted, what=f"index {folder}")
+        return cls(model, index)
+
+    def save(self, folder: PathLike) -> Path:
+        return save_index(self.index, folder)
+
+    def add(self, images: Sequence[PathLike]) -> None:
+        self.index.add(self.model.embed(images), [str(Path(image)) for image in images])
+
+    def __len__(self) -> int:
+        return len(self.index.paths)
+
+    def search(self, images: Sequence[PathLike | Image.Image], k: int = 5) -> list[list[Match]]:
+        """The k best stored images for each query image, best first."""
+        found = self.index.search(self.model.embed(images), k)
+        threshold = self.model.threshold
+        return [
+            [
+                Match(path, float(score), None if threshold is None else bool(score >= threshold))
+                for path, score in zip(paths, scores.tolist(), strict=True)
+                if path
+            ]
+            for paths, scores in zip(found.paths, found.scores, strict=True)
+        ]
+
+
+def find_duplicates(
+    folder: PathLike,
+    *,
+    model: PathLike | None = None,
+    output: PathLike | None = None,
+    precision: float = 0.9,
+    threshold: float | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+) -> DuplicateReport:
+    """``multigrain find-duplicates FOLDER`` from Python: exact and near-duplicate groups.
+
+    Descriptors are cached in ``OUTPUT/embeddings`` (default OUTPUT: ``FOLDER-duplicates``
+    beside the folder), where groups.json, groups.csv and contact-sheet.html are written.
+    """
+    source = Path(folder)
+    target = (
+        Path(output)
+        if output
+        else source.resolve().with_name(source.resolve().name + "-duplicates")
+    )
+    context = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device(device))
+    prepared = prepare_model(None if model is None else Path(model), device=context.device)
+    report = find_duplicates_in_folder(
+        source, prepared, cache=target / "embeddings", context=context,
+        target_precision=precision, threshold=threshold, progress=progress,
+    )  # fmt: skip
+    write_outputs(report, target)
+    return report

@@ -64,3 +64,26 @@ def index_metadata_from_json(text: str, *, source: str) -> EmbeddingMetadata | N
             f"(unknown {unknown}, missing {missing}): rebuild it with `multigrain index build`"
         )
     return EmbeddingMetadata.from_json(text)
+
+
+#: The settings two sets of descriptors must share to be compared (precision aside: bf16
+#: and fp32 descriptors of one model differ by round-off only).
+SETTINGS_KEYS = ("model", "resolution", "exponent", "whitened", "dim")
+
+
+def check_compatible(found: EmbeddingMetadata, expected: EmbeddingMetadata, *, what: str) -> None:
+    """Refuse to compare descriptors made with other settings, naming each difference.
+
+    Raises:
+        MultiGrainError: `what` (e.g. "index photos.index") was made otherwise.
+    """
+    differences = [
+        f"{key}: {getattr(found, key)!r} vs {getattr(expected, key)!r}"
+        for key in SETTINGS_KEYS
+        if getattr(found, key) != getattr(expected, key)
+    ]
+    if differences:
+        raise MultiGrainError(
+            f"{what} was made with other settings than this model's ({'; '.join(differences)}):"
+            " rebuild it with this model, or load the model it was built with"
+        )
