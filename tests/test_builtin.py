@@ -283,7 +283,7 @@ def test_experiments_quick_report_structure(built, tmp_path: Path, fashion_mnist
     from typer.testing import CliRunner
 
     import multigrain.cli.demo  # noqa: F401  (registers experiments)
-    from multigrain.cli.main import app
+    from multigrain.cli.app import app
 
     output, _ = built
     folder = tmp_path / "experiments"
@@ -316,7 +316,7 @@ def test_cli_report_plots_the_stored_calibration(built, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     import multigrain.cli.evaluate  # noqa: F401  (registers evaluate)
-    from multigrain.cli.main import app
+    from multigrain.cli.app import app
     from multigrain.inference.calibrate import CalibrationResult, CalibrationRow
     from multigrain.models import MultiGrain
     from multigrain.models.checkpoint import save_checkpoint

@@ -10,10 +10,10 @@ from typing import Annotated
 import typer
 
 from multigrain.cli.app import app, comma_list, echo
-from multigrain.cli.loading import PRECISION_HELP, WORKERS_HELP, prepare_model
-from multigrain.data.sources import DatasetKind
-from multigrain.inference.prepare import calibration_path
-from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
+from multigrain.cli.loading import PRECISION_HELP, WORKERS_HELP, ExponentOption, prepare_model
+from multigrain.cli.outputs import file_option
+from multigrain.data.kinds import DatasetKind
+from multigrain.runtime.precision_kinds import InferencePrecision
 
 
 class CalibrationMethod(str, Enum):
@@ -30,40 +30,49 @@ def calibrate(
     dataset: Annotated[DatasetKind, typer.Option(help="layout of the held-out data")] = (
         DatasetKind.FOLDER
     ),
-    file_list: Annotated[str | None, typer.Option()] = None,
+    file_list: Annotated[
+        str | None, typer.Option(help="text file of 'path label' lines (--dataset file-list)")
+    ] = None,
     resolutions: Annotated[
         Sequence[int],
         typer.Option(
-            parser=comma_list(int),
+            parser=comma_list(int, at_least=1),
             metavar="S,...",
-            help="s values to try",
+            help="s values to try (each >= 1)",
         ),
     ] = (224, 320, 500),
     exponents: Annotated[
         Sequence[float],
         typer.Option(
-            parser=comma_list(float),
+            parser=comma_list(float, above=0.0),
             metavar="P,...",
-            help="p values to try (grid)",
+            help="p values to try (grid; each > 0)",
         ),
     ] = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0),
     method: Annotated[
         CalibrationMethod, typer.Option(help="grid (top-1 of each p) | learned (SGD on p)")
     ] = CalibrationMethod.GRID,
-    num_images: Annotated[int, typer.Option(help="labelled images used")] = 500,
+    num_images: Annotated[int, typer.Option(min=1, help="labelled images used")] = 500,
     output: Annotated[
-        Path | None, typer.Option(help="default: CHECKPOINT.calibration.json")
+        Path | None,
+        typer.Option(
+            callback=file_option(".json"),
+            help="JSON file to write (and a .png plot beside it) [default: "
+            "CHECKPOINT.calibration.json]",
+        ),
     ] = None,
     precision: Annotated[
         InferencePrecision,
         typer.Option(help="auto (bf16 where native, else fp32) | fp32 | bf16 | fp16"),
     ] = InferencePrecision.AUTO,
-    device: Annotated[str, typer.Option()] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
 ) -> None:
     """Choose p* for each test resolution s: a grid scored by top-1, or p learned by SGD."""
+    # imported here, not at the top: they load torch (start-up time of `multigrain --help`)
     from multigrain.data.sources import open_heldout_images
     from multigrain.evaluation.plots import plot_calibration
     from multigrain.inference.calibrate import grid_search, learn_exponents
+    from multigrain.inference.prepare import calibration_path
     from multigrain.models.weights import load_model
     from multigrain.runtime.distributed import resolve_device
 
@@ -102,29 +111,42 @@ def _spread(total: int, count: int) -> list[int]:
 def whiten(
     inputs: Annotated[str, typer.Argument(help="images to fit on: folder, glob or file list")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="model weights file")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="whitening file to write")],
-    resolution: Annotated[int, typer.Option("--resolution", "-s")] = 500,
-    exponent: Annotated[float | None, typer.Option("--exponent", "-p")] = None,
-    dim: Annotated[int | None, typer.Option(help="keep this many components")] = None,
-    power: Annotated[float, typer.Option(help="eigenvalue power: 0.5 whitens, 0 rotates")] = 0.5,
-    shrinkage: Annotated[float, typer.Option(help="x mean eigenvalue added to each")] = 0.0,
-    batch_size: Annotated[int, typer.Option()] = 32,
-    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", callback=file_option(), help="whitening file to write (e.g. w.pt)"
+        ),
+    ],
+    resolution: Annotated[
+        int, typer.Option("--resolution", "-s", min=1, help="longest image side s")
+    ] = 500,
+    exponent: ExponentOption = None,
+    dim: Annotated[int | None, typer.Option(min=1, help="keep this many components")] = None,
+    power: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="eigenvalue power: 0.5 whitens, 0 rotates")
+    ] = 0.5,
+    shrinkage: Annotated[
+        float, typer.Option(min=0.0, help="x mean eigenvalue added to each")
+    ] = 0.0,
+    batch_size: Annotated[int, typer.Option(min=1, help="images per forward")] = 32,
+    workers: Annotated[int | None, typer.Option(min=0, help=WORKERS_HELP)] = None,
     precision: Annotated[
         InferencePrecision, typer.Option(help=PRECISION_HELP)
     ] = InferencePrecision.AUTO,
-    device: Annotated[str, typer.Option()] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
 ) -> None:
     """Fit PCA whitening on the embeddings of a separate image set (same s and p*).
 
     Fitted on the raw embeddings the classifier reads, so that `classify --whitening`
     (the whitening folded into the classifier) keeps every top-1 prediction.
     """
+    # imported here, not at the top: they load torch (start-up time of `multigrain --help`)
     from multigrain.data.inference_loading import default_num_workers
     from multigrain.data.listing import list_images
     from multigrain.inference.embed import embed_in_memory
     from multigrain.models.checkpoint import model_identity
     from multigrain.runtime.distributed import resolve_device
+    from multigrain.runtime.precision import resolve_inference_precision
     from multigrain.search.whitening import fit_whitening
 
     target = resolve_device(device)

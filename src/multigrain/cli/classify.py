@@ -6,26 +6,11 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
 from multigrain.cli.app import app, echo
-from multigrain.cli.loading import MODEL_HELP, PRECISION_HELP, WORKERS_HELP, prepare
-from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
-from multigrain.search.whitening import Whitening, fold_into_classifier
-
-
-class WhitenedClassifier(torch.nn.Module):
-    """The classifier with the whitening folded in: raw embedding -> whitened -> logits."""
-
-    def __init__(self, classifier: torch.nn.Linear, whitening: Whitening) -> None:
-        super().__init__()
-        self.whitening = whitening
-        self.folded = fold_into_classifier(classifier, whitening)
-
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        whitened = self.whitening.transform_unnormalised(embedding.double()).float()
-        return self.folded(whitened)
+from multigrain.cli.loading import MODEL_HELP, PRECISION_HELP, WORKERS_HELP, ExponentOption, prepare
+from multigrain.runtime.precision_kinds import InferencePrecision
 
 
 @app.command()
@@ -34,27 +19,35 @@ def classify(
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help=MODEL_HELP)] = None,
     resolution: Annotated[
         int | None,
-        typer.Option("--resolution", "-s", help="[default: the bundle's s, or 224]"),
+        typer.Option(
+            "--resolution",
+            "-s",
+            min=1,
+            help="longest image side s [default: the bundle's s, or 224]",
+        ),
     ] = None,
-    exponent: Annotated[float | None, typer.Option("--exponent", "-p")] = None,
-    top_k: Annotated[int, typer.Option()] = 5,
+    exponent: ExponentOption = None,
+    top_k: Annotated[int, typer.Option(min=1, help="classes shown per image")] = 5,
     whitening: Annotated[
         Path | None, typer.Option(help="classify through folded whitening")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
-    batch_size: Annotated[int, typer.Option()] = 32,
-    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="images per forward")] = 32,
+    workers: Annotated[int | None, typer.Option(min=0, help=WORKERS_HELP)] = None,
     precision: Annotated[
         InferencePrecision, typer.Option(help=PRECISION_HELP)
     ] = InferencePrecision.AUTO,
-    device: Annotated[str, typer.Option()] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
 ) -> None:
     """Top-k classes with probabilities; class names come from the checkpoint."""
+    # imported here, not at the top: they load torch (start-up time of `multigrain --help`)
+    from multigrain.cli.whitened import WhitenedClassifier
     from multigrain.data.inference_loading import default_num_workers
     from multigrain.data.listing import list_images
     from multigrain.inference.bundle import is_bundle
     from multigrain.inference.classify import classify_images
     from multigrain.runtime.distributed import resolve_device
+    from multigrain.runtime.precision import resolve_inference_precision
 
     target = resolve_device(device)
     used = resolve_inference_precision(precision, target)

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from multigrain.cli.app import app, comma_list, echo
+from multigrain.cli.outputs import file_option, folder_option
 
 corpus_app = typer.Typer(
     no_args_is_help=True,
@@ -20,10 +21,13 @@ app.add_typer(corpus_app, name="corpus")
 
 @corpus_app.command("build")
 def corpus_build(
-    output: Annotated[Path, typer.Argument(help="folder to write (empty or new)")] = Path(
-        "data/corpus"
-    ),
-    seed: Annotated[int, typer.Option()] = 0,
+    output: Annotated[
+        Path,
+        typer.Argument(
+            help="folder to write (empty or new)", callback=folder_option("for the corpus")
+        ),
+    ] = Path("data/corpus"),
+    seed: Annotated[int, typer.Option(min=0, help="seed of the splits")] = 0,
     overwrite: Annotated[bool, typer.Option(help="replace a non-empty folder")] = False,
     heldout_only: Annotated[
         bool,
@@ -43,9 +47,14 @@ def corpus_build(
 def corpus_curve(
     train_folder: Annotated[Path, typer.Argument(help="a training --output-dir with snapshots/")],
     corpus: Annotated[Path, typer.Option(help="the corpus folder")] = Path("data/corpus"),
-    resolution: Annotated[int, typer.Option("--resolution", "-s")] = 224,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG plot")] = None,
-    device: Annotated[str, typer.Option()] = "auto",
+    resolution: Annotated[
+        int, typer.Option("--resolution", "-s", min=1, help="longest image side s")
+    ] = 224,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", callback=file_option(".png"), help="PNG plot to write"),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
 ) -> None:
     """Validation copy mAP of every training snapshot (cached in TRAIN_FOLDER/curve.json)."""
     from multigrain.data.corpus.heldout import read_copy_set
@@ -68,30 +77,38 @@ def corpus_curve(
 @app.command("bundle")
 def bundle_command(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="a training checkpoint")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="bundle folder to write")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            callback=folder_option("for the bundle"),
+            help="bundle folder to write",
+        ),
+    ],
     corpus: Annotated[
         Path, typer.Option(help="corpus with validation/ (choices) and train/ (whitening)")
     ] = Path("data/corpus"),
     resolutions: Annotated[
         Sequence[int],
         typer.Option(
-            parser=comma_list(int),
+            parser=comma_list(int, at_least=1),
             metavar="S,...",
-            help="test resolutions s to try",
+            help="test resolutions s to try (each >= 1)",
         ),
     ] = (224, 288),
     exponents: Annotated[
         Sequence[float],
         typer.Option(
-            parser=comma_list(float),
+            parser=comma_list(float, above=0.0),
             metavar="P,...",
-            help="GeM exponents p* to try",
+            help="GeM exponents p* to try (each > 0)",
         ),
     ] = (2.0, 3.0, 4.0, 5.0),
     notes: Annotated[
         Path | None, typer.Option(help="JSON file of provenance to store (command, data)")
     ] = None,
-    device: Annotated[str, typer.Option()] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
 ) -> None:
     """Write a model bundle: s and p* chosen on held-out copies, whitening, threshold."""
     from multigrain.data.corpus.heldout import read_copy_set

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from multigrain.cli.app import app, comma_list, echo
+from multigrain.cli.outputs import folder_option
 
 
 class DemoData(str, Enum):
@@ -21,7 +22,15 @@ class DemoData(str, Enum):
 
 @app.command()
 def demo(
-    output_dir: Annotated[str, typer.Option("--output-dir", "-o")] = "runs/demo",
+    output_dir: Annotated[
+        str,
+        typer.Option(
+            "--output-dir",
+            "-o",
+            callback=folder_option("for the run"),
+            help="folder for the model, the report and the plots",
+        ),
+    ] = "runs/demo",
     data: Annotated[
         DemoData, typer.Option(help="builtin (real photos, the full pipeline) | fashion-mnist")
     ] = DemoData.BUILTIN,
@@ -29,9 +38,12 @@ def demo(
         str, typer.Option(help="where the built-in benchmark is (built there if missing)")
     ] = "data/builtin",
     steps: Annotated[
-        int | None, typer.Option(help="training steps (default 400 builtin, 600 fashion-mnist)")
+        int | None,
+        typer.Option(min=1, help="training steps (default 400 builtin, 600 fashion-mnist)"),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="default 48 builtin, 96 fashion")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="default 48 builtin, 96 fashion")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
 ) -> None:
     """Train a small MultiGrain model and show it against pHash and the untrained network.
@@ -68,7 +80,15 @@ def demo(
 
 @app.command()
 def experiments(
-    output_dir: Annotated[str, typer.Option("--output-dir", "-o")] = "runs/experiments",
+    output_dir: Annotated[
+        str,
+        typer.Option(
+            "--output-dir",
+            "-o",
+            callback=folder_option("for the tables and plots"),
+            help="folder for experiments.html/.md/.json and the plots",
+        ),
+    ] = "runs/experiments",
     quick: Annotated[
         bool, typer.Option(help="toy size: checks the pipeline in a few minutes, not the claims")
     ] = False,

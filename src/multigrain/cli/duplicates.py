@@ -9,6 +9,7 @@ import typer
 
 from multigrain.cli.app import app, echo
 from multigrain.cli.loading import MODEL_HELP
+from multigrain.cli.outputs import first_missing, folder_option, remove_created
 
 
 @app.command("find-duplicates")
@@ -19,7 +20,10 @@ def find_duplicates(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="results folder [default: FOLDER-duplicates beside FOLDER]"
+            "--output",
+            "-o",
+            callback=folder_option("for the groups and the contact sheet"),
+            help="results folder [default: FOLDER-duplicates beside FOLDER]",
         ),
     ] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help=MODEL_HELP)] = None,
@@ -41,8 +45,8 @@ def find_duplicates(
     samples: Annotated[
         int, typer.Option(min=10, help="images sampled to make synthetic copies of")
     ] = 100,
-    device: Annotated[str, typer.Option()] = "auto",
-    seed: Annotated[int, typer.Option(help="seed of the calibration sample and copies")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    seed: Annotated[int, typer.Option(min=0, help="seed of the calibration sample and copies")] = 0,
 ) -> None:
     """Exact and near-duplicate groups in FOLDER, with a threshold calibrated on FOLDER itself.
 
@@ -60,12 +64,16 @@ def find_duplicates(
         raise MultiGrainError(f"{folder} is not a folder: give the folder of photos to search")
     target = output or folder.resolve().with_name(folder.resolve().name + "-duplicates")
     context = init_distributed(device)
+    created = first_missing(target)  # removed if the job fails before writing anything
     try:
         prepared = prepare(checkpoint, None, None, context.device)
         report = find_duplicates_in_folder(
             folder, prepared, cache=target / "embeddings", context=context,
             target_precision=precision, threshold=threshold, num_sources=samples, seed=seed,
         )  # fmt: skip
+    except BaseException:
+        remove_created(created, keep="*.npz")  # shards: work a rerun continues from
+        raise
     finally:
         shutdown_distributed()
     written = write_outputs(report, target)

@@ -13,34 +13,44 @@ from multigrain.cli.loading import (
     PRECISION_HELP,
     RESOLUTION_HELP,
     WORKERS_HELP,
+    ExponentOption,
     prepare,
 )
-from multigrain.inference.embed import DEFAULT_PRECISION, DEFAULT_SHARD_SIZE
-from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
+from multigrain.cli.outputs import first_missing, folder_option, remove_created
+from multigrain.inference.embed_defaults import DEFAULT_PRECISION, DEFAULT_SHARD_SIZE
+from multigrain.runtime.precision_kinds import InferencePrecision
 
 
 @app.command()
 def embed(
     inputs: Annotated[str, typer.Argument(help="folder (recursive), glob pattern or file list")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="output folder")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="output folder (descriptors.npy, paths.txt, metadata.json)",
+            callback=folder_option("to hold the descriptors"),
+        ),
+    ],
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help=MODEL_HELP)] = None,
     resolution: Annotated[
-        int | None, typer.Option("--resolution", "-s", help=RESOLUTION_HELP)
+        int | None, typer.Option("--resolution", "-s", min=1, help=RESOLUTION_HELP)
     ] = None,
-    exponent: Annotated[
-        float | None,
-        typer.Option("--exponent", "-p", help="GeM exponent p* (default: the model's)"),
-    ] = None,
+    exponent: ExponentOption = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="images per forward [default: 16 on CPU, 64 on CUDA]")
+        int | None,
+        typer.Option(min=1, help="images per forward [default: 16 on CPU, 64 on CUDA]"),
     ] = None,
     shard_size: Annotated[
-        int, typer.Option(help="descriptors per output shard")
+        int, typer.Option(min=1, help="descriptors per output shard")
     ] = DEFAULT_SHARD_SIZE,
-    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help=WORKERS_HELP)] = None,
     precision: Annotated[InferencePrecision, typer.Option(help=PRECISION_HELP)] = DEFAULT_PRECISION,
-    device: Annotated[str, typer.Option()] = "auto",
-    max_pixels: Annotated[int | None, typer.Option(help="refuse larger images")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    max_pixels: Annotated[
+        int | None, typer.Option(min=1, help="refuse larger images [default: 178956970]")
+    ] = None,
     whitening: Annotated[
         Path | None,
         typer.Option(help="whitening file from `multigrain whiten` [default: the bundle's]"),
@@ -55,13 +65,16 @@ def embed(
     Exit status: 0 when every image was embedded, 3 when the job finished but some
     images could not be read (listed in OUTPUT/failures-r*.tsv), 2 on a usage error.
     """
+    # imported here, not at the top: they load torch (start-up time of `multigrain --help`)
     from multigrain.data.images import DEFAULT_MAX_PIXELS
     from multigrain.data.inference_loading import default_num_workers
     from multigrain.data.listing import list_images
     from multigrain.inference.embed import embed_collection
     from multigrain.runtime.distributed import init_distributed, shutdown_distributed
+    from multigrain.runtime.precision import resolve_inference_precision
 
     context = init_distributed(device)
+    created = first_missing(output)  # removed if the job fails before writing anything
     try:
         paths = list_images(inputs)
         used = resolve_inference_precision(precision, context.device)
@@ -85,6 +98,9 @@ def embed(
             resume=resume,
             max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
         )
+    except BaseException:
+        remove_created(created, keep="*.npz")  # shards: work a rerun continues from
+        raise
     finally:
         shutdown_distributed()
     if context.is_main:

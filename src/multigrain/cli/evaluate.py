@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 
 from multigrain.cli.app import app, echo
-from multigrain.cli.loading import PRECISION_HELP, WORKERS_HELP, prepare_model
-from multigrain.inference.prepare import calibration_path, load_whitening
-from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
+from multigrain.cli.loading import PRECISION_HELP, WORKERS_HELP, ExponentOption, prepare_model
+from multigrain.cli.outputs import file_option, folder_option, removed_on_failure
+from multigrain.runtime.precision_kinds import InferencePrecision
+
+if TYPE_CHECKING:  # imported in the commands, so that `multigrain --help` stays torch-free
+    import torch
 
 
 class EvaluationBenchmark(str, Enum):
@@ -41,24 +44,34 @@ def evaluate(
     ],
     root: Annotated[Path, typer.Option(help="the benchmark's folder, as distributed")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="model weights file")],
-    resolution: Annotated[int, typer.Option("--resolution", "-s")] = 500,
-    exponent: Annotated[float | None, typer.Option("--exponent", "-p")] = None,
+    resolution: Annotated[
+        int, typer.Option("--resolution", "-s", min=1, help="longest image side s")
+    ] = 500,
+    exponent: ExponentOption = None,
     whitening: Annotated[Path | None, typer.Option(help="whitening file (retrieval)")] = None,
     difficulty: Annotated[str, typer.Option(help="revisitop: easy | medium | hard")] = "medium",
     upright: Annotated[bool, typer.Option(help="Holidays: apply the rotation list")] = True,
     distractors: Annotated[Path | None, typer.Option(help="Copydays: distractor folder")] = None,
-    output: Annotated[Path | None, typer.Option(help="write the result as JSON")] = None,
-    report: Annotated[
-        Path | None, typer.Option(help="builtin: folder for report.md/.json/.html and plots")
+    output: Annotated[
+        Path | None,
+        typer.Option(callback=file_option(".json"), help="write the result to this JSON file"),
     ] = None,
-    batch_size: Annotated[int, typer.Option()] = 32,
-    workers: Annotated[int | None, typer.Option(help=WORKERS_HELP)] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            callback=folder_option("for the report"),
+            help="builtin: folder for report.md/.json/.html and plots",
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="images per forward")] = 32,
+    workers: Annotated[int | None, typer.Option(min=0, help=WORKERS_HELP)] = None,
     precision: Annotated[
         InferencePrecision, typer.Option(help=PRECISION_HELP)
     ] = InferencePrecision.AUTO,
-    device: Annotated[str, typer.Option()] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
 ) -> None:
     """Score a model on a standard benchmark with its exact protocol (JSON + markdown)."""
+    # imported here, not at the top: they load torch (start-up time of `multigrain --help`)
     import torch.nn.functional as F
 
     from multigrain.data.inference_loading import default_num_workers
@@ -70,16 +83,19 @@ def evaluate(
         evaluate_copy_detection,
         evaluate_retrieval,
     )
+    from multigrain.inference.prepare import load_whitening
     from multigrain.models.checkpoint import model_identity
     from multigrain.runtime.atomic import atomic_write_text
     from multigrain.runtime.distributed import resolve_device
+    from multigrain.runtime.precision import resolve_inference_precision
 
     target = resolve_device(device)
     used = resolve_inference_precision(precision, target)
     if benchmark is EvaluationBenchmark.BUILTIN:
-        _evaluate_builtin(
-            root, checkpoint, resolution, exponent, target, used, report, output, whitening
-        )  # fmt: skip
+        with removed_on_failure(report) if report is not None else nullcontext():
+            _evaluate_builtin(
+                root, checkpoint, resolution, exponent, target, used, report, output, whitening
+            )  # fmt: skip
         return
     name = BenchmarkName(benchmark.value)
     options: dict[str, object] = {}
@@ -124,6 +140,7 @@ def _evaluate_builtin(
 
     from multigrain.evaluation.builtin.score import evaluate_builtin
     from multigrain.inference.calibration_result import CalibrationResult
+    from multigrain.inference.prepare import calibration_path, load_whitening
     from multigrain.models.checkpoint import model_identity
     from multigrain.models.weights import load_model
     from multigrain.runtime.atomic import atomic_write_text
@@ -148,12 +165,18 @@ def _evaluate_builtin(
 
 @app.command("build-benchmark")
 def build_benchmark(
-    output: Annotated[Path, typer.Option("--output", "-o", help="folder to create")] = Path(
-        "data/builtin"
-    ),
-    seed: Annotated[int, typer.Option()] = 0,
-    max_pool: Annotated[int, typer.Option(help="at most this many source photos")] = 400,
-    overwrite: Annotated[bool, typer.Option()] = False,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            callback=folder_option("for the benchmark"),
+            help="folder to create",
+        ),
+    ] = Path("data/builtin"),
+    seed: Annotated[int, typer.Option(min=0, help="seed of the photo choice and the copies")] = 0,
+    max_pool: Annotated[int, typer.Option(min=1, help="at most this many source photos")] = 400,
+    overwrite: Annotated[bool, typer.Option(help="replace a non-empty output folder")] = False,
 ) -> None:
     """Build the built-in benchmark of real photos from installed Debian packages."""
     from multigrain.evaluation.builtin import build_builtin_benchmark

@@ -11,10 +11,11 @@ from multigrain.runtime.allocator import SETTING, find_allocator, loaded_allocat
 @app.command()
 def info() -> None:
     """What this machine runs: versions, device, default precision, threads, allocator."""
+    # torch only, not torchvision and the models: reading a bundle is not needed here
     import torch
 
     import multigrain
-    from multigrain.inference.bundle import builtin_bundle_path, is_bundle
+    from multigrain.inference.bundle_paths import builtin_bundle_path, is_bundle
     from multigrain.runtime.distributed import resolve_device
     from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
 

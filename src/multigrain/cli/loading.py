@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 
-from multigrain.inference.prepare import PreparedModel
-from multigrain.inference.prepare import prepare_model as prepare_model_source
-from multigrain.models import MultiGrain
+from multigrain.cli.app import greater_than
+
+if TYPE_CHECKING:  # imported in `prepare`, so that `multigrain COMMAND --help` stays torch-free
+    import torch
+
+    from multigrain.inference.prepare import PreparedModel
+    from multigrain.models import MultiGrain
 
 PRECISION_HELP = (
     "auto (bf16 where the CPU/GPU runs it natively, else fp32) | fp32 | bf16 | fp16 (CUDA) | "
@@ -18,6 +22,17 @@ PRECISION_HELP = (
 WORKERS_HELP = "decoding processes (default: 1 on a CPU with >= 2 cores, up to 8 with CUDA)"
 MODEL_HELP = "model bundle folder or weights file [default: the built-in model]"
 RESOLUTION_HELP = "longest image side s [default: the bundle's, or 500 for a weights file]"
+
+#: The test-time GeM exponent option every model-running command takes.
+ExponentOption = Annotated[
+    float | None,
+    typer.Option(
+        "--exponent",
+        "-p",
+        callback=greater_than(0.0),
+        help="GeM exponent p* > 0 [default: the bundle's, else calibrated for s, else the model's]",
+    ),
+]
 
 
 def prepare(
@@ -30,6 +45,9 @@ def prepare(
     use_bundle_whitening: bool = True,
 ) -> PreparedModel:
     """The model and its settings (model_source.prepare_model); prints its notes."""
+    # imported here, not at the top: loads torch (start-up time of `multigrain --help`)
+    from multigrain.inference.prepare import prepare_model as prepare_model_source
+
     prepared = prepare_model_source(
         checkpoint, resolution=resolution, exponent=exponent, whitening=whitening,
         use_bundle_whitening=use_bundle_whitening, device=device,

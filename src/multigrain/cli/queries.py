@@ -8,12 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import typer
 
 from multigrain.runtime.errors import MultiGrainError
 
 if TYPE_CHECKING:  # the library is imported inside the functions: `multigrain --help` stays fast
+    import numpy as np
+
     from multigrain.search.descriptors import EmbeddingMetadata
     from multigrain.search.index import ImageIndex
 
@@ -30,6 +31,8 @@ def normalised(
     """Search scores (Q, k), SSCD-normalised against `background` when one is given."""
     if background is None:
         return scores
+    import numpy as np
+
     from multigrain.inference.store import load_embeddings
     from multigrain.search.score_norm import normalize_scores
 
@@ -47,6 +50,8 @@ def query_descriptors(
 
     One view, or two when the index's bundle searches with the mirrored query as well.
     """
+    import numpy as np
+
     from multigrain.inference.store import load_embeddings
 
     if (queries / "descriptors.npy").exists():
@@ -124,6 +129,8 @@ def search_views(
     index: ImageIndex, views: list[np.ndarray], k: int, rerank: bool
 ) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
     """Search every view; per query keep each path's best score -> (paths, scores, view 0)."""
+    import numpy as np
+
     results = [index.search(view, k, rerank=rerank) for view in views]
     if len(results) == 1:
         return results[0].paths, results[0].scores, views[0]

@@ -1,6 +1,7 @@
 """Search subcommands: index build/add/remove, search (calibrate-threshold, dedup: threshold.py).
 
-The library is imported inside each command, so that `multigrain --help` stays fast.
+The library (and numpy) is imported inside each command, so that `multigrain --help` stays
+fast: it loads no numpy, torch or faiss.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from multigrain.cli.app import app, echo
+from multigrain.cli.outputs import folder_option, removed_on_failure
 from multigrain.cli.queries import normalised, query_descriptors, search_views
 from multigrain.runtime.errors import MultiGrainError
 
@@ -24,13 +25,25 @@ app.add_typer(index_app, name="index")
 @index_app.command("build")
 def index_build(
     embeddings: Annotated[Path, typer.Argument(help="output folder of `multigrain embed`")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="index folder to write")],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            callback=folder_option("for the index"),
+            help="index folder to write",
+        ),
+    ],
     factory: Annotated[
         str, typer.Option(help="faiss factory: Flat, IVF1024,PQ32, HNSW32 ...")
     ] = "Flat",
-    train_size: Annotated[int, typer.Option(help="descriptors sampled to train IVF/PQ")] = 100_000,
+    train_size: Annotated[
+        int, typer.Option(min=1, help="descriptors sampled to train IVF/PQ")
+    ] = 100_000,
 ) -> None:
     """Index the descriptors of an `embed` output (inner product = cosine)."""
+    import numpy as np
+
     from multigrain.inference.store import load_embeddings
     from multigrain.search.index import ImageIndex
     from multigrain.search.index_store import save_index
@@ -40,7 +53,8 @@ def index_build(
         np.ascontiguousarray(data.descriptors, dtype=np.float32), data.paths, factory=factory,
         metadata=data.metadata, train_size=train_size,
     )  # fmt: skip
-    save_index(index, output)
+    with removed_on_failure(output):  # no half-written index folder
+        save_index(index, output)
     echo(f"indexed {index.ntotal} images ({factory}, {data.metadata.dim}-d) -> {output}")
 
 
@@ -50,6 +64,8 @@ def index_add(
     embeddings: Annotated[Path, typer.Argument(help="output folder of `multigrain embed`")],
 ) -> None:
     """Add the descriptors of another `embed` output (same model, s and p)."""
+    import numpy as np
+
     from multigrain.inference.store import load_embeddings
     from multigrain.search.index_store import load_index, save_index
 
@@ -88,7 +104,7 @@ def search(
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", "-c", help="embed image queries with it")
     ] = None,
-    k: Annotated[int, typer.Option("-k", help="neighbours per query")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, help="neighbours per query")] = 10,
     rerank: Annotated[bool, typer.Option(help="re-score the shortlist exactly")] = False,
     background: Annotated[
         Path | None,
@@ -96,11 +112,15 @@ def search(
     ] = None,
     beta: Annotated[
         float | None,
-        typer.Option(help="weight of the background similarity [default: 1, or calibrated]"),
+        typer.Option(
+            min=0.0, help="weight of the background similarity [default: 1, or calibrated]"
+        ),
     ] = None,
     neighbours: Annotated[
         int | None,
-        typer.Option(help="background images averaged per query [default: 1, or calibrated]"),
+        typer.Option(
+            min=1, help="background images averaged per query [default: 1, or calibrated]"
+        ),
     ] = None,
     threshold: Annotated[
         float | None,

@@ -7,13 +7,21 @@ from typing import Annotated
 
 import typer
 
-from multigrain.cli.app import app, echo
+from multigrain.cli.app import app, echo, greater_than
+from multigrain.cli.outputs import folder_option
 
 
 @app.command()
 def serve(
     index: Annotated[Path, typer.Option("--index", help="index folder (`multigrain index`)")],
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="where uploads are stored")],
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            "--data-dir",
+            callback=folder_option("for the uploads"),
+            help="folder where uploads are stored",
+        ),
+    ],
     checkpoint: Annotated[
         Path | None,
         typer.Option(
@@ -21,13 +29,15 @@ def serve(
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
     token: Annotated[
         str | None,
         typer.Option(envvar="MULTIGRAIN_TOKEN", help="bearer token for adding and removing"),
     ] = None,
-    max_upload_mb: Annotated[float, typer.Option(help="largest upload in MiB")] = 20.0,
-    max_pixels: Annotated[int, typer.Option(help="refuse larger images")] = 50_000_000,
+    max_upload_mb: Annotated[
+        float, typer.Option(callback=greater_than(0.0), help="largest upload in MiB")
+    ] = 20.0,
+    max_pixels: Annotated[int, typer.Option(min=1, help="refuse larger images")] = 50_000_000,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
     max_batch: Annotated[
         int, typer.Option(min=1, help="images of concurrent requests embedded in one forward")
@@ -37,7 +47,10 @@ def serve(
     ] = 5.0,
     request_timeout: Annotated[
         float | None,
-        typer.Option(help="seconds a request may wait for the model before a 503 [default: none]"),
+        typer.Option(
+            callback=greater_than(0.0),
+            help="seconds a request may wait for the model before a 503 [default: none]",
+        ),
     ] = None,
 ) -> None:
     """Serve search, classification and index edits over HTTP (web page at /, API at /docs)."""

@@ -1,6 +1,7 @@
 """Subcommands deciding what counts as a copy: calibrate-threshold, dedup.
 
-The library is imported inside each command, so that `multigrain --help` stays fast.
+The library (and numpy) is imported inside each command, so that `multigrain --help` stays
+fast: it loads no numpy, torch or faiss.
 """
 
 from __future__ import annotations
@@ -8,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
-from multigrain.cli.app import app, echo
+from multigrain.cli.app import app, echo, greater_than
+from multigrain.cli.outputs import file_option
 from multigrain.cli.queries import normalised, query_descriptors, search_views
 
 
@@ -26,17 +27,25 @@ def calibrate_threshold_command(
     ground_truth: Annotated[
         Path, typer.Option(help="CSV 'query_id,reference_id' (DISC21 layout; ids = file stems)")
     ],
-    precision: Annotated[float, typer.Option(help="precision the threshold must reach")] = 0.9,
+    precision: Annotated[
+        float,
+        typer.Option(
+            callback=greater_than(0.0, below=1.0),
+            help="precision the threshold must reach, in (0, 1)",
+        ),
+    ] = 0.9,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", "-c", help="embed image queries with it")
     ] = None,
-    k: Annotated[int, typer.Option("-k", help="results scored per query")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, help="results scored per query")] = 10,
     background: Annotated[
         Path | None,
         typer.Option(help="`embed` output of unrelated images: calibrate normalised scores"),
     ] = None,
-    beta: Annotated[float, typer.Option(help="weight of the background similarity")] = 1.0,
-    neighbours: Annotated[int, typer.Option(help="background images averaged per query")] = 1,
+    beta: Annotated[float, typer.Option(min=0.0, help="weight of the background similarity")] = 1.0,
+    neighbours: Annotated[
+        int, typer.Option(min=1, help="background images averaged per query")
+    ] = 1,
 ) -> None:
     """Choose the score threshold reaching --precision on labelled queries; store it.
 
@@ -84,20 +93,33 @@ def dedup(
     threshold: Annotated[
         float | None,
         typer.Option(
-            help="cosine similarity of a duplicate [default: --calibration's, else the "
-            "model bundle's, else 0.9]"
+            min=-1.0,
+            max=1.0,
+            help="cosine similarity of a duplicate, in [-1, 1] [default: --calibration's, else "
+            "the model bundle's, else 0.9]",
         ),
     ] = None,
     calibration: Annotated[
         Path | None,
         typer.Option(help="index folder (or threshold.json) from `calibrate-threshold`"),
     ] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="groups as .json or .csv")] = Path(
-        "duplicates.json"
-    ),
-    html: Annotated[Path | None, typer.Option(help="also write a contact sheet")] = None,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            callback=file_option(".json", ".csv"),
+            help="groups as .json or .csv",
+        ),
+    ] = Path("duplicates.json"),
+    html: Annotated[
+        Path | None,
+        typer.Option(callback=file_option(".html"), help="also write a contact sheet (.html)"),
+    ] = None,
 ) -> None:
     """Group a collection into near-duplicate clusters (range search + connected components)."""
+    import numpy as np
+
     from multigrain.inference.store import load_embeddings
     from multigrain.search.dedup import (
         find_duplicate_groups,

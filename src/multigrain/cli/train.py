@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from multigrain.cli.app import app, comma_list, echo, parse_enum
-from multigrain.data.sources import DatasetKind
-from multigrain.data.transforms import AugmentationKind
-from multigrain.runtime.precision import Precision
+from multigrain.cli.app import app, comma_list, echo, greater_than, parse_enum
+from multigrain.cli.outputs import folder_option
+from multigrain.data.kinds import AugmentationKind, DatasetKind
+from multigrain.runtime.precision_kinds import Precision
 
 
 @app.command()
@@ -28,66 +28,98 @@ def train(
         DatasetKind.FOLDER
     ),
     file_list: Annotated[str | None, typer.Option(help="text file of 'path label' lines")] = None,
-    limit: Annotated[int | None, typer.Option(help="use only the first N training images")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="use only the first N training images")
+    ] = None,
     unlabelled: Annotated[
         str | None,
         typer.Option(help="extra images without labels (folder/glob/list): instances only"),
     ] = None,
-    output_dir: Annotated[str, typer.Option("--output-dir", "-o")] = "runs/train",
+    output_dir: Annotated[
+        str,
+        typer.Option(
+            "--output-dir",
+            "-o",
+            callback=folder_option("for the run"),
+            help="folder for checkpoints, snapshots and the log",
+        ),
+    ] = "runs/train",
     # a string checked by TrainConfig.validate, whose error names the valid trunks
     trunk: Annotated[str, typer.Option(help="resnet18|34|50|101|152")] = "resnet50",
     small_input: Annotated[
         bool, typer.Option(help="3x3 stem without max-pool for 28-64 px images")
     ] = False,
-    input_size: Annotated[int, typer.Option()] = 224,
+    input_size: Annotated[int, typer.Option(min=8, help="training crop side in pixels")] = 224,
     augmentation: Annotated[AugmentationKind, typer.Option(help="training augmentation")] = (
         AugmentationKind.FULL
     ),
     batch_size: Annotated[
-        int, typer.Option(help="images per optimiser step, all processes together")
+        int, typer.Option(min=1, help="images per optimiser step, all processes together")
     ] = 504,
-    repeats: Annotated[int, typer.Option(help="repeated augmentations m")] = 3,
+    # --repeats and --lambda: ranges checked by TrainConfig.validate (tests/test_cli.py)
+    repeats: Annotated[int, typer.Option(help="repeated augmentations m (>= 1)")] = 3,
     lambda_: Annotated[
-        float, typer.Option("--lambda", help="weight of the classification loss")
+        float, typer.Option("--lambda", help="weight of the classification loss, in [0, 1]")
     ] = 0.5,
     pooling_exponent: Annotated[
-        float, typer.Option("--pooling-exponent", "-p", help="GeM exponent p during training")
+        float,
+        typer.Option(
+            "--pooling-exponent",
+            "-p",
+            callback=greater_than(0.0),
+            help="GeM exponent p during training (> 0)",
+        ),
     ] = 3.0,
     global_sampling: Annotated[
         bool, typer.Option(help="margin loss on the batch gathered over ranks")
     ] = False,
-    epochs: Annotated[int, typer.Option()] = 120,
-    max_steps: Annotated[int | None, typer.Option(help="stop after N optimiser steps")] = None,
-    lr: Annotated[float, typer.Option()] = 0.2,
-    momentum: Annotated[float, typer.Option()] = 0.9,
-    weight_decay: Annotated[float, typer.Option()] = 1e-4,
+    epochs: Annotated[
+        int, typer.Option(min=0, help="training epochs (>= 1 unless --max-steps is given)")
+    ] = 120,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="stop after N optimiser steps")
+    ] = None,
+    lr: Annotated[
+        float, typer.Option(callback=greater_than(0.0), help="SGD learning rate (> 0)")
+    ] = 0.2,
+    momentum: Annotated[float, typer.Option(min=0.0, max=1.0, help="SGD momentum")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="SGD weight decay")] = 1e-4,
     # a string, so that a bad value is a one-line MultiGrainError (tests/test_cli.py)
     schedule: Annotated[str, typer.Option(help="step | cosine")] = "step",
     lr_steps: Annotated[
         Sequence[int],
         typer.Option(
-            parser=comma_list(int),
+            parser=comma_list(int, at_least=0),
             metavar="EPOCH,...",
             help="epochs where lr is multiplied by --lr-gamma",
         ),
     ] = (30, 60, 90),
-    lr_gamma: Annotated[float, typer.Option()] = 0.1,
-    warmup_epochs: Annotated[float, typer.Option()] = 0.0,
+    lr_gamma: Annotated[
+        float,
+        typer.Option(callback=greater_than(0.0), help="lr factor at each of --lr-steps (> 0)"),
+    ] = 0.1,
+    warmup_epochs: Annotated[
+        float, typer.Option(min=0.0, help="epochs of linear lr warm-up (fractions allowed)")
+    ] = 0.0,
     beta_lr_factor: Annotated[
-        float, typer.Option(help="learning rate of beta relative to --lr")
+        float, typer.Option(min=0.0, help="learning rate of beta relative to --lr")
     ] = 1.0,
-    grad_accum: Annotated[int, typer.Option(help="micro-batches per optimiser step")] = 1,
+    grad_accum: Annotated[int, typer.Option(min=1, help="micro-batches per optimiser step")] = 1,
     precision: Annotated[Precision, typer.Option(help="autocast dtype")] = Precision.AUTO,
-    channels_last: Annotated[bool, typer.Option()] = True,
+    channels_last: Annotated[
+        bool, typer.Option(help="channels-last memory layout (faster convolutions)")
+    ] = True,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    workers: Annotated[int, typer.Option(help="data-loading processes")] = 0,
-    seed: Annotated[int, typer.Option()] = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="epochs between checkpoints")] = 1,
-    checkpoint_every_steps: Annotated[int | None, typer.Option()] = None,
-    keep_every_steps: Annotated[
-        int | None, typer.Option(help="also keep snapshots/step-N.pt every N steps")
+    workers: Annotated[int, typer.Option(min=0, help="data-loading processes")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="seed of sampling and augmentation")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="epochs between checkpoints")] = 1,
+    checkpoint_every_steps: Annotated[
+        int | None, typer.Option(min=1, help="also write the checkpoint every N steps")
     ] = None,
-    log_every: Annotated[int, typer.Option()] = 10,
+    keep_every_steps: Annotated[
+        int | None, typer.Option(min=1, help="also keep snapshots/step-N.pt every N steps")
+    ] = None,
+    log_every: Annotated[int, typer.Option(min=1, help="steps between log lines")] = 10,
     resume: Annotated[bool, typer.Option(help="continue from OUTPUT_DIR/checkpoint.pt")] = False,
 ) -> None:
     """Train a MultiGrain model (joint classification + margin loss, repeated augmentations)."""
@@ -149,12 +181,17 @@ def probe(
         DatasetKind.FASHION_MNIST
     ),
     data: Annotated[str | None, typer.Option(help="held-out ImageFolder root")] = None,
-    file_list: Annotated[str | None, typer.Option()] = None,
-    num_images: Annotated[int, typer.Option()] = 1000,
-    input_size: Annotated[int | None, typer.Option(help="default: the training input size")] = None,
+    file_list: Annotated[
+        str | None, typer.Option(help="text file of 'path label' lines (--dataset file-list)")
+    ] = None,
+    num_images: Annotated[int, typer.Option(min=1, help="held-out images scored")] = 1000,
+    input_size: Annotated[
+        int | None, typer.Option(min=1, help="image side [default: the training input size]")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Held-out top-1 and retrieval of augmented copies for a trained checkpoint."""
+    # imported here, not at the top: they load torch (start-up time of `multigrain --help`)
     from multigrain.data.sources import open_heldout_images
     from multigrain.evaluation.probe import probe as run_probe
     from multigrain.models.checkpoint import load_checkpoint, model_from_checkpoint

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from multigrain.data.images import ImageDecodeError, decode_image
 from multigrain.data.resize import resize_longest_side, to_uint8_tensor
+from multigrain.runtime.errors import MultiGrainError
 
 Item = tuple[int, torch.Tensor | None, str]  # (index, (3, H, W) uint8 or None, failure reason)
 
@@ -191,5 +192,37 @@ def decoded_batches(
     )
     pending = max(4 * batch_size, PENDING_BYTES // (3 * resolution * resolution))
     return shape_batches(
-        iter(loader), batch_size=batch_size, on_failure=on_failure, max_pending=pending
-    )
+        _unwrapped(iter(loader)), batch_size=batch_size, on_failure=on_failure,
+        max_pending=pending,
+    )  # fmt: skip
+
+
+def _unwrapped(items: Iterator[Item]) -> Iterator[Item]:
+    """`items`, with a MultiGrainError of a worker process raised as it was raised there.
+
+    torch re-raises a worker's exception in this process as the same type with a message
+    of its own: "Caught MultiGrainError in DataLoader worker process 0.\nOriginal Traceback
+    (most recent call last): ... multigrain.runtime.errors.MultiGrainError: <message>".
+    The user gets <message> alone, as when decoding runs in this process.
+    """
+    try:
+        yield from items
+    except MultiGrainError as error:
+        raise MultiGrainError(worker_message(error)) from None
+
+
+def worker_message(error: BaseException) -> str:
+    """The original message of an exception torch re-raised from a DataLoader worker.
+
+    Returns str(error) itself when it is not such a wrapped exception.
+    """
+    text = str(error)
+    if not text.startswith("Caught ") or "DataLoader worker process" not in text:
+        return text
+    # the traceback ends with "<module>.<qualified name>: <message>" (format_exception_only)
+    kind = type(error)
+    for name in (f"{kind.__module__}.{kind.__qualname__}", kind.__qualname__):
+        start = text.rfind(f"\n{name}: ")
+        if start >= 0:
+            return text[start + len(name) + 3 :].strip()
+    return text.strip().splitlines()[-1]

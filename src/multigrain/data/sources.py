@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
-
 from PIL import Image
 
 from multigrain.data.datasets import (
@@ -13,14 +11,9 @@ from multigrain.data.datasets import (
     WithUnlabelled,
 )
 from multigrain.data.fashion_mnist import FashionMNISTImages
+from multigrain.data.kinds import DatasetKind
 from multigrain.data.listing import list_images
 from multigrain.runtime.errors import MultiGrainError
-
-
-class DatasetKind(str, Enum):
-    FASHION_MNIST = "fashion-mnist"  # the built-in labelled set (Debian dataset-fashion-mnist)
-    FOLDER = "folder"  # ImageFolder layout: ROOT/<class>/<image>
-    FILE_LIST = "file-list"  # text file of "path label" lines
 
 
 class FirstImages:

@@ -8,7 +8,6 @@ augmentation.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from enum import Enum
 
 import torch
 from PIL import Image
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from multigrain.data.copy_augment import copy_distortions, strong_copy_distortions
+from multigrain.data.kinds import AugmentationKind
 from multigrain.runtime.errors import MultiGrainError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -38,18 +38,6 @@ DEFAULT_CROP_SCALE = (0.08, 1.0)
 COPY_CROP_SCALE = (0.25, 1.0)
 
 ImageTransform = Callable[[Image.Image], Tensor]
-
-
-class AugmentationKind(str, Enum):
-    """Training augmentation recipes."""
-
-    NONE = "none"  # resize + center crop only (the evaluation transform)
-    FULL = "full"  # RandomResizedCrop + flip + colour jitter + PCA lighting (the paper's)
-    AUTOAUGMENT = "autoaugment"  # RandomResizedCrop + flip + AutoAugment ImageNet policy
-    COPY = "copy"  # FULL + copy-detection edits (rotation, frames, overlays, blur, JPEG, ...)
-    # COPY's edits made stronger and wider (picture-in-picture, kept corners, text bars,
-    # pixelation, hue): the shipped model's recipe
-    COPY_STRONG = "copy-strong"
 
 
 def lighting(image: Tensor, alpha: Tensor, eigenvalues: Tensor, eigenvectors: Tensor) -> Tensor:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_save
 
+from multigrain.inference.bundle_paths import (
+    BUILTIN_BUNDLE,
+    MANIFEST_NAME,
+    builtin_bundle_path,
+    is_bundle,
+)
 from multigrain.models import MultiGrain
 from multigrain.runtime.atomic import atomic_write_bytes, atomic_write_text
 from multigrain.runtime.errors import MultiGrainError
@@ -36,11 +41,8 @@ from multigrain.search.whitening import Whitening
 
 BUNDLE_KIND = "multigrain.bundle"
 FORMAT_VERSION = 1
-MANIFEST_NAME = "bundle.json"
 WEIGHTS_NAME = "model.safetensors"
 WHITENING_NAME = "whitening.safetensors"
-#: Name of the bundle shipped in the package (``multigrain/bundles/<name>``).
-BUILTIN_BUNDLE = "copy-r18"
 
 
 @dataclass(frozen=True)
@@ -105,12 +107,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def is_bundle(path: str | os.PathLike[str]) -> bool:
-    """True for a bundle folder or its bundle.json."""
-    path = Path(path)
-    return (path / MANIFEST_NAME).is_file() or (path.name == MANIFEST_NAME and path.is_file())
 
 
 def write_bundle(
@@ -206,11 +202,6 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
     return Bundle(root, settings, whitening, identity)
 
 
-def builtin_bundle_path() -> Path:
-    """Folder of the bundle shipped with the package (it may be absent in a source tree)."""
-    return Path(str(resources.files("multigrain") / "bundles" / BUILTIN_BUNDLE))
-
-
 def default_bundle() -> Bundle:
     """The shipped bundle; MultiGrainError saying what to pass if this install lacks it."""
     path = builtin_bundle_path()
@@ -224,6 +215,7 @@ def default_bundle() -> Bundle:
 
 __all__ = [
     "BUILTIN_BUNDLE",
+    "MANIFEST_NAME",
     "Bundle",
     "BundleSettings",
     "ScoreThreshold",

@@ -30,6 +30,8 @@ from multigrain.data.images import DEFAULT_MAX_PIXELS
 from multigrain.data.inference_loading import decoded_batches, default_batch_size
 from multigrain.data.resize import normalise as normalise_images
 from multigrain.inference import store
+from multigrain.inference.embed_defaults import DEFAULT_PRECISION as DEFAULT_PRECISION
+from multigrain.inference.embed_defaults import DEFAULT_SHARD_SIZE
 from multigrain.inference.fast_trunk import Trunk, embed_features, fast_trunk_for
 from multigrain.inference.store import EmbeddingMetadata
 from multigrain.models import MultiGrain
@@ -38,14 +40,6 @@ from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import InferencePrecision
 
 logger = logging.getLogger(__name__)
-
-#: Defaults shared by the CLI and benchmarks/embed_throughput.py (what "our default" runs);
-#: the batch size is data.inference_loading.default_batch_size(device).
-#: Descriptors per shard: 8 MiB of buffer at D = 2048. The buffer (and its copy when a shard
-#: is written) is the part of embed's memory that grows with the collection up to this size,
-#: so it is kept small; 1,000 shards per million images.
-DEFAULT_SHARD_SIZE = 1024
-DEFAULT_PRECISION = InferencePrecision.AUTO
 
 #: (B, D) raw embeddings -> (B, d) L2-normalised descriptors, e.g. ``Whitening.apply``.
 WhiteningFn = Callable[[torch.Tensor], torch.Tensor]
@@ -154,9 +148,9 @@ def _work_left(
             )
         store.check_metadata(output_dir, metadata)
     share = [str(p) for p in paths[context.rank :: context.world_size]]
-    done: set[str] = set(store.read_failures(output_dir))
-    for shard in store.iter_shards(output_dir):
-        done.update(shard.paths)
+    embedded = store.embedded_paths(output_dir)
+    store.check_kept(output_dir, embedded, {str(p) for p in paths})  # resume drops no row
+    done = embedded | set(store.read_failures(output_dir))
     todo = [p for p in share if p not in done]
     report = EmbedReport(output_dir, len(share), 0, len(share) - len(todo))
     if report.num_already_done:

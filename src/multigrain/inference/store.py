@@ -108,6 +108,29 @@ def iter_shards(output_dir: Path) -> Iterator[Embeddings]:
         yield read_shard(path)
 
 
+def embedded_paths(output_dir: Path) -> set[str]:
+    """The paths of every descriptor in the shards of `output_dir` (all ranks)."""
+    embedded: set[str] = set()
+    for shard in iter_shards(output_dir):
+        embedded.update(shard.paths)
+    return embedded
+
+
+def check_kept(output_dir: Path, embedded: set[str], inputs: set[str]) -> None:
+    """Refuse to resume with inputs that leave out images already embedded in `output_dir`.
+
+    The merged output holds the inputs only, so those rows would be dropped without a word.
+    More inputs than before (images added to a folder) are fine: every earlier row is kept.
+    """
+    left_out = len(embedded - inputs)
+    if left_out:
+        raise MultiGrainError(
+            f"{output_dir} holds descriptors of {len(embedded)} images, {left_out} of them not "
+            f"among the {len(inputs)} inputs given: --resume continues the same job, so give "
+            "the same inputs (adding new ones is fine), or choose another --output folder"
+        )
+
+
 def check_metadata(output_dir: Path, metadata: EmbeddingMetadata) -> None:
     """Refuse to mix descriptors computed with different settings in one output."""
     for path in list_shards(output_dir)[:1]:

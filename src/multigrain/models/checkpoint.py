@@ -33,6 +33,11 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path
 def load_checkpoint(path: str | os.PathLike[str], *, map_location: str = "cpu") -> dict[str, Any]:
     """Read a checkpoint with `weights_only=True`; errors name the file and the likely cause."""
     path = Path(path)
+    if path.is_dir():
+        raise MultiGrainError(
+            f"{path} is a folder, not a checkpoint file: pass the .pt file in it (e.g. "
+            f"{path / 'checkpoint.pt'})"
+        )
     if not path.is_file():
         raise MultiGrainError(f"checkpoint {path} does not exist: check the path or the run folder")
     try:

@@ -137,6 +137,11 @@ def load_model(
 
 
 def _read(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise MultiGrainError(
+            f"{path} is a folder, not a weights file: pass the weights file itself (e.g. "
+            f"{path / 'checkpoint.pt'})"
+        )
     if not path.is_file():
         raise MultiGrainError(f"weights file {path} does not exist: check the path")
     try:

@@ -17,7 +17,6 @@ workers share the parent's allocator.
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import sys
 from collections.abc import Mapping
@@ -53,6 +52,9 @@ def find_allocator(setting: str | None = None) -> str | None:
         return value
     if not sys.platform.startswith("linux"):
         return None
+    # imported here: only the process that decides to re-execute needs ctypes (start-up time)
+    import ctypes.util
+
     for name in CANDIDATES:
         found = ctypes.util.find_library(name)
         if found:

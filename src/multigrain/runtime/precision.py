@@ -11,28 +11,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from enum import Enum
 
 import torch
 
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.precision_kinds import InferencePrecision, Precision
 
-
-class Precision(str, Enum):
-    """Training precision (:class:`multigrain.training.config.TrainConfig`)."""
-
-    AUTO = "auto"  # bf16 autocast where the hardware runs it fast, else fp32
-    FP32 = "fp32"
-    BF16 = "bf16"
-    FP16 = "fp16"  # CUDA only, with a gradient scaler
-
-
-class InferencePrecision(str, Enum):
-    AUTO = "auto"  # bf16 where the hardware runs it natively (CUDA: bf16 or fp16), else fp32
-    FP32 = "fp32"
-    BF16 = "bf16"
-    FP16 = "fp16"  # CUDA only
-    INT8 = "int8"  # onnxruntime static quantisation, CPU only (multigrain.inference.int8)
+__all__ = [
+    "InferencePrecision",
+    "Precision",
+    "autocast",
+    "autocast_dtype",
+    "compute_dtype",
+    "cpu_supports_bf16",
+    "resolve_inference_precision",
+]
 
 
 def cpu_supports_bf16() -> bool:
