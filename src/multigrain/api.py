@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from multigrain.duplicates.folder import DuplicateReport, find_duplicates_in_folder
-from multigrain.duplicates.outputs import write_outputs
+from multigrain.duplicates.outputs import default_output, write_outputs
 from multigrain.inference.classify import Prediction, classify_images
 from multigrain.inference.embed import DEFAULT_PRECISION, embed_in_memory
 from multigrain.inference.fast_trunk import Trunk, fast_trunk_for
@@ -226,11 +226,7 @@ def find_duplicates(
     beside the folder), where groups.json, groups.csv and contact-sheet.html are written.
     """
     source = Path(folder)
-    target = (
-        Path(output)
-        if output
-        else source.resolve().with_name(source.resolve().name + "-duplicates")
-    )
+    target = Path(output) if output else default_output(source)
     context = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device(device))
     prepared = prepare_model(None if model is None else Path(model), device=context.device)
     report = find_duplicates_in_folder(

@@ -10,7 +10,13 @@ from typing import Annotated
 import typer
 
 from multigrain.cli.app import app, comma_list, echo
-from multigrain.cli.loading import PRECISION_HELP, WORKERS_HELP, ExponentOption, prepare_model
+from multigrain.cli.loading import (
+    DeviceOption,
+    ExponentOption,
+    PrecisionOption,
+    WorkersOption,
+    prepare_model,
+)
 from multigrain.cli.outputs import file_option
 from multigrain.data.kinds import DatasetKind
 from multigrain.runtime.precision_kinds import InferencePrecision
@@ -65,7 +71,7 @@ def calibrate(
         InferencePrecision,
         typer.Option(help="auto (bf16 where native, else fp32) | fp32 | bf16 | fp16"),
     ] = InferencePrecision.AUTO,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    device: DeviceOption = "auto",
 ) -> None:
     """Choose p* for each test resolution s: a grid scored by top-1, or p learned by SGD."""
     # imported here, not at the top: they load torch (start-up time of `multigrain --help`)
@@ -129,11 +135,9 @@ def whiten(
         float, typer.Option(min=0.0, help="x mean eigenvalue added to each")
     ] = 0.0,
     batch_size: Annotated[int, typer.Option(min=1, help="images per forward")] = 32,
-    workers: Annotated[int | None, typer.Option(min=0, help=WORKERS_HELP)] = None,
-    precision: Annotated[
-        InferencePrecision, typer.Option(help=PRECISION_HELP)
-    ] = InferencePrecision.AUTO,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    workers: WorkersOption = None,
+    precision: PrecisionOption = InferencePrecision.AUTO,
+    device: DeviceOption = "auto",
 ) -> None:
     """Fit PCA whitening on the embeddings of a separate image set (same s and p*).
 

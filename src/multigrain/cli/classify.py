@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 
 from multigrain.cli.app import app, echo
-from multigrain.cli.loading import MODEL_HELP, PRECISION_HELP, WORKERS_HELP, ExponentOption, prepare
+from multigrain.cli.loading import (
+    MODEL_HELP,
+    DeviceOption,
+    ExponentOption,
+    PrecisionOption,
+    WorkersOption,
+    prepare,
+)
 from multigrain.runtime.precision_kinds import InferencePrecision
 
 
@@ -33,11 +40,9 @@ def classify(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="images per forward")] = 32,
-    workers: Annotated[int | None, typer.Option(min=0, help=WORKERS_HELP)] = None,
-    precision: Annotated[
-        InferencePrecision, typer.Option(help=PRECISION_HELP)
-    ] = InferencePrecision.AUTO,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    workers: WorkersOption = None,
+    precision: PrecisionOption = InferencePrecision.AUTO,
+    device: DeviceOption = "auto",
 ) -> None:
     """Top-k classes with probabilities; class names come from the checkpoint."""
     # imported here, not at the top: they load torch (start-up time of `multigrain --help`)

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from multigrain.cli.app import app, comma_list, echo
+from multigrain.cli.loading import DeviceOption
 from multigrain.cli.outputs import file_option, folder_option
 
 corpus_app = typer.Typer(
@@ -54,7 +55,7 @@ def corpus_curve(
         Path | None,
         typer.Option("--output", "-o", callback=file_option(".png"), help="PNG plot to write"),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    device: DeviceOption = "auto",
 ) -> None:
     """Validation copy mAP of every training snapshot (cached in TRAIN_FOLDER/curve.json)."""
     from multigrain.data.corpus.heldout import read_copy_set
@@ -108,7 +109,7 @@ def bundle_command(
     notes: Annotated[
         Path | None, typer.Option(help="JSON file of provenance to store (command, data)")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    device: DeviceOption = "auto",
 ) -> None:
     """Write a model bundle: s and p* chosen on held-out copies, whitening, threshold."""
     from multigrain.data.corpus.heldout import read_copy_set

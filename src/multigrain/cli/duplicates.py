@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from multigrain.cli.app import app, echo
-from multigrain.cli.loading import MODEL_HELP
+from multigrain.cli.loading import MODEL_HELP, DeviceOption
 from multigrain.cli.outputs import first_missing, folder_option, remove_created
 
 
@@ -45,7 +45,7 @@ def find_duplicates(
     samples: Annotated[
         int, typer.Option(min=10, help="images sampled to make synthetic copies of")
     ] = 100,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    device: DeviceOption = "auto",
     seed: Annotated[int, typer.Option(min=0, help="seed of the calibration sample and copies")] = 0,
 ) -> None:
     """Exact and near-duplicate groups in FOLDER, with a threshold calibrated on FOLDER itself.
@@ -55,14 +55,14 @@ def find_duplicates(
     in OUTPUT/embeddings: a rerun embeds only new files.
     """
     from multigrain.cli.loading import prepare
-    from multigrain.duplicates.folder import find_duplicates_in_folder
-    from multigrain.duplicates.outputs import write_outputs
+    from multigrain.duplicates.folder import GroupKind, find_duplicates_in_folder
+    from multigrain.duplicates.outputs import default_output, write_outputs
     from multigrain.runtime.distributed import init_distributed, shutdown_distributed
     from multigrain.runtime.errors import MultiGrainError
 
     if not folder.is_dir():
         raise MultiGrainError(f"{folder} is not a folder: give the folder of photos to search")
-    target = output or folder.resolve().with_name(folder.resolve().name + "-duplicates")
+    target = output or default_output(folder)
     context = init_distributed(device)
     created = first_missing(target)  # removed if the job fails before writing anything
     try:
@@ -86,7 +86,7 @@ def find_duplicates(
         )
     else:
         echo(f"threshold {report.threshold:.3f} (given)")
-    exact = sum(1 for group in report.groups if group.kind.value == "exact")
+    exact = sum(1 for group in report.groups if group.kind is GroupKind.EXACT)
     echo(
         f"{report.num_images} images: {len(report.groups)} groups ({exact} of identical files), "
         f"{report.num_duplicates} files could go"

@@ -10,15 +10,15 @@ import typer
 from multigrain.cli.app import app, echo
 from multigrain.cli.loading import (
     MODEL_HELP,
-    PRECISION_HELP,
     RESOLUTION_HELP,
-    WORKERS_HELP,
+    DeviceOption,
     ExponentOption,
+    PrecisionOption,
+    WorkersOption,
     prepare,
 )
 from multigrain.cli.outputs import first_missing, folder_option, remove_created
 from multigrain.inference.embed_defaults import DEFAULT_PRECISION, DEFAULT_SHARD_SIZE
-from multigrain.runtime.precision_kinds import InferencePrecision
 
 
 @app.command()
@@ -45,9 +45,9 @@ def embed(
     shard_size: Annotated[
         int, typer.Option(min=1, help="descriptors per output shard")
     ] = DEFAULT_SHARD_SIZE,
-    workers: Annotated[int | None, typer.Option(min=0, help=WORKERS_HELP)] = None,
-    precision: Annotated[InferencePrecision, typer.Option(help=PRECISION_HELP)] = DEFAULT_PRECISION,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    workers: WorkersOption = None,
+    precision: PrecisionOption = DEFAULT_PRECISION,
+    device: DeviceOption = "auto",
     max_pixels: Annotated[
         int | None, typer.Option(min=1, help="refuse larger images [default: 178956970]")
     ] = None,

@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from multigrain.cli.app import app, echo
-from multigrain.cli.loading import PRECISION_HELP, WORKERS_HELP, ExponentOption, prepare_model
+from multigrain.cli.loading import (
+    DeviceOption,
+    ExponentOption,
+    PrecisionOption,
+    WorkersOption,
+    prepare_model,
+)
 from multigrain.cli.outputs import file_option, folder_option, removed_on_failure
 from multigrain.runtime.precision_kinds import InferencePrecision
 
@@ -64,11 +70,9 @@ def evaluate(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="images per forward")] = 32,
-    workers: Annotated[int | None, typer.Option(min=0, help=WORKERS_HELP)] = None,
-    precision: Annotated[
-        InferencePrecision, typer.Option(help=PRECISION_HELP)
-    ] = InferencePrecision.AUTO,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    workers: WorkersOption = None,
+    precision: PrecisionOption = InferencePrecision.AUTO,
+    device: DeviceOption = "auto",
 ) -> None:
     """Score a model on a standard benchmark with its exact protocol (JSON + markdown)."""
     # imported here, not at the top: they load torch (start-up time of `multigrain --help`)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from multigrain.cli.app import greater_than
+from multigrain.runtime.precision_kinds import InferencePrecision
 
 if TYPE_CHECKING:  # imported in `prepare`, so that `multigrain COMMAND --help` stays torch-free
     import torch
@@ -22,6 +23,11 @@ PRECISION_HELP = (
 WORKERS_HELP = "decoding processes (default: 1 on a CPU with >= 2 cores, up to 8 with CUDA)"
 MODEL_HELP = "model bundle folder or weights file [default: the built-in model]"
 RESOLUTION_HELP = "longest image side s [default: the bundle's, or 500 for a weights file]"
+
+#: Options every model-running command shares.
+WorkersOption = Annotated[int | None, typer.Option(min=0, help=WORKERS_HELP)]
+PrecisionOption = Annotated[InferencePrecision, typer.Option(help=PRECISION_HELP)]
+DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 
 #: The test-time GeM exponent option every model-running command takes.
 ExponentOption = Annotated[

@@ -18,8 +18,6 @@ if TYPE_CHECKING:  # the library is imported inside the functions: `multigrain -
     from multigrain.search.descriptors import EmbeddingMetadata
     from multigrain.search.index import ImageIndex
 
-SETTINGS_KEYS = ("model", "resolution", "exponent", "whitened", "dim")
-
 
 def normalised(
     descriptors: np.ndarray,
@@ -53,6 +51,7 @@ def query_descriptors(
     import numpy as np
 
     from multigrain.inference.store import load_embeddings
+    from multigrain.search.descriptors import SETTINGS_KEYS
 
     if (queries / "descriptors.npy").exists():
         data = load_embeddings(queries)

@@ -22,6 +22,12 @@ from multigrain.runtime.atomic import atomic_write_text
 THUMBNAIL_SIDE = 180
 
 
+def default_output(folder: str | Path) -> Path:
+    """Where results go unless told: ``FOLDER-duplicates`` beside the folder."""
+    source = Path(folder).resolve()
+    return source.with_name(source.name + "-duplicates")
+
+
 def report_dict(report: DuplicateReport) -> dict[str, object]:
     """The report as JSON-ready values (enums as their names)."""
     return {
