@@ -104,7 +104,7 @@ def listing(folder: Path) -> set[Path]:
         ("dedup {out} --threshold 1.5", ["--threshold", "less than or equal to 1"]),
         ("dedup {out} --threshold -1.5", ["--threshold", "greater than or equal to -1"]),
         ("find-duplicates {images} -o {out} --precision 1.2", ["--precision", "0.999"]),
-        ("find-duplicates {images} -o {out} --threshold 2", ["--threshold", "1"]),
+        ("find-duplicates {images} -o {out} --threshold 2.5", ["--threshold", "2"]),
         (
             "calibrate-threshold --index {out} --queries {out} --ground-truth {out} --precision 1",
             ["--precision", "1 is not in (0, 1)"],

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multigrain.duplicates.calibration import calibrate_on_collection, synthetic_copies
+from multigrain.duplicates.calibration import CalibrationSample, folder_threshold, sample_links
 from multigrain.duplicates.exact import exact_groups
 from multigrain.duplicates.keep import file_facts, rank_for_keeping
+from multigrain.duplicates.synthetic import synthetic_copies
+from multigrain.search.neighbourhood import collection_neighbourhoods, query_neighbourhoods
 from tests.conftest import cli
 
 #: mate-backgrounds holds out-of-training photos (the shipped model's validation package);
@@ -50,30 +52,84 @@ def test_synthetic_copies_are_seeded_and_edited() -> None:
     assert any(c.size != (64, 48) or not np.array_equal(np.asarray(c), base) for c in first)
 
 
-def test_calibration_separates_copies_from_unrelated_images() -> None:
-    """A toy descriptor (the image's mean colour on a 4x4 grid) where copies score high:
-    the threshold lands between the copies and the unrelated images."""
-    rng = np.random.default_rng(1)
+def _toy_collection(count: int, seed: int) -> tuple[list[Image.Image], np.ndarray]:
+    rng = np.random.default_rng(seed)
     images = [
         Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).resize((96, 96))
-        for _ in range(40)
+        for _ in range(count)
     ]
+    return images, _describe(images)
 
-    def describe(batch: list[Image.Image]) -> np.ndarray:
-        rows = [np.asarray(im.convert("RGB").resize((4, 4)), dtype=np.float32).ravel() - 128
-                for im in batch]  # fmt: skip
-        rows = np.stack(rows)
-        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
-    collection = describe(images)
-    result = calibrate_on_collection(
-        collection, lambda row: images[row], describe, longest_side=96, num_sources=20, seed=0
-    )
-    unrelated = collection @ collection.T
-    np.fill_diagonal(unrelated, -1)
-    assert result.estimated_precision >= 0.9
-    assert result.threshold > unrelated.max() - 1e-6 or result.estimated_precision >= 0.9
-    assert result.num_sources == 20 and result.collection_size == 40
+def _describe(batch: list[Image.Image]) -> np.ndarray:
+    """A toy descriptor: the image's mean colour on a 4x4 grid, centred and unit-length."""
+    rows = [np.asarray(im.convert("RGB").resize((4, 4)), dtype=np.float32).ravel() - 128
+            for im in batch]  # fmt: skip
+    stacked = np.stack(rows)
+    return stacked / np.linalg.norm(stacked, axis=1, keepdims=True)
+
+
+def test_calibration_counts_right_and_wrong_links() -> None:
+    """Copies of random-colour images score high with their source under the toy
+    descriptor; every copy and every sampled original is one query."""
+    images, collection = _toy_collection(40, seed=1)
+    hood = collection_neighbourhoods(collection)
+    sample = sample_links(
+        collection, lambda row: images[row], _describe, longest_side=96, neighbourhoods=hood,
+        num_sources=20, seed=0,
+    )  # fmt: skip
+    assert sample.num_sources == 20 and sample.copies_per_source == 8
+    assert sample.num_queries == 20 * (8 + 1) and sample.right.shape == (160,)
+    assert np.median(sample.right) > np.quantile(sample.wrong, 0.99)
+
+
+def test_folder_threshold_counts_false_links_at_the_folder_rate() -> None:
+    """By hand: 1,000 queries with 2 wrong links at 0.5 and 5,000 at 0.1; in a folder of 200
+    images a link at >= 0.5 is false 200 / 2 * 2 / 1000 = 0.2 times (>= 0.1: 500 times)."""
+    wrong = np.concatenate([np.full(2, 0.5), np.full(5000, 0.1)])
+    sample = CalibrationSample(
+        right=np.linspace(0, 1, 101), wrong=wrong, num_queries=1000, num_sources=100,
+        copies_per_source=9,
+    )  # fmt: skip
+    folder = np.array([0.9, 0.8, 0.7, 0.5, 0.1])
+    # the step from 0.7 to 0.5 adds one link, 0.8 true: enough for 0.75, not for 0.9
+    loose = folder_threshold(sample, folder, collection_size=200, target_precision=0.75)
+    assert loose.threshold == 0.5 and loose.reached_target and loose.folder_links == 4
+    assert loose.expected_false_links == pytest.approx(0.2)
+    assert loose.estimated_precision == pytest.approx(0.95)
+    assert loose.precision_lower_bound < loose.estimated_precision
+    assert loose.estimated_recall == pytest.approx(51 / 101, abs=1e-4)
+    strict = folder_threshold(sample, folder, collection_size=200, target_precision=0.9)
+    assert strict.threshold == 0.7 and strict.expected_false_links == 0.0
+    assert strict.folder_links == 3 and strict.estimated_precision == 1.0
+    # every link explained by false ones: the best estimate, flagged
+    worst = folder_threshold(sample, np.array([0.1, 0.1]), collection_size=2000,
+                             target_precision=0.9)  # fmt: skip
+    assert not worst.reached_target and worst.threshold == 0.1
+
+
+def test_neighbourhood_scores_leave_the_pair_out() -> None:
+    """Brute force on random unit vectors: mu_i\\j is the mean of i's k best other scores."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    hood = collection_neighbourhoods(x, neighbours=4)
+    cos = x @ x.T
+    for i, j in [(0, 1), (3, 7), (5, int(np.argsort(-cos[5])[1]))]:
+
+        def mu(a: int, b: int) -> float:
+            others = np.delete(cos[a], [a, b])
+            return float(np.sort(others)[::-1][:4].mean())
+
+        expected = cos[i, j] - (mu(i, j) + mu(j, i)) / 2
+        got = hood.normalised(np.array([i]), np.array([j]), np.array([cos[i, j]]))[0]
+        assert got == pytest.approx(expected, abs=1e-5)
+    # a query outside the collection: its own k best include every collection row
+    q = x[:1] * 0.9 + x[1:2] * 0.1
+    q /= np.linalg.norm(q)
+    outside = query_neighbourhoods(q, x, neighbours=4)
+    assert outside.best.shape == (1, 5)
+    assert np.allclose(outside.best[0], np.sort(x @ q[0])[::-1][:5], atol=1e-5)
 
 
 def _photos() -> list[Path]:
@@ -128,10 +184,18 @@ def test_find_duplicates_finds_every_copy_and_nothing_else(tmp_path: Path) -> No
     )
     assert Path(half["keep"]).name == "photo00.jpg"  # the larger picture
     assert report["calibration"]["estimated_precision"] >= 0.9
-    assert -1 <= report["threshold"] <= 1
+    assert report["calibration"]["reached_target"] and report["score"] == "neighbourhood"
+    assert -2 <= report["threshold"] <= 2
     assert (out / "contact-sheet.html").read_text().count("<section>") == len(truth)
     assert len((out / "groups.csv").read_text().splitlines()) == 1 + 2 * len(truth)
     # a rerun reuses the cached descriptors: nothing is embedded again
     again = cli("find-duplicates", str(folder), "-o", str(out))
     assert json.loads((out / "groups.json").read_text())["groups"] == report["groups"]
     assert again.returncode == 0
+
+
+def test_cli_score_choices_match_the_library() -> None:
+    from multigrain.cli.duplicates import LinkScore
+    from multigrain.duplicates.folder import ScoreKind
+
+    assert [kind.value for kind in LinkScore] == [kind.value for kind in ScoreKind]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from multigrain.duplicates.folder import DuplicateReport, find_duplicates_in_folder
+from multigrain.duplicates.folder import DuplicateReport, ScoreKind, find_duplicates_in_folder
 from multigrain.duplicates.outputs import default_output, write_outputs
 from multigrain.inference.classify import Prediction, classify_images
 from multigrain.inference.embed import DEFAULT_PRECISION, embed_in_memory
@@ -217,6 +217,7 @@ def find_duplicates(
     output: PathLike | None = None,
     precision: float = 0.9,
     threshold: float | None = None,
+    score: ScoreKind | str = ScoreKind.NEIGHBOURHOOD,
     device: str = "cpu",
     progress: bool = False,
 ) -> DuplicateReport:
@@ -224,6 +225,8 @@ def find_duplicates(
 
     Descriptors are cached in ``OUTPUT/embeddings`` (default OUTPUT: ``FOLDER-duplicates``
     beside the folder), where groups.json, groups.csv and contact-sheet.html are written.
+    `score` is what pairs are linked by: "neighbourhood" (the cosine minus what both images
+    score with the rest of the folder) or "cosine"; `threshold` is in its units.
     """
     source = Path(folder)
     target = Path(output) if output else default_output(source)
@@ -231,7 +234,8 @@ def find_duplicates(
     prepared = prepare_model(None if model is None else Path(model), device=context.device)
     report = find_duplicates_in_folder(
         source, prepared, cache=target / "embeddings", context=context,
-        target_precision=precision, threshold=threshold, progress=progress,
+        target_precision=precision, threshold=threshold, score_kind=ScoreKind(score),
+        progress=progress,
     )  # fmt: skip
     write_outputs(report, target)
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,14 @@ import typer
 from multigrain.cli.app import app, echo
 from multigrain.cli.loading import MODEL_HELP, DeviceOption
 from multigrain.cli.outputs import first_missing, folder_option, remove_created
+
+
+class LinkScore(str, enum.Enum):
+    """duplicates.folder.ScoreKind, repeated so that --help stays torch-free (a test keeps
+    the two in step)."""
+
+    NEIGHBOURHOOD = "neighbourhood"
+    COSINE = "cosine"
 
 
 @app.command("find-duplicates")
@@ -39,9 +48,16 @@ def find_duplicates(
     threshold: Annotated[
         float | None,
         typer.Option(
-            min=-1.0, max=1.0, help="link images scoring at least this cosine (skips calibrating)"
+            min=-2.0, max=2.0, help="link images scoring at least this --score (skips calibrating)"
         ),
     ] = None,
+    score: Annotated[
+        LinkScore,
+        typer.Option(
+            help="link by the cosine minus what both images score with the rest of FOLDER "
+            "(neighbourhood), or by the plain cosine"
+        ),
+    ] = LinkScore.NEIGHBOURHOOD,
     samples: Annotated[
         int, typer.Option(min=10, help="images sampled to make synthetic copies of")
     ] = 100,
@@ -55,7 +71,7 @@ def find_duplicates(
     in OUTPUT/embeddings: a rerun embeds only new files.
     """
     from multigrain.cli.loading import prepare
-    from multigrain.duplicates.folder import GroupKind, find_duplicates_in_folder
+    from multigrain.duplicates.folder import GroupKind, ScoreKind, find_duplicates_in_folder
     from multigrain.duplicates.outputs import default_output, write_outputs
     from multigrain.runtime.distributed import init_distributed, shutdown_distributed
     from multigrain.runtime.errors import MultiGrainError
@@ -70,6 +86,7 @@ def find_duplicates(
         report = find_duplicates_in_folder(
             folder, prepared, cache=target / "embeddings", context=context,
             target_precision=precision, threshold=threshold, num_sources=samples, seed=seed,
+            score_kind=ScoreKind(score.value),
         )  # fmt: skip
     except BaseException:
         remove_created(created, keep="*.npz")  # shards: work a rerun continues from
@@ -80,12 +97,20 @@ def find_duplicates(
     calibration = report.calibration
     if calibration is not None:
         echo(
-            f"threshold {report.threshold:.3f}, calibrated on {calibration.num_sources} of the "
-            f"images: measured precision {calibration.estimated_precision:.2f}, recall "
-            f"{calibration.estimated_recall:.2f} on synthetic copies"
+            f"threshold {report.threshold:.3f} ({report.score_kind.value} score), calibrated on "
+            f"{calibration.num_sources} of the images: links estimated "
+            f"{calibration.estimated_precision:.0%} true ({calibration.expected_false_links:.1f} "
+            f"unrelated pairs expected among {calibration.folder_links}); recall "
+            f"{calibration.estimated_recall:.0%} on synthetic copies"
         )
+        if not calibration.reached_target:
+            echo(
+                f"warning: the target precision {calibration.target_precision:g} was not "
+                "reached (too many look-alikes for this model): the threshold is where the "
+                "estimate is best; pass --threshold to choose another"
+            )
     else:
-        echo(f"threshold {report.threshold:.3f} (given)")
+        echo(f"threshold {report.threshold:.3f} ({report.score_kind.value} score, given)")
     exact = sum(1 for group in report.groups if group.kind is GroupKind.EXACT)
     echo(
         f"{report.num_images} images: {len(report.groups)} groups ({exact} of identical files), "

@@ -1,50 +1,52 @@
 """A threshold without labels: calibrated on the user's own collection.
 
 A person with a folder of photos has no labelled copies, so we make some: a seeded sample
-of the folder's images goes through the training families of edits at the strength copies
-in a photo folder have (:func:`calibration_distortions`: crops, resizing, colour, text,
-small rotations, blur, JPEG, ...). Each edited copy, and each sampled original, is
-searched against the whole collection; a prediction (query, image, score) is correct only
-when the image is the copy's source (or a byte-identical file of it), so the originals
-contribute only errors: the folder's own unrelated pairs, which are what would chain
-unrelated photos into one group. An image as close to a sampled original as the median
-edited copy of it counts as neither (it is a duplicate as far as the model can tell). The
-threshold is the lowest score at which the predictions reach the target precision with
-95 % confidence (:func:`confident_threshold`), as a precision in the DISC21 sense: of the
-links a query makes, that share is right. The run reports what it measured there.
+of the folder's images goes through the training families of edits
+(:func:`multigrain.duplicates.synthetic.synthetic_copies`). Each edited copy, and each
+sampled original, is searched against the whole collection. A copy's link to its source
+is right; every other link a query makes is wrong, except links to an image closer to the
+source than every edited copy of it (a resized or re-saved file of it in the folder: a
+duplicate as far as the model can tell). Byte-identical files are one image here.
+
+What a user needs is the share of true links among the links *the folder* gets, and that
+depends on how many duplicates the folder holds, which the synthetic sample does not know
+(every copy has a source; most photos of a folder have none). So the threshold is chosen
+at the folder's own rate:
+
+    links(t)        pairs of the folder scoring >= t        (counted exactly)
+    false(t)        N / 2 * (wrong links of the calibration queries >= t) / queries
+    precision(t)    1 - false(t) / links(t)
+
+The threshold is found walking t down the folder's own scores: a step is taken when the
+links it adds are, by this estimate, at least the target share true (not only the links
+above it on average: a folder of ten true pairs at 0.9 must not buy an eleventh, likely
+false one at 0.3 with their credit); when no step qualifies (too many look-alikes for this
+model), t is where the estimate is best, reported as not reaching the target.
+The report also gives the estimate's 95 % lower bound (the wrong-link count replaced by its
+Poisson upper bound): with few duplicates in a folder it is far below the estimate, and
+choosing by it would leave most true duplicates apart. The recall reported is that of the
+synthetic copies at t.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import faiss
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
-from torchvision.transforms import v2
+from scipy.stats import chi2
 
-from multigrain.data.copy_augment import (
-    Bars,
-    Frame,
-    GaussianBlur,
-    JpegReencode,
-    LowResolution,
-    Overlay,
-    RotateCropped,
-)
-from multigrain.data.resize import resize_longest_side
+from multigrain.duplicates.synthetic import synthetic_copies
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.search.neighbourhood import Neighbourhoods, query_neighbourhoods
 
-#: Neighbours kept per synthetic query: every threshold the search could choose lies far
+#: Neighbours kept per calibration query: every threshold the search could choose lies far
 #: above the 64th-best score of an unrelated image.
 NEIGHBOURS = 64
 
-#: Fewest synthetic copies in all: 48 correct links of 48 bound precision from below at
-#: 0.95 (Wilson, 95 %), so a target of 0.9 is reachable in a folder of any size.
+#: Fewest synthetic copies in all, so that a small folder still has enough queries.
 MIN_COPIES = 48
 
 EmbedImages = Callable[[Sequence[Image.Image]], np.ndarray]
@@ -56,108 +58,59 @@ class SelfCalibration:
 
     threshold: float
     target_precision: float
-    estimated_precision: float  # of the synthetic predictions scoring >= threshold
-    precision_lower_bound: float  # its 95 % Wilson lower bound, >= target_precision
+    reached_target: bool  # estimated_precision >= target_precision
+    estimated_precision: float  # of the folder's links at the threshold (module doc)
+    precision_lower_bound: float  # the same with the 95 % upper bound of false links
+    expected_false_links: float  # unrelated pairs the folder's links are expected to hold
+    folder_links: int  # pairs of distinct images scoring >= threshold
     estimated_recall: float  # synthetic copies whose source scores >= threshold
     num_sources: int
     copies_per_source: int
+    num_queries: int  # copies and originals searched
     collection_size: int
     seed: int
 
 
-class Crop(nn.Module):
-    """Keep a random window of `low`-`high` of each side (a framing edit)."""
+@dataclass(frozen=True)
+class CalibrationSample:
+    """What the synthetic queries measured: the scores of their right and wrong links."""
 
-    def __init__(self, low: float, high: float) -> None:
-        super().__init__()
-        self.low, self.high = low, high
-
-    def forward(self, image: Image.Image) -> Image.Image:
-        width, height = image.size
-        keep_w = float(torch.empty(()).uniform_(self.low, self.high))
-        keep_h = float(torch.empty(()).uniform_(self.low, self.high))
-        w, h = max(1, round(width * keep_w)), max(1, round(height * keep_h))
-        x = int(torch.randint(0, width - w + 1, ()))
-        y = int(torch.randint(0, height - h + 1, ()))
-        return image.crop((x, y, x + w, y + h))
+    right: np.ndarray  # (copies,) each copy's score with its source
+    wrong: np.ndarray  # scores of every wrong link the queries made (top NEIGHBOURS each)
+    num_queries: int
+    num_sources: int
+    copies_per_source: int
 
 
-def calibration_distortions() -> list[nn.Module]:
-    """The training families (:mod:`multigrain.data.copy_augment`) at the strength of the
-    copies found in photo folders: crops, resizing, colour and gray, text and bars, small
-    rotations, frames, blur and JPEG; each applied with its own probability."""
-    return [
-        v2.RandomApply([Crop(0.7, 1.0)], p=0.5),
-        v2.RandomApply([RotateCropped(10.0)], p=0.15),
-        v2.RandomApply([Frame()], p=0.1),
-        v2.RandomApply(
-            [v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.5, hue=0.05)], p=0.5
-        ),
-        v2.RandomGrayscale(p=0.1),
-        v2.RandomApply([v2.RandomChoice([Overlay(), Bars()])], p=0.2),
-        v2.RandomApply([GaussianBlur((0.5, 1.5))], p=0.1),
-        v2.RandomApply([LowResolution((0.3, 0.8))], p=0.3),
-        v2.RandomApply([JpegReencode((20, 90))], p=0.6),
-    ]
-
-
-def synthetic_copies(
-    image: Image.Image, *, count: int, longest_side: int, seed: int
-) -> list[Image.Image]:
-    """`count` edited copies of `image` (resized so its longest side is `longest_side`,
-    the size the model sees) through the training distortions, seeded."""
-    base = resize_longest_side(image.convert("RGB"), longest_side)
-    steps = calibration_distortions()
-    copies = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for _ in range(count):
-            copy = base
-            for step in steps:
-                copy = step(copy)
-            copies.append(copy)
-    return copies
-
-
-def calibrate_on_collection(
+def sample_links(
     descriptors: np.ndarray,
     load_image: Callable[[int], Image.Image | None],
     embed_images: EmbedImages,
     *,
     longest_side: int,
-    target_precision: float = 0.9,
+    neighbourhoods: Neighbourhoods,
     num_sources: int = 100,
-    copies_per_source: int = 4,
-    same_file: Sequence[Sequence[int]] = (),
+    copies_per_source: int = 8,
     seed: int = 0,
-) -> SelfCalibration:
-    """Choose the threshold at `target_precision` on synthetic copies of the collection.
+) -> CalibrationSample:
+    """Search synthetic copies of a seeded sample of the collection, and the sampled
+    originals, against it; score every link with the collection's `neighbourhoods`
+    (k = 0: plain cosines).
 
     Args:
-        descriptors: (N, d) L2-normalised descriptors of the collection.
+        descriptors: (N, d) L2-normalised descriptors of the collection's distinct images.
         load_image: row -> the decoded image of that row (None when it cannot be read).
         embed_images: images -> (M, d) descriptors with the collection's model and settings.
         longest_side: the resolution s the descriptors were made at.
-        num_sources: images sampled (seeded) to make copies of.
-        same_file: groups of rows holding byte-identical files; a copy matching any row of
-            its source's group is correct.
-
-    Raises:
-        MultiGrainError: fewer than 2 images, or no threshold reaching the target.
     """
     collection = np.ascontiguousarray(descriptors, dtype=np.float32)
     size = len(collection)
-    if size < 2:
-        raise MultiGrainError("a collection of fewer than 2 images has no duplicates to find")
-    if not 0.0 < target_precision < 1.0:
-        raise MultiGrainError(f"the target precision must be in (0, 1), got {target_precision}")
-    group_of = {row: tuple(group) for group in same_file for row in group}
+    hood = neighbourhoods
     rng = np.random.default_rng(seed)
     sources = np.sort(rng.choice(size, size=min(num_sources, size), replace=False))
-    # a small folder gets more copies per photo: a confident precision needs enough copies
     copies_per_source = max(copies_per_source, -(-MIN_COPIES // len(sources)))
     k = min(NEIGHBOURS, size)
-    predicted, correct, source_scores = [], [], []
+    right, wrong, queries, used = [], [], 0, 0
     sampled = set(sources.tolist())
     for number, row in enumerate(sources.tolist()):
         image = load_image(row)
@@ -166,87 +119,123 @@ def calibrate_on_collection(
         copies = synthetic_copies(
             image, count=copies_per_source, longest_side=longest_side, seed=seed + number
         )
-        own = list(group_of.get(row, (row,)))
         query = np.ascontiguousarray(embed_images(copies), dtype=np.float32)
-        copy_scores = (query @ collection[own].T).max(axis=1)  # each copy vs its source
-        source_scores.extend(copy_scores.tolist())
-        # An image as close to the original as its typical edited copy is a duplicate of it
-        # as far as this model can tell (a resized or re-saved file): neither right nor
-        # wrong. (The median, not the closest copy: a copy the edits left almost intact
-        # scores ~1 and would make every real duplicate of the photo count as an error.)
-        similar = collection @ collection[row]
-        related = set(np.flatnonzero(similar >= np.median(copy_scores)).tolist()) | set(own)
+        query_hood = (
+            query_neighbourhoods(query, collection, neighbours=hood.k)
+            if hood.k
+            else Neighbourhoods(np.zeros((len(query), 1)))
+        )
+
+        def query_pair(at: np.ndarray, rows: np.ndarray, cosines: np.ndarray) -> np.ndarray:
+            return _copy_scores(query_hood, hood, at, rows, cosines)  # noqa: B023 -- used now
+
+        at = np.arange(len(query))
+        copy_scores = query_pair(at, np.full(len(query), row), query @ collection[row])
+        right.append(copy_scores)
+        cosines = collection @ collection[row]
+        similar = hood.normalised(np.full(size, row), np.arange(size), cosines)
+        # closer to the original than every edited copy: a duplicate of it (a resized or
+        # re-saved file of it in the folder), so a link to it is neither right nor wrong
+        related = set(np.flatnonzero(similar >= copy_scores.max()).tolist()) | {row}
         scores, neighbours = faiss.knn(query, collection, k, faiss.METRIC_INNER_PRODUCT)
         for q in range(len(copies)):
             keep = [i for i, j in enumerate(neighbours[q].tolist()) if j >= 0 and j not in related]
-            predicted.append(scores[q][keep])
-            correct.append(np.zeros(len(keep), dtype=bool))
-        predicted.append(copy_scores.astype(np.float32))
-        correct.append(np.ones(len(copy_scores), dtype=bool))
-        # the folder's own unrelated pairs (a pair of two sampled originals counted once)
+            rows = neighbours[q][keep]
+            wrong.append(query_pair(np.full(len(rows), q), rows, scores[q][keep]))
+        # the original's own links (a pair of two sampled originals counted once)
         order = np.argsort(-similar)[:k]
         unrelated = [
             j for j in order.tolist() if j not in related and not (j in sampled and j < row)
         ]
-        predicted.append(similar[unrelated].astype(np.float32))
-        correct.append(np.zeros(len(unrelated), dtype=bool))
-    if not source_scores:
+        wrong.append(similar[unrelated])
+        queries += len(copies) + 1
+        used += 1
+    if not right:
         raise MultiGrainError("none of the sampled images could be read to calibrate on")
-    score = np.concatenate(predicted)
-    positive = np.concatenate(correct)
-    threshold = confident_threshold(score, positive, target_precision)
-    taken = int(np.count_nonzero(score >= threshold))
-    hits = int(np.count_nonzero(positive[score >= threshold]))
-    precision = hits / taken
-    recall = float(np.mean(np.asarray(source_scores) >= threshold))
+    return CalibrationSample(
+        right=np.concatenate(right), wrong=np.concatenate(wrong), num_queries=queries,
+        num_sources=used, copies_per_source=copies_per_source,
+    )  # fmt: skip
+
+
+def _copy_scores(
+    query_hood: Neighbourhoods,
+    hood: Neighbourhoods,
+    at: np.ndarray,
+    rows: np.ndarray,
+    cosines: np.ndarray,
+) -> np.ndarray:
+    """Copies `at` (rows of `query_hood`) scored with collection `rows`, as if each copy had
+    been added to the collection alone: the copy's mean leaves its partner out, the
+    collection image's mean is of its own k best (the copy was never among them)."""
+    means = query_hood.mean_without(at, cosines) + hood.mean_of_best(rows)
+    return np.asarray(cosines, dtype=np.float64) - 0.5 * means
+
+
+def _lowest_accepted(links: np.ndarray, expected: np.ndarray, tolerance: float) -> int | None:
+    """Walk down the candidate thresholds (links and expected false links non-decreasing);
+    accept a step when the links it adds since the last accepted one are, by estimate, at
+    most `tolerance` false, and so are all the links above it. Returns the last accepted
+    position (None if even the first is refused)."""
+    accepted, links_then, false_then = None, 0, 0.0
+    for at in range(len(links)):
+        gained = links[at] - links_then
+        if expected[at] > tolerance * links[at]:
+            continue
+        if gained and expected[at] - false_then <= tolerance * gained:
+            accepted, links_then, false_then = at, int(links[at]), float(expected[at])
+    return accepted
+
+
+def poisson_upper(count: np.ndarray) -> np.ndarray:
+    """The one-sided 95 % upper bound of a Poisson mean from observed counts (Garwood)."""
+    return chi2.ppf(0.95, 2 * (np.asarray(count, dtype=np.float64) + 1)) / 2
+
+
+def folder_threshold(
+    sample: CalibrationSample,
+    folder_scores: np.ndarray,
+    *,
+    collection_size: int,
+    target_precision: float,
+    seed: int = 0,
+) -> SelfCalibration:
+    """The threshold at `target_precision` for the folder's own links (module doc).
+
+    Args:
+        sample: the calibration queries' right and wrong links (:func:`sample_links`).
+        folder_scores: the scores of the folder's candidate pairs of distinct images.
+    """
+    if not 0.0 < target_precision < 1.0:
+        raise MultiGrainError(f"the target precision must be in (0, 1), got {target_precision}")
+    folder = np.sort(np.asarray(folder_scores, dtype=np.float64))[::-1]
+    if folder.size == 0:  # one distinct image: nothing can be linked
+        folder = np.array([np.inf])
+    candidates = np.unique(folder)[::-1]  # every score where the folder's links change
+    links = np.searchsorted(-folder, -candidates, side="right")
+    wrong = np.sort(sample.wrong)
+    counts = wrong.size - np.searchsorted(wrong, candidates, side="left")
+    per_query = collection_size / 2 / sample.num_queries
+    expected = per_query * counts
+    estimate = 1.0 - expected / links
+    lower = 1.0 - per_query * poisson_upper(counts) / links
+    at = _lowest_accepted(links, expected, 1.0 - target_precision)
+    reached = at is not None
+    if at is None:  # the best estimate (the highest threshold on ties)
+        at = int(np.argmax(estimate))
+    threshold = float(candidates[at])
     return SelfCalibration(
-        threshold=float(threshold),
+        threshold=threshold,
         target_precision=float(target_precision),
-        estimated_precision=round(precision, 4),
-        precision_lower_bound=round(float(_wilson_lower(np.float64(hits), np.float64(taken))), 4),
-        estimated_recall=round(recall, 4),
-        num_sources=len(source_scores) // copies_per_source,
-        copies_per_source=copies_per_source,
-        collection_size=size,
+        reached_target=reached,
+        estimated_precision=round(float(max(0.0, estimate[at])), 4),
+        precision_lower_bound=round(float(max(0.0, lower[at])), 4),
+        expected_false_links=round(float(expected[at]), 3),
+        folder_links=int(links[at]) if np.isfinite(threshold) else 0,
+        estimated_recall=round(float(np.mean(sample.right >= threshold)), 4),
+        num_sources=sample.num_sources,
+        copies_per_source=sample.copies_per_source,
+        num_queries=sample.num_queries,
+        collection_size=collection_size,
         seed=seed,
     )
-
-
-#: z of a one-sided 95 % bound.
-Z_95 = 1.645
-
-
-def _wilson_lower(successes: Any, trials: Any) -> Any:
-    """The one-sided 95 % Wilson score lower bound of successes / trials (trials > 0)."""
-    p = successes / trials
-    z2 = Z_95 * Z_95
-    spread = Z_95 * np.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
-    return (p + z2 / (2 * trials) - spread) / (1 + z2 / trials)
-
-
-def confident_threshold(scores: np.ndarray, is_positive: np.ndarray, target: float) -> float:
-    """The lowest score t whose accepted predictions (score >= t, ties never split) reach
-    precision `target` with 95 % confidence (Wilson lower bound), so that a small folder,
-    with few unrelated pairs to learn from, gets a cautious threshold rather than a lucky one.
-
-    Raises:
-        MultiGrainError: no threshold is that confident (too few copies or too many
-            look-alikes): the message says how far it got.
-    """
-    order = np.argsort(-scores, kind="stable")
-    score, positive = scores[order], is_positive[order]
-    ends = np.flatnonzero(np.append(score[1:] != score[:-1], True))
-    true_positives = np.cumsum(positive)[ends].astype(np.float64)
-    accepted = (ends + 1).astype(np.float64)
-    p = true_positives / accepted
-    z2 = Z_95 * Z_95
-    lower = (
-        p + z2 / (2 * accepted) - Z_95 * np.sqrt(p * (1 - p) / accepted + z2 / (4 * accepted**2))
-    ) / (1 + z2 / accepted)
-    reached = np.flatnonzero(lower >= target)
-    if reached.size == 0:
-        raise MultiGrainError(
-            f"no threshold reaches precision {target} with confidence on this folder (best "
-            f"lower bound {lower.max():.2f}): lower --precision, or pass --threshold"
-        )
-    return float(score[ends[reached[-1]]])

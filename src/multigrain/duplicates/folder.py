@@ -17,12 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 from PIL import Image
 
 from multigrain.data.images import ImageDecodeError, decode_image
 from multigrain.data.listing import list_images
-from multigrain.duplicates.calibration import SelfCalibration, calibrate_on_collection
+from multigrain.duplicates.calibration import SelfCalibration, folder_threshold, sample_links
 from multigrain.duplicates.exact import exact_groups
 from multigrain.duplicates.keep import FileFacts, file_facts, rank_for_keeping
 from multigrain.inference.embed import EmbedFailure, embed_collection
@@ -33,9 +34,22 @@ from multigrain.inference.store import load_embeddings
 from multigrain.runtime.distributed import DistributedContext
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
-from multigrain.search.dedup import find_duplicate_groups
+from multigrain.search.dedup import component_labels
+from multigrain.search.neighbourhood import Neighbourhoods, collection_neighbourhoods
 
 logger = logging.getLogger(__name__)
+
+
+class ScoreKind(str, enum.Enum):
+    """What a pair is linked by (:mod:`multigrain.search.neighbourhood`)."""
+
+    NEIGHBOURHOOD = "neighbourhood"  # cosine minus what both images score with the rest
+    COSINE = "cosine"  # the raw cosine similarity of the two descriptors
+
+
+#: Candidate partners per image: a pair is scored when one image is among the other's
+#: nearest by cosine (a photo with more copies than this still chains to all of them).
+CANDIDATES = 32
 
 
 class GroupKind(str, enum.Enum):
@@ -47,7 +61,8 @@ class GroupKind(str, enum.Enum):
 class PairScore:
     a: str
     b: str
-    score: float  # cosine similarity of the two descriptors
+    score: float  # what the threshold applies to (the report's `score_kind`)
+    cosine: float  # cosine similarity of the two descriptors
     linked: bool  # score >= the threshold (what put them in one group)
 
 
@@ -68,6 +83,7 @@ class DuplicateReport:
     num_images: int
     threshold: float
     threshold_source: str  # "calibrated on this folder" or "given"
+    score_kind: ScoreKind
     calibration: SelfCalibration | None
     model: str
     resolution: int
@@ -91,6 +107,7 @@ def find_duplicates_in_folder(
     precision: InferencePrecision | str = InferencePrecision.AUTO,
     target_precision: float = 0.9,
     threshold: float | None = None,
+    score_kind: ScoreKind = ScoreKind.NEIGHBOURHOOD,
     num_sources: int = 100,
     seed: int = 0,
     progress: bool = True,
@@ -102,10 +119,13 @@ def find_duplicates_in_folder(
         cache: the embedding job's folder (created; reused on the next call).
         target_precision: the precision the calibrated threshold must reach on synthetic
             copies of this folder's images; ignored when `threshold` is given.
-        threshold: a cosine similarity to use instead of calibrating.
+        threshold: a score (of `score_kind`) to use instead of calibrating.
+        score_kind: what pairs are linked by: the neighbourhood score (default; the
+            threshold is then relative to what each image scores with the rest of the
+            folder) or the raw cosine.
     """
-    if threshold is not None and not -1.0 <= threshold <= 1.0:
-        raise MultiGrainError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
+    if threshold is not None and not -2.0 <= threshold <= 2.0:
+        raise MultiGrainError(f"--threshold is a score in [-2, 2], got {threshold}")
     paths = list_images(folder)
     used = resolve_inference_precision(precision, context.device)
     metadata = prepared.embedding_metadata(used)
@@ -120,14 +140,28 @@ def find_duplicates_in_folder(
         trunk=trunk, whitening=apply, resume=True, progress=progress,
     )  # fmt: skip
     stored = load_embeddings(cache)
-    descriptors = np.asarray(stored.descriptors, dtype=np.float32)
     names = list(stored.paths)
+    if len(names) < 2:
+        raise MultiGrainError(
+            f"{folder}: fewer than 2 images could be read, so there are no duplicates to find"
+        )
     same_file = exact_groups(names)
-    if threshold is None:
+    # byte-identical files are one image from here on: its first file stands for them all
+    copies_of = {group[0]: group for group in same_file}
+    extra = {row for group in same_file for row in group[1:]}
+    distinct = [row for row in range(len(names)) if row not in extra]
+    descriptors = np.ascontiguousarray(np.asarray(stored.descriptors)[distinct], np.float32)
+    hood = (
+        collection_neighbourhoods(descriptors)
+        if score_kind is ScoreKind.NEIGHBOURHOOD
+        else Neighbourhoods(np.zeros((len(distinct), 1)))
+    )
+    pairs, scores = candidate_pairs(descriptors, hood)
+    if threshold is None and len(distinct) >= 2:
 
         def load_image(row: int) -> Image.Image | None:
             try:
-                return decode_image(names[row], longest_side=metadata.resolution)
+                return decode_image(names[distinct[row]], longest_side=metadata.resolution)
             except ImageDecodeError:
                 return None
 
@@ -137,52 +171,82 @@ def find_duplicates_in_folder(
             )
             return rows.numpy()
 
-        calibration = calibrate_on_collection(
+        sample = sample_links(
             descriptors, load_image, embed_images, longest_side=metadata.resolution,
-            target_precision=target_precision, num_sources=num_sources, same_file=same_file,
+            neighbourhoods=hood, num_sources=num_sources, seed=seed,
+        )  # fmt: skip
+        calibration = folder_threshold(
+            sample, scores, collection_size=len(distinct), target_precision=target_precision,
             seed=seed,
         )  # fmt: skip
         chosen, source = calibration.threshold, "calibrated on this folder"
     else:
-        calibration, chosen, source = None, float(threshold), "given"
-    groups = _groups(descriptors, names, same_file, chosen)
+        calibration, chosen = None, 1.0 if threshold is None else float(threshold)
+        source = "given" if threshold is not None else "nothing to calibrate (one image)"
+    linked = pairs[scores >= chosen]
+    files = [[names[r] for r in copies_of.get(row, [row])] for row in distinct]
+    groups = _groups(files, descriptors, hood, linked, chosen)
     return DuplicateReport(
         folder=str(folder), num_images=len(names), threshold=chosen, threshold_source=source,
+        score_kind=score_kind,
         calibration=calibration, model=metadata.model, resolution=metadata.resolution,
         exponent=metadata.exponent, whitened=metadata.whitened, groups=groups,
         failures=list(report.failures),
     )  # fmt: skip
 
 
+def candidate_pairs(descriptors: np.ndarray, hood: Neighbourhoods) -> tuple[np.ndarray, np.ndarray]:
+    """(N, d) distinct images -> ((P, 2) rows i < j, (P,) their scores): every pair where
+    one image is among the other's :data:`CANDIDATES` nearest by cosine."""
+    size = len(descriptors)
+    if size < 2:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
+    _, ids = faiss.knn(
+        descriptors, descriptors, min(CANDIDATES + 1, size), faiss.METRIC_INNER_PRODUCT
+    )
+    a = np.repeat(np.arange(size), ids.shape[1])
+    b = ids.ravel()
+    valid = (b >= 0) & (a != b)
+    pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)[valid], axis=0)
+    cosine = np.einsum("ij,ij->i", descriptors[pairs[:, 0]], descriptors[pairs[:, 1]])
+    return pairs, hood.normalised(pairs[:, 0], pairs[:, 1], cosine)
+
+
 def _groups(
-    descriptors: np.ndarray, names: list[str], same_file: list[list[int]], threshold: float
+    files: list[list[str]],
+    descriptors: np.ndarray,
+    hood: Neighbourhoods,
+    linked: np.ndarray,
+    threshold: float,
 ) -> list[DuplicateGroup]:
-    """Groups, largest first; a group is EXACT when all its members share their bytes."""
-    if len(names) < 2:
-        return []
-    row_of = {name: row for row, name in enumerate(names)}
-    exact_sets = [frozenset(group) for group in same_file]
+    """Groups, largest first, from the distinct images' linked pairs: the connected
+    components of the links, each image standing for its byte-identical files.
+
+    A group is EXACT when all its members share their bytes (a single distinct image)."""
+    labels = component_labels(len(files), linked)
     groups = []
-    for members in find_duplicate_groups(descriptors, names, threshold=threshold):
-        rows = sorted(row_of[m] for m in members)
-        kind = GroupKind.EXACT if frozenset(rows) in exact_sets else GroupKind.NEAR
-        pairs = []
-        for i, a in enumerate(rows):
-            for b in rows[i + 1 :]:
-                score = float(descriptors[a] @ descriptors[b])
-                pairs.append(PairScore(names[a], names[b], round(score, 4), score >= threshold))
-        facts = rank_for_keeping([file_facts(names[row]) for row in rows])
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label).tolist()
+        members = [name for row in rows for name in files[row]]
+        if len(members) < 2:
+            continue
+        kind = GroupKind.EXACT if len(rows) == 1 else GroupKind.NEAR
+        same = {row: round(1.0 - float(hood.mean_of_best(np.array([row]))[0]), 4) for row in rows}
+        pairs = [
+            PairScore(a, b, same[row], 1.0, True)  # identical files: cosine 1
+            for row in rows
+            for i, a in enumerate(files[row])
+            for b in files[row][i + 1 :]
+        ]
+        for i, row in enumerate(rows):
+            others = np.asarray(rows[i + 1 :], dtype=np.int64)
+            cosine = descriptors[others] @ descriptors[row]
+            score = hood.normalised(np.full(len(others), row), others, cosine)
+            for other, c, value in zip(
+                others.tolist(), cosine.tolist(), score.tolist(), strict=True
+            ):
+                pair = (files[row][0], files[other][0], round(value, 4), round(c, 4))
+                pairs.append(PairScore(*pair, linked=value >= threshold))
+        facts = rank_for_keeping([file_facts(name) for name in members])
         groups.append(DuplicateGroup(kind=kind, members=facts, pairs=pairs))
-    # byte-identical files always score 1 (same decode, same forward), but a group found
-    # only by hash must not depend on that: add exact groups the descriptors missed
-    grouped = {row_of[m.path] for group in groups for m in group.members}
-    for rows in same_file:
-        if not grouped.intersection(rows):
-            facts = rank_for_keeping([file_facts(names[row]) for row in rows])
-            pairs = [
-                PairScore(names[a], names[b], 1.0, True)
-                for i, a in enumerate(rows)
-                for b in rows[i + 1 :]
-            ]
-            groups.append(DuplicateGroup(kind=GroupKind.EXACT, members=facts, pairs=pairs))
     return sorted(groups, key=lambda g: (-len(g.members), g.members[0].path))

@@ -37,6 +37,7 @@ def report_dict(report: DuplicateReport) -> dict[str, object]:
         "num_duplicates": report.num_duplicates,
         "threshold": report.threshold,
         "threshold_source": report.threshold_source,
+        "score": report.score_kind.value,
         "calibration": asdict(report.calibration) if report.calibration else None,
         "model": {
             "identity": report.model,
@@ -108,23 +109,35 @@ def _group_html(number: int, group: DuplicateGroup) -> str:
         )
     rows = "".join(
         f"<tr class='{'linked' if pair.linked else ''}'><td>{html.escape(Path(pair.a).name)}</td>"
-        f"<td>{html.escape(Path(pair.b).name)}</td><td>{pair.score:.3f}</td></tr>"
+        f"<td>{html.escape(Path(pair.b).name)}</td><td>{pair.score:.3f}</td>"
+        f"<td>{pair.cosine:.3f}</td></tr>"
         for pair in group.pairs
     )
-    parts.append(f"<table><tr><th>a</th><th>b</th><th>score</th></tr>{rows}</table></section>")
+    parts.append(
+        f"<table><tr><th>a</th><th>b</th><th>score</th><th>cosine</th></tr>{rows}</table></section>"
+    )
     return "".join(parts)
 
 
 def _page(report: DuplicateReport) -> str:
     calibration = report.calibration
     how = (
-        f"calibrated on this folder: precision {calibration.estimated_precision:.2f} and "
-        f"recall {calibration.estimated_recall:.2f} measured on "
+        f"calibrated on this folder: its links are estimated "
+        f"{calibration.estimated_precision:.0%} true ({calibration.expected_false_links:.1f} "
+        f"unrelated pairs expected among {calibration.folder_links}; target "
+        f"{calibration.target_precision:g}"
+        f"{'' if calibration.reached_target else ', not reached'}), and "
+        f"{calibration.estimated_recall:.0%} of "
         f"{calibration.num_sources * calibration.copies_per_source} synthetic copies of "
-        f"{calibration.num_sources} of its images (target precision "
-        f"{calibration.target_precision:g})"
+        f"{calibration.num_sources} of its images are found"
         if calibration is not None
-        else "given on the command line"
+        else report.threshold_source
+    )
+    meaning = (
+        "their cosine similarity minus what each scores with its 10 nearest other images "
+        "of the folder (so two look-alikes in a crowd of similar photos score low)"
+        if report.score_kind.value == "neighbourhood"
+        else "their cosine similarity"
     )
     head = (
         "<!doctype html><html><head><meta charset='utf-8'><title>Duplicate groups</title>"
@@ -137,7 +150,7 @@ def _page(report: DuplicateReport) -> str:
     summary = (
         f"<h1>{len(report.groups)} duplicate groups in {html.escape(report.folder)}</h1>"
         f"<p>{report.num_images} images; {report.num_duplicates} files could go. Two images "
-        f"are linked when their score (cosine similarity) is at least "
+        f"are linked when their score, {meaning}, is at least "
         f"<b>{report.threshold:.3f}</b>, {html.escape(how)}. Bold pairs are linked; the "
         "suggested file to keep (most pixels, then largest file) is outlined.</p>"
     )
