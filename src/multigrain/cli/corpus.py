@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -77,7 +77,10 @@ def corpus_curve(
 
 @app.command("bundle")
 def bundle_command(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="a training checkpoint")],
+    checkpoint: Annotated[
+        Path,
+        typer.Option("--checkpoint", "-c", help="a training checkpoint, or a bundle to redo"),
+    ],
     output: Annotated[
         Path,
         typer.Option(
@@ -109,6 +112,13 @@ def bundle_command(
     notes: Annotated[
         Path | None, typer.Option(help="JSON file of provenance to store (command, data)")
     ] = None,
+    standardise_input: Annotated[
+        bool | None,
+        typer.Option(
+            help="standardise each image's colour channels before the trunk (models/"
+            "standardise.py) [default: as the checkpoint]"
+        ),
+    ] = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Write a model bundle: s and p* chosen on held-out copies, whitening, threshold."""
@@ -119,12 +129,26 @@ def bundle_command(
         training_images,
     )
     from multigrain.inference.bundle import load_bundle, write_bundle
+    from multigrain.models import MultiGrain
     from multigrain.models.weights import load_model
     from multigrain.runtime.distributed import resolve_device
 
     target = resolve_device(device)
-    loaded = load_model(checkpoint)
-    model = loaded.model.to(target).eval()
+    if checkpoint.is_dir():  # a bundle: its weights, chosen again (e.g. with another input)
+        source = load_bundle(checkpoint)
+        model, classes = source.model(), list(source.settings.classes)
+    else:
+        loaded = load_model(checkpoint)
+        model, classes = loaded.model, loaded.classes
+    if standardise_input is not None and standardise_input != model.standardise_input:
+        architecture: dict[str, Any] = {
+            **model.architecture(),
+            "standardise_input": standardise_input,
+        }
+        rebuilt = MultiGrain(**architecture)
+        rebuilt.load_state_dict(model.state_dict())
+        model = rebuilt
+    model = model.to(target).eval()
     validation = read_copy_set(corpus / "validation")
     selection, whitening = select_settings(
         model, validation, training_images(corpus),
@@ -136,7 +160,7 @@ def bundle_command(
     provenance["selection"] = selection.to_dict()
     provenance["checkpoint"] = str(checkpoint)
     settings = bundle_settings(
-        model, loaded.classes, selection, notes=provenance, validation_name=str(validation.root)
+        model, classes, selection, notes=provenance, validation_name=str(validation.root)
     )
     write_bundle(output, model, settings, whitening=whitening)
     bundle = load_bundle(output)

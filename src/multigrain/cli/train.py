@@ -49,6 +49,9 @@ def train(
     small_input: Annotated[
         bool, typer.Option(help="3x3 stem without max-pool for 28-64 px images")
     ] = False,
+    standardise_input: Annotated[
+        bool, typer.Option(help="standardise each image's colour channels before the trunk")
+    ] = False,
     input_size: Annotated[int, typer.Option(min=8, help="training crop side in pixels")] = 224,
     augmentation: Annotated[AugmentationKind, typer.Option(help="training augmentation")] = (
         AugmentationKind.FULL
@@ -136,6 +139,7 @@ def train(
         augmentation=augmentation.value,
         trunk=trunk,
         small_input=small_input,
+        standardise_input=standardise_input,
         pooling_exponent=pooling_exponent,
         input_size=input_size,
         batch_size=batch_size,

@@ -17,9 +17,7 @@ from torchvision.transforms import v2
 from multigrain.data.copy_augment import copy_distortions, strong_copy_distortions
 from multigrain.data.kinds import AugmentationKind
 from multigrain.runtime.errors import MultiGrainError
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from multigrain.runtime.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 #: Principal components of ImageNet RGB pixels (Krizhevsky et al., 2012), for :class:`Lighting`.
 IMAGENET_EIGENVALUES: tuple[float, float, float] = (0.2175, 0.0188, 0.0045)

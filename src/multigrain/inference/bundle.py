@@ -127,7 +127,12 @@ def write_bundle(
         key: value.detach().cpu().to(torch.float16 if value.is_floating_point() else value.dtype)
         for key, value in model.state_dict().items()
     }
-    atomic_write_bytes(folder / WEIGHTS_NAME, safetensors_save(state))
+    # the architecture travels in the weights file too, so the model's identity (the hash
+    # of this file) changes with it: descriptors of one architecture never pass for another's
+    architecture = json.dumps(model.architecture(), sort_keys=True)
+    atomic_write_bytes(
+        folder / WEIGHTS_NAME, safetensors_save(state, metadata={"architecture": architecture})
+    )
     files = {WEIGHTS_NAME: _sha256(folder / WEIGHTS_NAME)}
     if whitening is not None:
         tensors = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from multigrain.models.pooling import GeM
+from multigrain.models.standardise import with_standardised_input
 from multigrain.models.trunk import TrunkName, build_trunk, parse_trunk_name
 from multigrain.runtime.errors import MultiGrainError
 
@@ -30,6 +31,7 @@ class MultiGrain(nn.Module):
         pooling_exponent: float = 3.0,
         learnable_pooling: bool = False,
         small_input: bool = False,
+        standardise_input: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -39,7 +41,10 @@ class MultiGrain(nn.Module):
         self.pooling_exponent = float(pooling_exponent)
         self.learnable_pooling = bool(learnable_pooling)
         self.small_input = bool(small_input)
+        self.standardise_input = bool(standardise_input)
         self.features, self.embedding_dim = build_trunk(self.trunk_name, small_input=small_input)
+        if self.standardise_input:  # models/standardise.py: brightness/contrast/cast-blind
+            self.features = with_standardised_input(self.features)
         self.pool = GeM(p=self.pooling_exponent, learnable=self.learnable_pooling)
         self.classifier = nn.Linear(self.embedding_dim, self.num_classes)
 
@@ -70,4 +75,5 @@ class MultiGrain(nn.Module):
             "pooling_exponent": self.pooling_exponent,
             "learnable_pooling": self.learnable_pooling,
             "small_input": self.small_input,
+            "standardise_input": self.standardise_input,
         }

@@ -36,6 +36,7 @@ class TrainConfig:
     # model
     trunk: str = "resnet50"
     small_input: bool = False
+    standardise_input: bool = False  # per-image channel standardisation (models/standardise.py)
     pooling_exponent: float = 3.0
     input_size: int = 224
     # batches and loss

@@ -96,6 +96,7 @@ def build_parts(config: TrainConfig, device: torch.device, *, num_classes: int) 
         num_classes=num_classes,
         pooling_exponent=config.pooling_exponent,
         small_input=config.small_input,
+        standardise_input=config.standardise_input,
     )
     criterion = JointLoss(
         classification_weight=config.classification_weight,
