@@ -99,3 +99,43 @@ def test_export_onnx_from_the_cli(workspace):
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     embedding, logits = session.run(None, {"images": np.zeros((1, 3, 48, 80), np.float32)})
     assert embedding.shape == (1, 512) and logits.shape == (1, 3)
+
+
+def test_an_index_knows_its_whitening_and_model(workspace, tmp_path):
+    """Descriptors whitened by another whitening, or a server with another model, are
+    refused with both settings named (issue 15, item 4)."""
+    from multigrain.runtime.errors import MultiGrainError
+    from multigrain.service.loading import open_service
+
+    checkpoint = str(workspace / "model.pt")
+    labelled = str(workspace / "labelled")
+    for name, shrinkage in (("w1.pt", "0.01"), ("w2.pt", "0.5")):
+        cli("whiten", str(workspace / "fit"), "-c", checkpoint, "-o", str(tmp_path / name),
+            "--resolution", "32", "--shrinkage", shrinkage)  # fmt: skip
+    for name in ("w1", "w2"):
+        cli("embed", labelled, "-c", checkpoint, "-o", str(tmp_path / f"e{name}"), "-s", "32",
+            "--whitening", str(tmp_path / f"{name}.pt"))  # fmt: skip
+    first = load_embeddings(tmp_path / "ew1").metadata
+    second = load_embeddings(tmp_path / "ew2").metadata
+    assert first.whitening and second.whitening and first.whitening != second.whitening
+    cli("index", "build", str(tmp_path / "ew1"), "-o", str(tmp_path / "index"))
+    cli("search", str(tmp_path / "index"), str(tmp_path / "ew1"), "-k", "1")  # same: fine
+    refused = subprocess.run(
+        [sys.executable, "-m", "multigrain", "search", str(tmp_path / "index"),
+         str(tmp_path / "ew2"), "-k", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"whitening: {second.whitening!r} vs {first.whitening!r}" in refused.stderr
+    # a server given another model than the one that built the index refuses to start
+    cli("embed", labelled, "-c", checkpoint, "-o", str(tmp_path / "plain"), "-s", "32")
+    cli("index", "build", str(tmp_path / "plain"), "-o", str(tmp_path / "plain.index"))
+    other = MultiGrain(trunk="resnet18", num_classes=3)
+    state = {"model_state": other.state_dict(), "architecture": other.architecture()}
+    save_checkpoint(tmp_path / "other.pt", state)
+    with pytest.raises(MultiGrainError, match="model: 'model.pt@sha256:.*' vs 'other.pt@"):
+        open_service(
+            checkpoint=tmp_path / "other.pt", index_folder=tmp_path / "plain.index",
+            data_dir=tmp_path / "data", token=None, max_upload_bytes=1 << 20,
+            max_pixels=1 << 20,
+        )  # fmt: skip

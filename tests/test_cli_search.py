@@ -99,6 +99,17 @@ def test_threshold_and_background_normalisation(collection, tmp_path):
     for line in strict.stdout.splitlines():
         row = json.loads(line)
         assert [hit["path"] for hit in row["results"]] == [row["query"]]
+        assert row["threshold"] == 0.9999 and row["results"][0]["match"] is True
+    # --all keeps the k results, flagging those under the threshold
+    every = cli("search", str(index), str(collection / "ea"), "-k", "3", "--json", "--all",
+                "--threshold", "0.9999")  # fmt: skip
+    for line in every.stdout.splitlines():
+        row = json.loads(line)
+        flags = [(hit["path"] == row["query"], hit["match"]) for hit in row["results"]]
+        assert len(flags) == 3 and all(own == match for own, match in flags)
+    text = cli("search", str(index), str(collection / "ea"), "-k", "2", "--all",
+               "--threshold", "0.9999").stdout  # fmt: skip
+    assert text.count("MATCH") == len(strict.stdout.splitlines())  # one per query: itself
     # the queries themselves as background: each query's nearest background image is
     # itself (similarity 1), so its own score becomes 1 - 1 = 0 and the others go negative
     normalised = cli("search", str(index), str(collection / "ea"), "-k", "6", "--json",

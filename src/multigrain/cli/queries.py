@@ -51,17 +51,13 @@ def query_descriptors(
     import numpy as np
 
     from multigrain.inference.store import load_embeddings
-    from multigrain.search.descriptors import SETTINGS_KEYS
+    from multigrain.search.descriptors import setting_differences
 
     if (queries / "descriptors.npy").exists():
         data = load_embeddings(queries)
-        found = {key: getattr(data.metadata, key) for key in SETTINGS_KEYS}
-        expected = {key: getattr(metadata, key) for key in SETTINGS_KEYS if metadata is not None}
-        mismatch = {k: (found[k], v) for k, v in expected.items() if found[k] != v}
+        mismatch = [] if metadata is None else setting_differences(data.metadata, metadata)
         if mismatch:
-            details = ", ".join(
-                f"{k}: {a!r} vs the index's {b!r}" for k, (a, b) in mismatch.items()
-            )
+            details = ", ".join(f"{difference} (the index's)" for difference in mismatch)
             raise MultiGrainError(
                 f"{queries} was embedded with other settings than the index ({details}): "
                 "embed the queries with the same model, --resolution, --exponent and whitening"

@@ -129,14 +129,22 @@ def search(
             "index's threshold.json from `calibrate-threshold`, if any]"
         ),
     ] = None,
+    show_all: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="keep the k results below the threshold too, marked as no match"
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="one JSON object per query")] = False,
 ) -> None:
-    """Nearest images of each query, with cosine scores.
+    """Nearest images of each query, with cosine scores and a match flag.
 
     With --background, each query's scores become score - beta x (its mean similarity to
     its `neighbours` nearest background images), as SSCD does, so that one --threshold
     means the same for every query. Without --threshold, the threshold stored by
-    `calibrate-threshold` applies, with the normalisation it was calibrated with.
+    `calibrate-threshold` applies, with the normalisation it was calibrated with, else the
+    model bundle's. Results at or above the threshold are matches ("match": true, and
+    "MATCH" in the text output); --all keeps the others too ("match": false).
     """
     from multigrain.search.index_store import load_index
     from multigrain.search.threshold import load_threshold, threshold_path
@@ -164,13 +172,18 @@ def search(
     scores = normalised(descriptors, found_scores, background, beta, neighbours)
     for row, name in enumerate(names):
         hits = [
-            {"path": path, "score": round(float(score), 5)}
+            {
+                "path": path,
+                "score": round(float(score), 5),
+                "match": None if threshold is None else bool(score >= threshold),
+            }
             for path, score in zip(found_paths[row], scores[row], strict=True)
-            if path and (threshold is None or score >= threshold)
+            if path and (threshold is None or show_all or score >= threshold)
         ]
         if json_out:
-            echo(json.dumps({"query": name, "results": hits}))
+            echo(json.dumps({"query": name, "threshold": threshold, "results": hits}))
         else:
             echo(name)
             for hit in hits:
-                echo(f"  {hit['score']:.4f}  {hit['path']}")
+                mark = "" if threshold is None else "MATCH  " if hit["match"] else "       "
+                echo(f"  {hit['score']:.4f}  {mark}{hit['path']}")

@@ -71,6 +71,7 @@ class PreparedModel:
             precision=precision.value,
             bundle=self.source,
             threshold=self.threshold,
+            whitening=self.whitening.fingerprint if self.whitening is not None else None,
         )
 
 

@@ -28,6 +28,7 @@ class EmbeddingMetadata:
     format_version: int = FORMAT_VERSION
     bundle: str | None = None  # the model bundle folder the settings came from, if any
     threshold: float | None = None  # the bundle's 90 %-precision score at these settings
+    whitening: str | None = None  # Whitening.fingerprint of the whitening applied, if any
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -71,17 +72,26 @@ def index_metadata_from_json(text: str, *, source: str) -> EmbeddingMetadata | N
 SETTINGS_KEYS = ("model", "resolution", "exponent", "whitened", "dim")
 
 
+def setting_differences(found: EmbeddingMetadata, expected: EmbeddingMetadata) -> list[str]:
+    """``"key: found vs expected"`` for each of :data:`SETTINGS_KEYS` that differs, and for
+    the whitening's fingerprint when both record one (older outputs do not)."""
+    keys: tuple[str, ...] = SETTINGS_KEYS
+    if found.whitening is not None and expected.whitening is not None:
+        keys = (*keys, "whitening")
+    return [
+        f"{key}: {getattr(found, key)!r} vs {getattr(expected, key)!r}"
+        for key in keys
+        if getattr(found, key) != getattr(expected, key)
+    ]
+
+
 def check_compatible(found: EmbeddingMetadata, expected: EmbeddingMetadata, *, what: str) -> None:
     """Refuse to compare descriptors made with other settings, naming each difference.
 
     Raises:
         MultiGrainError: `what` (e.g. "index photos.index") was made otherwise.
     """
-    differences = [
-        f"{key}: {getattr(found, key)!r} vs {getattr(expected, key)!r}"
-        for key in SETTINGS_KEYS
-        if getattr(found, key) != getattr(expected, key)
-    ]
+    differences = setting_differences(found, expected)
     if differences:
         raise MultiGrainError(
             f"{what} was made with other settings than this model's ({'; '.join(differences)}):"

@@ -17,6 +17,7 @@ of its input.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -60,6 +61,14 @@ class Whitening:
     def output_dim(self) -> int:
         """d, the dimension of the whitened descriptors."""
         return int(self.projection.shape[1])
+
+    @property
+    def fingerprint(self) -> str:
+        """``sha256:<16 hex>`` of the mean and projection (float64 bytes): which whitening."""
+        digest = hashlib.sha256()
+        for tensor in (self.mean, self.projection):
+            digest.update(tensor.detach().cpu().double().contiguous().numpy().tobytes())
+        return f"sha256:{digest.hexdigest()[:16]}"
 
     def transform_unnormalised(self, x: Tensor) -> Tensor:
         """x: (N, D) -> (N, d) ``(x - mean) @ projection``, in x's dtype (computed in float64)."""

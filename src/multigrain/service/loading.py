@@ -18,6 +18,7 @@ from multigrain.inference.fast_trunk import fast_trunk_for
 from multigrain.inference.prepare import DEFAULT_RESOLUTION, prepare_model
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
+from multigrain.search.descriptors import check_compatible
 from multigrain.search.index_store import load_index
 from multigrain.search.threshold import load_threshold
 from multigrain.service.state import Service
@@ -76,6 +77,10 @@ def open_service(
     if precision is None:
         precision = metadata.precision if metadata is not None else FALLBACK_PRECISION
     used = resolve_inference_precision(precision, torch_device)
+    if metadata is not None:  # a query must be described as the indexed images were
+        check_compatible(
+            metadata, prepared.embedding_metadata(used), what=f"the index {index_folder}"
+        )
     trunk = fast_trunk_for(
         prepared.model, used, device=torch_device, resolution=resolution,
         max_pixels=max_pixels, calibration_images=CALIBRATION_IMAGES,
