@@ -127,6 +127,15 @@ def test_an_index_knows_its_whitening_and_model(workspace, tmp_path):
     )  # fmt: skip
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert f"whitening: {second.whitening!r} vs {first.whitening!r}" in refused.stderr
+    # a whitening fitted at s=32 is not applied to descriptors made at s=48
+    other_s = subprocess.run(
+        [sys.executable, "-m", "multigrain", "embed", labelled, "-c", checkpoint, "-o",
+         str(tmp_path / "e48"), "-s", "48", "--whitening", str(tmp_path / "w1.pt")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert other_s.returncode == 2 and "Traceback" not in other_s.stderr
+    assert "fitted at s=32" in other_s.stderr and "--resolution 32" in other_s.stderr
+    assert not (tmp_path / "e48").exists()
     # a server given another model than the one that built the index refuses to start
     cli("embed", labelled, "-c", checkpoint, "-o", str(tmp_path / "plain"), "-s", "32")
     cli("index", "build", str(tmp_path / "plain"), "-o", str(tmp_path / "plain.index"))

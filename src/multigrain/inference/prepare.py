@@ -126,9 +126,11 @@ def prepare_model(
                 or abs(float(fitted_p) - float(prepared.model.pool.p)) > 1e-6
             )
         ):
-            prepared.notes.append(
-                f"warning: whitening {whitening} was fitted at s={fitted_s}, p={fitted_p}, "
-                f"applied here at s={prepared.resolution}, p={float(prepared.model.pool.p):g}"
+            raise MultiGrainError(
+                f"whitening {whitening} was fitted at s={fitted_s}, p={fitted_p}, but the "
+                f"descriptors here are made at s={prepared.resolution}, "
+                f"p={float(prepared.model.pool.p):g}: pass --resolution {fitted_s} --exponent "
+                f"{fitted_p}, or fit a whitening at these settings with `multigrain whiten`"
             )
     return prepared
 
