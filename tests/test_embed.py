@@ -233,3 +233,22 @@ def test_torchrun_splits_the_collection(model, photo_folder, tmp_path):
     one, two = load_embeddings(tmp_path / "one"), load_embeddings(tmp_path / "two")
     assert one.paths == two.paths
     np.testing.assert_allclose(one.descriptors, two.descriptors, atol=2e-6)
+
+
+def test_a_job_from_before_whitening_fingerprints_resumes(tmp_path) -> None:
+    """Shards written without a whitening fingerprint continue under one; any other
+    difference is still refused."""
+    from dataclasses import replace
+
+    from multigrain.inference.store import SHARD_FOLDER, check_metadata, write_shard
+    from multigrain.runtime.errors import MultiGrainError
+    from multigrain.search.descriptors import EmbeddingMetadata
+
+    old = EmbeddingMetadata(model="m@sha256:0", resolution=160, exponent=4.0, whitened=True,
+                            dim=2, precision="fp32")  # fmt: skip
+    (tmp_path / SHARD_FOLDER).mkdir()
+    write_shard(tmp_path / SHARD_FOLDER / "part-r000-00000.npz",
+                np.zeros((1, 2), np.float32), ["a.jpg"], old)  # fmt: skip
+    check_metadata(tmp_path, replace(old, whitening="sha256:abc"))
+    with pytest.raises(MultiGrainError, match="other settings"):
+        check_metadata(tmp_path, replace(old, whitening="sha256:abc", resolution=224))
