@@ -83,3 +83,18 @@ def test_a_bundle_records_it_and_its_identity_differs(tmp_path) -> None:
 def test_architecture_round_trips(flag: bool) -> None:
     model = MultiGrain(trunk="resnet18", num_classes=3, standardise_input=flag)
     assert MultiGrain(**model.architecture()).standardise_input is flag
+
+
+def test_onnx_export_keeps_the_standardisation(tmp_path) -> None:
+    import onnxruntime
+
+    from multigrain.inference.export import export_onnx
+
+    torch.manual_seed(0)
+    model = MultiGrain(trunk="resnet18", num_classes=3, standardise_input=True).eval()
+    export_onnx(model, tmp_path / "m.onnx", example_size=64)
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    x = torch.rand(1, 3, 64, 80) * 0.5 + 0.2  # another shape than the example's
+    (embedding, *_) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(embedding, model(x)[0].numpy(), rtol=1e-4, atol=1e-4)
