@@ -21,6 +21,7 @@ from multigrain.metrics import (
     precision_at_k,
     rank_of_match,
     recall_at_precision,
+    revisitop_precision_at_k,
     single_positive_map,
     threshold_for_precision,
     top_k_accuracies,
@@ -405,6 +406,11 @@ def test_trapezoid_map_and_precision_equal_revisitop() -> None:
     assert mean_average_precision(rankings, positives, junk) == pytest.approx(expected_map)
     found = precision_at_k(rankings, positives, junk, ks=(1, 5, 10), truncate_at_last_positive=True)
     assert [found[k] for k in (1, 5, 10)] == pytest.approx(expected_prs.tolist())
+    # what `evaluate` reports for the revisitop protocols (issue 18, item 1)
+    reported = revisitop_precision_at_k(rankings, positives, junk)
+    assert [reported[k] for k in (1, 5, 10)] == pytest.approx(expected_prs.tolist())
+    one = revisitop_precision_at_k([[4, 0, 1, 2, 3]], [[4]], [[]], ks=(5,))
+    assert one[5] == 1.0  # one positive, first: 1 (the common definition says 1/5)
     for ranking, truth in zip(rankings, gnd, strict=True):
         ranks = np.flatnonzero(np.isin(ranking, truth["ok"]))
         if truth["ok"].size:

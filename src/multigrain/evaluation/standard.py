@@ -32,8 +32,8 @@ from multigrain.inference.embed import embed_in_memory
 from multigrain.metrics import (
     mean_average_precision,
     micro_average_precision,
-    precision_at_k,
     recall_at_precision,
+    revisitop_precision_at_k,
     top_k_accuracies,
     ukbench_score,
 )
@@ -153,7 +153,8 @@ def evaluate_retrieval(
     else:
         metrics["map"] = mean_average_precision(rankings, bench.positives, bench.junk)
         if bench.protocol.startswith("revisitop"):
-            for k, value in precision_at_k(rankings, bench.positives, bench.junk).items():
+            precisions = revisitop_precision_at_k(rankings, bench.positives, bench.junk)
+            for k, value in precisions.items():
                 metrics[f"mp@{k}"] = value
     return EvaluationResult(
         bench.name, bench.protocol, metrics, settings, len(bench.queries), len(bench.database),

@@ -18,6 +18,7 @@ from multigrain.metrics.retrieval import (
     mean_average_precision,
     precision_at_k,
     rank_of_match,
+    revisitop_precision_at_k,
     single_positive_map,
     ukbench_score,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "precision_at_k",
     "rank_of_match",
     "recall_at_precision",
+    "revisitop_precision_at_k",
     "single_positive_map",
     "threshold_for_precision",
     "top_k_accuracies",

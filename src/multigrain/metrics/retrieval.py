@@ -186,6 +186,18 @@ def precision_at_k(
     return {k: float(m) for k, m in zip(ks, means, strict=True)}
 
 
+def revisitop_precision_at_k(
+    rankings: ArrayLike,
+    positives: Sequence[ArrayLike | Set[int]],
+    junk: Sequence[ArrayLike | Set[int]] | None = None,
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[int, float]:
+    """mP@k as Revisited Oxford/Paris report it (revisitop ``compute_map``): the precision
+    at k' = min(k, rank of the last positive), junk removed; see :func:`precision_at_k`."""
+    return precision_at_k(rankings, positives, junk, ks=ks, truncate_at_last_positive=True)
+
+
 def ukbench_score(rankings: ArrayLike, groups: ArrayLike, query_indices: ArrayLike) -> float:
     """UKBench N-S score: rankings (Q, N >= 4) database indices, groups (N,), query_indices (Q,).
 
