@@ -17,6 +17,7 @@ from multigrain.losses import (
     margin_loss,
     negative_sampling_weights,
 )
+from multigrain.losses.sampling import log_inverse_sphere_density
 from multigrain.runtime.errors import MultiGrainError
 
 DIM = 8
@@ -262,3 +263,29 @@ def test_sampler_validates_inputs() -> None:
         distance_weighted_sampling(torch.randn(4, 3), torch.zeros(5, dtype=torch.long))
     with pytest.raises(MultiGrainError, match="cutoff"):
         distance_weighted_sampling(torch.randn(4, 3), torch.zeros(4), cutoff=2.0)
+
+
+def test_sampling_without_replacement_survives_float32_underflow() -> None:
+    """2048-d: an anchor with 2 positives, one hard negative (d = 1.0) and 8 others at
+    d = 1.3, whose weights are ~1e-117 of the hard one's (0 in float32, not in float64):
+    it has 9 candidates, so its 2 negatives are always distinct (issue 18, item 3)."""
+    dim = 2048
+    basis = torch.eye(dim, dtype=torch.float64)
+
+    def at_distance(d: float, axis: int) -> torch.Tensor:
+        cos = 1 - d * d / 2
+        return cos * basis[0] + (1 - cos * cos) ** 0.5 * basis[axis]
+
+    rows = [basis[0], at_distance(0.05, 1), at_distance(0.05, 2), at_distance(1.0, 3)]
+    rows += [at_distance(1.3, 4 + k) for k in range(8)]
+    embeddings = torch.stack(rows).float()
+    ids = torch.tensor([0, 0, 0, *range(1, 10)])
+    log_w = log_inverse_sphere_density(torch.tensor([1.0, 1.3], dtype=torch.float64), dim)
+    assert float(torch.exp(log_w[1] - log_w[0]).float()) == 0.0  # what float32 did
+    assert float(torch.exp(log_w[1] - log_w[0])) > 0.0
+    for seed in range(50):
+        triplets = distance_weighted_sampling(
+            embeddings, ids, generator=torch.Generator().manual_seed(seed)
+        )
+        of_anchor = triplets.negatives[triplets.anchors == 0].tolist()
+        assert len(of_anchor) == 2 and len(set(of_anchor)) == 2, of_anchor

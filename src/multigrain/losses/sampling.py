@@ -59,20 +59,22 @@ def negative_sampling_weights(
         nonzero_loss_cutoff: pairs at distance >= this get weight 0.
 
     Returns:
-        (N, N) float32 weights ∝ 1/q(max(d, cutoff)), 0 outside ``negative_mask`` and
+        (N, N) float64 weights ∝ 1/q(max(d, cutoff)), 0 outside ``negative_mask`` and
         beyond ``nonzero_loss_cutoff``. Computed in log space with each row's maximum
-        subtracted before ``exp`` (in 2048-d the log-weights span hundreds of nats). A row
-        with no positive finite weight falls back to uniform over its negatives; a row
-        without negatives is all zeros.
+        subtracted before ``exp`` (in 2048-d the log-weights span hundreds of nats), in
+        float64: float32 would flush weights below ~1e-45 to zero, and an anchor would
+        seem to have too few candidates to draw without replacement. A row with no positive
+        finite weight falls back to uniform over its negatives; a row without negatives is
+        all zeros.
     """
-    log_weights = log_inverse_sphere_density(distances.float().clamp(min=cutoff), dim)
+    log_weights = log_inverse_sphere_density(distances.double().clamp(min=cutoff), dim)
     allowed = negative_mask & (distances < nonzero_loss_cutoff)
     log_weights = log_weights.masked_fill(~allowed, float("-inf"))
     row_max = log_weights.amax(dim=1, keepdim=True)
     weights = torch.exp(log_weights - row_max)  # NaN on rows whose max is -inf or inf
     weights = torch.nan_to_num(weights, nan=0.0, posinf=0.0, neginf=0.0)
     degenerate = ~(weights > 0).any(dim=1, keepdim=True)
-    return torch.where(degenerate, negative_mask.float(), weights)
+    return torch.where(degenerate, negative_mask.double(), weights)
 
 
 def distance_weighted_sampling(
@@ -114,9 +116,10 @@ def distance_weighted_sampling(
         )
     device = embeddings.device
     with torch.no_grad():
-        e = embeddings.detach().float()
-        # ||a - b||² = 2 - 2 a·b for unit vectors; clamp the round-off below zero.
-        distances = (2.0 - 2.0 * (e @ e.T)).clamp(min=0.0).sqrt()
+        e = embeddings.detach().double()
+        # ||a - b|| from the differences, not 2 - 2 a·b, whose cancellation loses the small
+        # distances that decide the weights of the hardest negatives
+        distances = torch.cdist(e, e, compute_mode="donot_use_mm_for_euclid_dist")
         ids = instance_ids.to(device)
         same = ids[:, None] == ids[None, :]
         eye = torch.eye(len(ids), dtype=torch.bool, device=device)
