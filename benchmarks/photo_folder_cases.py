@@ -4,7 +4,7 @@ halves of its packages (every other package), so no figure rests on one set of p
 Each case is scored with score_duplicate_groups.py; the JSON records the machine.
 
     .venv/bin/python benchmarks/photo_folder_cases.py --work /tmp/cases \\
-        --output docs/benchmarks/photo_folder_cases.json [--score cosine]
+        --output docs/benchmarks/photo_folder_cases.json [--score cosine] [--model BUNDLE]
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, required=True, help="JSON to write")
     parser.add_argument("--score", default="neighbourhood", choices=["neighbourhood", "cosine"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", help="a bundle or checkpoint [default: the built-in model]")
     args = parser.parse_args(argv)
     results = {}
     for name, (packages, distinct) in cases().items():
@@ -51,11 +52,14 @@ def main(argv: list[str] | None = None) -> None:
             build_case(folder, packages=packages, distinct=distinct, seed=args.seed)
         started = time.perf_counter()
         report = multigrain.find_duplicates(
-            folder / "images", output=args.work / f"{name}-{args.score}", score=args.score
+            folder / "images",
+            model=args.model,
+            score=args.score,
+            output=args.work / f"{name}-{args.score}-{Path(args.model or 'builtin').name}",
         )
         seconds = time.perf_counter() - started
         truth = json.loads((folder / "truth.json").read_text())
-        groups = [[member.path for member in group.members] for group in report.groups]
+        groups = [[Path(member.path).name for member in group.members] for group in report.groups]
         scores = score_groups(truth, groups)
         found = report_dict(report)
         results[name] = {
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{scores.precision}, recall {scores.recall}",
             flush=True,
         )
-    model = multigrain.load()
+    model = multigrain.load(args.model)
     payload = {
         "benchmark": "photo_folder_cases",
         "command": "benchmarks/photo_folder_cases.py " + " ".join(argv or sys.argv[1:]),
