@@ -88,6 +88,7 @@ def test_architecture_rebuilds_model() -> None:
         "pooling_exponent": 1.0,
         "learnable_pooling": False,
         "small_input": True,
+        "standardise_input": False,
     }
     rebuilt = MultiGrain(**arch)  # type: ignore[arg-type]
     rebuilt.load_state_dict(model.state_dict())

@@ -74,8 +74,11 @@ SETTINGS_KEYS = ("model", "resolution", "exponent", "whitened", "dim")
 
 def setting_differences(found: EmbeddingMetadata, expected: EmbeddingMetadata) -> list[str]:
     """``"key: found vs expected"`` for each of :data:`SETTINGS_KEYS` that differs, and for
-    the whitening's fingerprint when both record one (older outputs do not)."""
+    the whitening's fingerprint when both record one (older outputs do not). A model
+    identity left unknown (``""``) on either side is not compared."""
     keys: tuple[str, ...] = SETTINGS_KEYS
+    if not found.model or not expected.model:
+        keys = tuple(key for key in keys if key != "model")
     if found.whitening is not None and expected.whitening is not None:
         keys = (*keys, "whitening")
     return [
