@@ -250,5 +250,8 @@ def test_a_job_from_before_whitening_fingerprints_resumes(tmp_path) -> None:
     write_shard(tmp_path / SHARD_FOLDER / "part-r000-00000.npz",
                 np.zeros((1, 2), np.float32), ["a.jpg"], old)  # fmt: skip
     check_metadata(tmp_path, replace(old, whitening="sha256:abc"))
+    # the same rule lets `index add` put new descriptors into an index of old ones
+    assert replace(old, whitening="sha256:abc").matches(old)
+    assert not replace(old, whitening="sha256:abc").matches(replace(old, whitening="sha256:d"))
     with pytest.raises(MultiGrainError, match="other settings"):
         check_metadata(tmp_path, replace(old, whitening="sha256:abc", resolution=224))

@@ -42,7 +42,8 @@ def find_duplicates(
             "--precision",
             min=0.5,
             max=0.999,
-            help="precision the threshold must reach on synthetic copies of FOLDER's images",
+            help="share of true links the groups must reach, as estimated from synthetic "
+            "copies of FOLDER's images",
         ),
     ] = 0.9,  # fmt: skip
     threshold: Annotated[

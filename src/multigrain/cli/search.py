@@ -73,7 +73,7 @@ def index_add(
     data = load_embeddings(embeddings)
     expected = {} if index.metadata is None else asdict(index.metadata)
     found = {k: v for k, v in asdict(data.metadata).items() if k in expected}
-    if expected != found:
+    if index.metadata is not None and not data.metadata.matches(index.metadata):
         raise MultiGrainError(
             f"{embeddings} was embedded with {found}, the index with {expected}: "
             "embed with the same model, --resolution and --exponent"

@@ -120,17 +120,11 @@ def sample_links(
             image, count=copies_per_source, longest_side=longest_side, seed=seed + number
         )
         query = np.ascontiguousarray(embed_images(copies), dtype=np.float32)
-        query_hood = (
-            query_neighbourhoods(query, collection, neighbours=hood.k)
-            if hood.k
-            else Neighbourhoods(np.zeros((len(query), 1)))
-        )
-
-        def query_pair(at: np.ndarray, rows: np.ndarray, cosines: np.ndarray) -> np.ndarray:
-            return _copy_scores(query_hood, hood, at, rows, cosines)  # noqa: B023 -- used now
-
+        query_hood = query_neighbourhoods(query, collection, neighbours=hood.k)
         at = np.arange(len(query))
-        copy_scores = query_pair(at, np.full(len(query), row), query @ collection[row])
+        copy_scores = _copy_scores(
+            query_hood, hood, at, np.full(len(query), row), query @ collection[row]
+        )
         right.append(copy_scores)
         cosines = collection @ collection[row]
         similar = hood.normalised(np.full(size, row), np.arange(size), cosines)
@@ -141,7 +135,9 @@ def sample_links(
         for q in range(len(copies)):
             keep = [i for i, j in enumerate(neighbours[q].tolist()) if j >= 0 and j not in related]
             rows = neighbours[q][keep]
-            wrong.append(query_pair(np.full(len(rows), q), rows, scores[q][keep]))
+            wrong.append(
+                _copy_scores(query_hood, hood, np.full(len(rows), q), rows, scores[q][keep])
+            )
         # the original's own links (a pair of two sampled originals counted once)
         order = np.argsort(-similar)[:k]
         unrelated = [

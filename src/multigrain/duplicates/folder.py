@@ -3,10 +3,11 @@
 1. list the images; embed them into a cache folder with ``embed``'s own resumable job
    (a rerun, or a run after photos were added, embeds only what is new);
 2. exact duplicates by content hash (no decoding);
-3. the threshold: calibrated on the folder itself (:mod:`.calibration`) unless given;
-4. near-duplicate groups: connected components of the pairs scoring at or above it
-   (:func:`multigrain.search.dedup.find_duplicate_groups`), with every pair's score and a
-   suggestion of which file to keep (:mod:`.keep`).
+3. pair scores: the neighbourhood score (:mod:`multigrain.search.neighbourhood`) or the
+   cosine, for each image and its :data:`CANDIDATES` nearest;
+4. the threshold: calibrated on the folder itself (:mod:`.calibration`) unless given;
+5. near-duplicate groups: connected components of the pairs scoring at or above it, with
+   every pair's score and a suggestion of which file to keep (:mod:`.keep`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ from multigrain.runtime.distributed import DistributedContext
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
 from multigrain.search.dedup import component_labels
-from multigrain.search.neighbourhood import Neighbourhoods, collection_neighbourhoods
+from multigrain.search.neighbourhood import (
+    NEIGHBOURS,
+    Neighbourhoods,
+    collection_neighbourhoods,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +122,9 @@ def find_duplicates_in_folder(
     Args:
         prepared: the model and its settings (:func:`multigrain.inference.prepare.prepare_model`).
         cache: the embedding job's folder (created; reused on the next call).
-        target_precision: the precision the calibrated threshold must reach on synthetic
-            copies of this folder's images; ignored when `threshold` is given.
+        target_precision: the share of true links the folder's links must reach, as the
+            calibration on synthetic copies of its images estimates it; ignored when
+            `threshold` is given.
         threshold: a score (of `score_kind`) to use instead of calibrating.
         score_kind: what pairs are linked by: the neighbourhood score (default; the
             threshold is then relative to what each image scores with the rest of the
@@ -151,12 +157,15 @@ def find_duplicates_in_folder(
     extra = {row for group in same_file for row in group[1:]}
     distinct = [row for row in range(len(names)) if row not in extra]
     descriptors = np.ascontiguousarray(np.asarray(stored.descriptors)[distinct], np.float32)
-    hood = (
-        collection_neighbourhoods(descriptors)
-        if score_kind is ScoreKind.NEIGHBOURHOOD
-        else Neighbourhoods(np.zeros((len(distinct), 1)))
+    # one search of the folder against itself serves the neighbourhoods and the candidates
+    nearest = faiss.knn(
+        descriptors, descriptors, min(CANDIDATES + 1, len(distinct)), faiss.METRIC_INNER_PRODUCT
     )
-    pairs, scores = candidate_pairs(descriptors, hood)
+    hood = collection_neighbourhoods(
+        descriptors, knn=nearest,
+        neighbours=NEIGHBOURS if score_kind is ScoreKind.NEIGHBOURHOOD else 0,
+    )  # fmt: skip
+    pairs, scores = candidate_pairs(descriptors, nearest[1], hood)
     if threshold is None and len(distinct) >= 2:
 
         def load_image(row: int) -> Image.Image | None:
@@ -195,17 +204,14 @@ def find_duplicates_in_folder(
     )  # fmt: skip
 
 
-def candidate_pairs(descriptors: np.ndarray, hood: Neighbourhoods) -> tuple[np.ndarray, np.ndarray]:
-    """(N, d) distinct images -> ((P, 2) rows i < j, (P,) their scores): every pair where
-    one image is among the other's :data:`CANDIDATES` nearest by cosine."""
-    size = len(descriptors)
-    if size < 2:
-        return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
-    _, ids = faiss.knn(
-        descriptors, descriptors, min(CANDIDATES + 1, size), faiss.METRIC_INNER_PRODUCT
-    )
-    a = np.repeat(np.arange(size), ids.shape[1])
-    b = ids.ravel()
+def candidate_pairs(
+    descriptors: np.ndarray, nearest: np.ndarray, hood: Neighbourhoods
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, d) distinct images and (N, m) the ids of each one's nearest by cosine (itself
+    included) -> ((P, 2) rows i < j, (P,) their scores): every pair where one image is
+    among the other's nearest."""
+    a = np.repeat(np.arange(len(descriptors)), nearest.shape[1])
+    b = nearest.ravel()
     valid = (b >= 0) & (a != b)
     pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)[valid], axis=0)
     cosine = np.einsum("ij,ij->i", descriptors[pairs[:, 0]], descriptors[pairs[:, 1]])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -135,9 +135,7 @@ def check_metadata(output_dir: Path, metadata: EmbeddingMetadata) -> None:
     """Refuse to mix descriptors computed with different settings in one output."""
     for path in list_shards(output_dir)[:1]:
         found = read_shard(path).metadata
-        if found.whitening is None:  # written before whitenings had fingerprints
-            found = replace(found, whitening=metadata.whitening)
-        if found != metadata:
+        if not found.matches(metadata):
             raise MultiGrainError(
                 f"{output_dir} holds descriptors made with other settings ({found}); "
                 "use another output folder or the same model, s, p and whitening"

@@ -8,7 +8,7 @@ sort_keys=True)``, so the same settings always give the same text.
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 from multigrain.runtime.errors import MultiGrainError
 
@@ -29,6 +29,13 @@ class EmbeddingMetadata:
     bundle: str | None = None  # the model bundle folder the settings came from, if any
     threshold: float | None = None  # the bundle's 90 %-precision score at these settings
     whitening: str | None = None  # Whitening.fingerprint of the whitening applied, if any
+
+    def matches(self, other: EmbeddingMetadata) -> bool:
+        """Every field equal, a whitening fingerprint missing on either side (outputs
+        written before fingerprints) aside: descriptors that may share one output or index."""
+        if self.whitening is None or other.whitening is None:
+            return replace(self, whitening=None) == replace(other, whitening=None)
+        return self == other
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

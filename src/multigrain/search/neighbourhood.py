@@ -78,17 +78,27 @@ def neighbourhood_size(collection_size: int, neighbours: int = NEIGHBOURS) -> in
 
 
 def collection_neighbourhoods(
-    descriptors: np.ndarray, *, neighbours: int = NEIGHBOURS
+    descriptors: np.ndarray,
+    *,
+    neighbours: int = NEIGHBOURS,
+    knn: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Neighbourhoods:
     """(N, d) unit descriptors of distinct images -> their :class:`Neighbourhoods`
-    (exact inner products with ``faiss.knn``; each image's own row is left out)."""
+    (exact inner products with ``faiss.knn``; each image's own row is left out).
+
+    Args:
+        knn: the collection searched against itself already, (scores, ids) of at least
+            k + 2 columns, best first: used instead of searching again.
+    """
     collection = np.ascontiguousarray(descriptors, dtype=np.float32)
     if collection.ndim != 2:
         raise MultiGrainError(f"descriptors must be (N, d), got {collection.shape}")
     k = neighbourhood_size(len(collection), neighbours)
     if k == 0:
         return Neighbourhoods(np.zeros((len(collection), 1)))
-    scores, ids = faiss.knn(collection, collection, k + 2, faiss.METRIC_INNER_PRODUCT)
+    if knn is None:
+        knn = faiss.knn(collection, collection, k + 2, faiss.METRIC_INNER_PRODUCT)
+    scores, ids = knn[0][:, : k + 2], knn[1][:, : k + 2]
     own = ids == np.arange(len(collection))[:, None]
     # drop each row's own entry (or, when a tie pushed it out, the last one)
     drop = np.where(own.any(axis=1), own.argmax(axis=1), k + 1)
