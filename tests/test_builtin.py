@@ -235,11 +235,11 @@ def test_control_whitening_repeats_the_fit() -> None:
     whitening = fit_whitening(first, dim=10, power=0.25, shrinkage=0.2)
     control = control_whitening(whitening, other)
     expected = fit_whitening(other, dim=10, power=0.25, shrinkage=0.2)
-    assert control.output_dim == 10
+    assert control.kept_dim == 10 and control.output_dim == 11  # + the constant
     assert control.fitted_on["power"] == 0.25 and control.fitted_on["shrinkage"] == 0.2
     torch.testing.assert_close(control.projection, expected.projection)
     # fewer descriptors than d + 1: d shrinks to the rank rather than failing
-    assert control_whitening(whitening, other[:6]).output_dim == 5
+    assert control_whitening(whitening, other[:6]).kept_dim == 5
 
 
 def test_demo_pipeline_on_the_built_benchmark(built, tmp_path: Path) -> None:

@@ -61,7 +61,8 @@ def test_round_trip(bundle_dir):
     bundle = load_bundle(bundle_dir)
     assert bundle.settings.resolution == 64 and bundle.settings.exponent == 4.0
     assert bundle.settings.threshold is not None and bundle.settings.threshold.score == 0.75
-    assert bundle.whitening is not None and bundle.whitening.output_dim == 32
+    assert bundle.whitening is not None and bundle.whitening.kept_dim == 32
+    assert bundle.whitening.constant > 0 and bundle.whitening.output_dim == 33
     model = bundle.model()
     assert float(model.pool.p) == 4.0
     torch.manual_seed(0)
@@ -113,7 +114,7 @@ def test_embed_records_the_bundle_and_dedup_uses_its_threshold(bundle_dir, photo
     metadata = json.loads((out / "metadata.json").read_text())
     assert metadata["bundle"] == str(bundle_dir)
     assert metadata["resolution"] == 64 and metadata["exponent"] == 4.0
-    assert metadata["whitened"] is True and metadata["dim"] == 32
+    assert metadata["whitened"] is True and metadata["dim"] == 33  # 32 + the constant
     assert metadata["threshold"] == 0.75
     groups = tmp_path / "groups.json"
     dedup = cli("dedup", str(out), "-o", str(groups))

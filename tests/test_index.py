@@ -318,7 +318,9 @@ def test_format_1_index_still_loads(tmp_path, factory: str, whitened: bool) -> N
     data = clustered(500, 16, noise=0.6)
     whitening = None
     if whitened:
-        whitening = fit_whitening(torch.from_numpy(clustered(400, 16, seed=5).astype(np.float64)))
+        whitening = fit_whitening(  # format 1 predates the constant coordinate
+            torch.from_numpy(clustered(400, 16, seed=5).astype(np.float64)), constant=False
+        )
     removed = [] if factory.startswith("HNSW") else [3, 10, 11, 250, 499]
     kept, prepared = _save_format_1(
         tmp_path / "old", data, paths(500), factory=factory, whitening=whitening, removed=removed

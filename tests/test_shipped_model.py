@@ -59,3 +59,24 @@ def test_embed_without_a_checkpoint_uses_the_shipped_bundle(tmp_path):
     descriptors = np.load(out / "descriptors.npy")
     assert descriptors.shape[0] == 3
     np.testing.assert_allclose(np.linalg.norm(descriptors, axis=1), 1.0, atol=1e-4)
+
+
+def test_the_stored_descriptor_classifies_as_the_images_do():
+    """Issue 18 item 2 on real photos: the built-in model's stored (whitened, unit, d + 1)
+    descriptors give the classes that classifying the images gives."""
+    import os
+
+    import skimage
+
+    import multigrain
+
+    folder = Path(os.path.dirname(skimage.__file__)) / "data"
+    names = "astronaut.png chelsea.png coffee.png rocket.jpg motorcycle_left.png horse.png"
+    names += " grass.png brick.png hubble_deep_field.jpg retina.jpg"
+    paths = [folder / name for name in names.split()]
+    model = multigrain.load(precision="fp32")
+    vectors = model.embed(paths)
+    assert vectors.shape[1] == model.prepared.whitening.output_dim
+    from_vectors = model.classify_descriptors(vectors, top_k=1)
+    from_images = model.classify(paths, top_k=1)
+    assert [row[0] for row in from_vectors] == [p.labels[0] for p in from_images]

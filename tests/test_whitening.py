@@ -9,7 +9,13 @@ from torch import nn
 
 from multigrain.models import MultiGrain
 from multigrain.runtime.errors import MultiGrainError
-from multigrain.search.whitening import Whitening, fit_whitening, fold_into_classifier
+from multigrain.search.whitening import (
+    CONSTANT_SCALE,
+    Whitening,
+    descriptor_classifier,
+    fit_whitening,
+    fold_into_classifier,
+)
 
 
 def correlated(num: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -83,7 +89,8 @@ def test_shrinkage_damps_the_weakest_components():
     assert ratio[-1] < ratio[0]  # the smallest eigenvalue is damped the most
 
 
-def test_fold_into_classifier_reproduces_the_logits():
+def _classifier_and_embeddings() -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+    """A ResNet-18 head with a non-trivial bias and its (600, 512) raw embeddings, logits."""
     torch.manual_seed(0)
     model = MultiGrain(trunk="resnet18", num_classes=10, small_input=True).eval()
     with torch.no_grad():
@@ -96,22 +103,63 @@ def test_fold_into_classifier_reproduces_the_logits():
         embeddings, logits = model.forward_head(features)
     assert logits.argmax(dim=1).unique().numel() > 3
     assert embeddings.shape == (600, 512)
-    descriptors = nn.functional.normalize(embeddings, dim=1)
-    whitening = fit_whitening(descriptors, shrinkage=1e-3)  # d = D = 512, well conditioned
-    folded = fold_into_classifier(model.classifier, whitening)
-    assert (folded.in_features, folded.out_features) == (512, 10)
+    return model.classifier, embeddings, logits
 
+
+def test_fold_into_classifier_reproduces_the_logits():
+    classifier, embeddings, logits = _classifier_and_embeddings()
+    whitening = fit_whitening(embeddings, shrinkage=1e-3)  # d = D = 512, well conditioned
+    folded = fold_into_classifier(classifier, whitening)
+    assert (folded.in_features, folded.out_features) == (512, 10)
     with torch.no_grad():
         unnormalised = whitening.transform_unnormalised(embeddings.double()).float()
         torch.testing.assert_close(folded(unnormalised), logits, atol=1e-4, rtol=1e-4)
-        whitened = whitening.apply(embeddings)  # the descriptor users keep
-        norms = unnormalised.norm(dim=1, keepdim=True)
-        torch.testing.assert_close(folded(whitened * norms), logits, atol=1e-4, rtol=1e-4)
-        scaled = whitened @ folded.weight.T + folded.bias / norms  # = logits / ||w||
-    assert torch.equal(scaled.argmax(dim=1), logits.argmax(dim=1))
 
-    # folded(descriptor) alone is not proportional to the logits: b' = b + W mu is not
-    # scaled by 1 / ||w||, so exact logits need the norm (checked above)
+
+def test_the_stored_unit_descriptor_classifies_as_the_raw_embedding():
+    """Issue 18 item 2: top-1 from the vector users keep equals top-1 from the raw one."""
+    classifier, embeddings, logits = _classifier_and_embeddings()
+    whitening = fit_whitening(embeddings, shrinkage=1e-3)
+    stored = whitening.apply(embeddings)  # (600, 513) unit vectors, what embed writes
+    assert stored.shape == (600, 513)
+    torch.testing.assert_close(stored.norm(dim=1), torch.ones(600))
+    scores_of = descriptor_classifier(classifier, whitening)
+    assert (scores_of.in_features, scores_of.bias) == (513, None)
+    with torch.no_grad():
+        scores = scores_of(stored)
+        # scores = logits / ||[w, c]||, a positive multiple per image (reference: the raw
+        # embedding through the original classifier)
+        w = whitening.transform_unnormalised(embeddings.double())
+        lengths = torch.cat([w, torch.full_like(w[:, :1], whitening.constant)], 1).norm(dim=1)
+        torch.testing.assert_close(scores * lengths[:, None].float(), logits, atol=2e-4, rtol=1e-4)
+        assert torch.equal(scores.argmax(dim=1), logits.argmax(dim=1))
+        assert torch.equal(scores.topk(3).indices, logits.topk(3).indices)
+        # what failed before: the folded classifier on the unit vector without the
+        # constant (its bias b' = b + W mu is not scaled by 1 / ||w||)
+        folded = fold_into_classifier(classifier, whitening)
+        naive = folded(nn.functional.normalize(w.float(), dim=1))
+    assert (naive.argmax(dim=1) == logits.argmax(dim=1)).float().mean() < 0.9
+
+
+def test_the_constant_leaves_retrieval_unchanged():
+    x = correlated(300, 12, seed=4)
+    plain = fit_whitening(x, constant=False)
+    with_constant = fit_whitening(x)
+    assert plain.constant == 0 and plain.output_dim == 12 and with_constant.output_dim == 13
+    # c = CONSTANT_SCALE x the RMS norm of w on the fitting set
+    w = plain.transform_unnormalised(x)
+    rms = w.pow(2).sum(dim=1).mean().sqrt() * ((300 - 1) / 300) ** -0.5  # unbiased covariance
+    assert with_constant.constant == pytest.approx(CONSTANT_SCALE * float(rms), rel=1e-9)
+    a, b = plain.apply(x), with_constant.apply(x)
+    torch.testing.assert_close(b[:, :12] @ b[:, :12].T + b[:, 12:] @ b[:, 12:].T, b @ b.T)
+    assert (b @ b.T - a @ a.T).abs().max() < 10 * CONSTANT_SCALE**2
+    assert plain.fingerprint != with_constant.fingerprint
+
+
+def test_a_whitening_without_the_constant_refuses_to_classify_descriptors():
+    whitening = fit_whitening(correlated(100, 8), constant=False)
+    with pytest.raises(MultiGrainError, match="refit it with `multigrain whiten`"):
+        descriptor_classifier(nn.Linear(8, 3), whitening)
 
 
 def test_fold_with_reduced_dimension_projects_on_the_kept_subspace():
@@ -144,7 +192,23 @@ def test_save_load_round_trip(tmp_path):
     }
     for name in ("mean", "projection", "eigenvalues"):
         assert torch.equal(getattr(loaded, name), getattr(whitening, name))
+    assert loaded.constant == whitening.constant > 0 and state["format_version"] == 2
+    assert loaded.fingerprint == whitening.fingerprint
     assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_a_file_from_before_the_constant_keeps_its_descriptors(tmp_path):
+    """A format-1 file (no constant) loads as it was: d-long descriptors, same fingerprint."""
+    x = correlated(100, 8)
+    old = fit_whitening(x, dim=5, constant=False)
+    state = old.to_dict()
+    assert state["format_version"] == 1 and "constant" not in state
+    path = tmp_path / "old.pt"
+    torch.save(state, path)
+    loaded = Whitening.load(path)
+    assert loaded.constant == 0 and loaded.output_dim == 5
+    assert loaded.fingerprint == old.fingerprint
+    torch.testing.assert_close(loaded.apply(x), old.apply(x))
 
 
 def test_load_errors(tmp_path):

@@ -38,6 +38,7 @@ from multigrain.runtime.precision import InferencePrecision, resolve_inference_p
 from multigrain.search.descriptors import check_compatible
 from multigrain.search.index import ImageIndex
 from multigrain.search.index_store import load_index, save_index
+from multigrain.search.whitening import descriptor_classifier
 
 PathLike = str | os.PathLike[str]
 
@@ -129,6 +130,30 @@ class Model:
             resolution=self.resolution, top_k=top_k, device=self.device,
             precision=self.precision, trunk=self._trunk_for(paths),
         )  # fmt: skip
+
+    def classify_descriptors(self, descriptors: np.ndarray, *, top_k: int = 5) -> list[list[str]]:
+        """(N, d + 1) stored descriptors (``embed``'s output with the bundle's whitening) ->
+        per row, the top-k class names, best first: the same as :meth:`classify` on the
+        images, from the vector alone (:func:`multigrain.search.whitening.
+        descriptor_classifier`; exact at full dimension, through the pseudo-inverse at the
+        bundle's reduced one). No probabilities: the scores are the logits over a norm."""
+        whitening = self.prepared.whitening
+        if whitening is None:
+            raise MultiGrainError(
+                "this model has no whitening, so its descriptors are unit-length raw embeddings "
+                "that do not keep the classifier's bias: classify the images with classify()"
+            )
+        rows = np.atleast_2d(np.asarray(descriptors, dtype=np.float32))
+        if rows.shape[1] != whitening.output_dim:
+            raise MultiGrainError(
+                f"descriptors have {rows.shape[1]} dimensions but this model's are "
+                f"{whitening.output_dim}: pass descriptors embedded by this model"
+            )
+        scores_of = descriptor_classifier(self.prepared.model.classifier.cpu(), whitening)
+        with torch.no_grad():
+            scores = scores_of(torch.from_numpy(rows))
+        best = scores.topk(min(top_k, scores.shape[1]), dim=1).indices.tolist()
+        return [[self.prepared.classes[i] for i in row] for row in best]
 
 
 def load(

@@ -141,6 +141,8 @@ def write_bundle(
             "eigenvalues": whitening.eigenvalues.double().contiguous(),
         }
         metadata = {"fitted_on": json.dumps(whitening.fitted_on, default=str)}
+        if whitening.constant > 0:  # descriptors are d + 1 long and classify
+            metadata["constant"] = repr(float(whitening.constant))
         atomic_write_bytes(folder / WHITENING_NAME, safetensors_save(tensors, metadata=metadata))
         files[WHITENING_NAME] = _sha256(folder / WHITENING_NAME)
     else:
@@ -199,10 +201,12 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
     if WHITENING_NAME in files:
         tensors = load_file(str(root / WHITENING_NAME))
         with safe_open(str(root / WHITENING_NAME), framework="pt") as handle:
-            fitted_on = json.loads((handle.metadata() or {}).get("fitted_on", "{}"))
+            header = handle.metadata() or {}
+        fitted_on = json.loads(header.get("fitted_on", "{}"))
         whitening = Whitening(
-            tensors["mean"], tensors["projection"], tensors["eigenvalues"], fitted_on
-        )
+            tensors["mean"], tensors["projection"], tensors["eigenvalues"], fitted_on,
+            constant=float(header.get("constant", 0.0)),
+        )  # fmt: skip
     identity = f"{root.name}@sha256:{files.get(WEIGHTS_NAME, '')[:16]}"
     return Bundle(root, settings, whitening, identity)
 

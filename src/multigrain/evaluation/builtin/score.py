@@ -193,19 +193,21 @@ def _instance_scores(views: torch.Tensor) -> InstanceScores:
 
 
 def control_whitening(whitening: Whitening, descriptors: torch.Tensor) -> Whitening:
-    """A whitening fitted on other ``descriptors`` as ``whitening`` was: same d, power, shrinkage.
+    """A whitening fitted on other ``descriptors`` as ``whitening`` was: same d, power,
+    shrinkage and constant coordinate.
 
     The built-in evaluation fits it on the untrained network's descriptors of the training
     photos (the set the demo fits the model's whitening on), as a control for the model's.
     """
     settings = whitening.fitted_on
-    dim = min(whitening.output_dim, len(descriptors) - 1, descriptors.shape[1])
+    dim = min(whitening.kept_dim, len(descriptors) - 1, descriptors.shape[1])
     return fit_whitening(
         descriptors,
         dim=dim,
         power=float(settings.get("power", 0.5)),
         shrinkage=float(settings.get("shrinkage", 0.0)),
         fitted_on={"input": "control: other descriptors, fitted as the model's whitening"},
+        constant=whitening.constant > 0,
     )
 
 
