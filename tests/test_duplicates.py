@@ -192,6 +192,32 @@ def test_find_duplicates_finds_every_copy_and_nothing_else(tmp_path: Path) -> No
     again = cli("find-duplicates", str(folder), "-o", str(out))
     assert json.loads((out / "groups.json").read_text())["groups"] == report["groups"]
     assert again.returncode == 0
+    # a photo deleted since (the user acted on the groups): the cache is rebuilt, not refused
+    (folder / "zz-q30.jpg").unlink()
+    after = cli("find-duplicates", str(folder), "-o", str(out))
+    assert after.returncode == 0
+    left = json.loads((out / "groups.json").read_text())["groups"]
+    assert len(left) == len(truth) - 1
+    assert all("zz-q30.jpg" not in json.dumps(group) for group in left)
+
+
+def test_a_cache_of_other_settings_is_replaced_not_refused(tmp_path: Path) -> None:
+    """After an upgrade (another model or whitening) find-duplicates embeds again."""
+    from multigrain.duplicates.folder import _drop_stale_cache
+    from multigrain.inference.store import SHARD_FOLDER, shard_name, write_shard
+    from multigrain.search.descriptors import EmbeddingMetadata
+
+    photos = [tmp_path / f"{i}.png" for i in range(2)]
+    old = EmbeddingMetadata("m@sha256:1", 160, 4.0, True, 256, "bf16", whitening="sha256:a")
+    new = EmbeddingMetadata("m@sha256:1", 160, 4.0, True, 257, "bf16", whitening="sha256:b")
+    cache = tmp_path / "cache"
+    (cache / SHARD_FOLDER).mkdir(parents=True)
+    shard = cache / SHARD_FOLDER / shard_name(0, 0)
+    write_shard(shard, np.zeros((2, 256), np.float32), [str(p) for p in photos], old)
+    _drop_stale_cache(cache, old, photos)  # same settings, same images: kept
+    assert shard.is_file()
+    _drop_stale_cache(cache, new, photos)
+    assert not cache.exists()
 
 
 def test_cli_score_choices_match_the_library() -> None:

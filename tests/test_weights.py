@@ -183,3 +183,45 @@ def test_foreign_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(MultiGrainError, match="cannot load weights file"):
         load_model(tmp_path / "junk.pth")
+
+
+def test_authors_checkpoint_after_their_whitening_script_gets_its_classifier_back(
+    tmp_path: Path, images: torch.Tensor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 18 item 4: ``whitening.pca.pca_P`` / ``pca_m`` files load, the classifier is
+    the raw embedding's again, and the constant-1 guess is not what the warning says."""
+    from sklearn.decomposition import PCA
+
+    source = random_multigrain(num_classes=5)
+    with torch.no_grad():  # a non-trivial bias, as a trained head has
+        source.classifier.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(4))
+        fit_images = torch.randn(700, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+        embeddings = source.forward_head(source.forward_features(fit_images))[0].double()
+    # their whitening, from its definition: PCA(whiten=True) on l2n([e, 1]) (reference: sklearn)
+    extended = torch.cat([embeddings, torch.ones(len(embeddings), 1, dtype=torch.float64)], 1)
+    normalised = torch.nn.functional.normalize(extended, dim=1).numpy()
+    pca = PCA(whiten=True).fit(normalised)
+    mean = torch.from_numpy(pca.mean_)
+    projection = torch.from_numpy(pca.components_.T / pca.explained_variance_**0.5)
+    assert projection.shape == (513, 513)
+    head = torch.cat([source.classifier.weight, source.classifier.bias[:, None]], 1).double()
+    state = source.state_dict()
+    state["classifier.weight"] = (head @ torch.linalg.inv(projection).T).float()
+    state["classifier.bias"] = (head @ mean).float()
+    state["whitening.pca.pca_P"], state["whitening.pca.pca_m"] = projection.float(), mean.float()
+    path = tmp_path / "whitened_by_authors.pth"
+    torch.save({"model_state": state}, path)
+    with caplog.at_level("WARNING", logger="multigrain.models.weight_formats"):
+        loaded = load_model(path)
+    assert "authors' whitening script" in caplog.text and "constant 1" not in caplog.text
+    with torch.no_grad():
+        got = loaded.model(images)
+        want = source(images)
+    torch.testing.assert_close(got[0], want[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(got[1], want[1], atol=2e-3, rtol=1e-3)  # float32 P^-1 round trip
+    assert torch.equal(got[1].argmax(dim=1), want[1].argmax(dim=1))
+    # one key without the other: refused, naming what is missing
+    del state["whitening.pca.pca_m"]
+    torch.save({"model_state": state}, tmp_path / "half.pth")
+    with pytest.raises(MultiGrainError, match="whitening.pca.pca_m"):
+        load_model(tmp_path / "half.pth")

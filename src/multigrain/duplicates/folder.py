@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import enum
 import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
+import torch
 from PIL import Image
 
 from multigrain.data.images import ImageDecodeError, decode_image
@@ -31,11 +33,12 @@ from multigrain.inference.embed import EmbedFailure, embed_collection
 from multigrain.inference.fast_trunk import fast_trunk_for
 from multigrain.inference.pil_images import embed_pil_images
 from multigrain.inference.prepare import PreparedModel
-from multigrain.inference.store import load_embeddings
+from multigrain.inference.store import embedded_paths, list_shards, load_embeddings, read_shard
 from multigrain.runtime.distributed import DistributedContext
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
 from multigrain.search.dedup import component_labels
+from multigrain.search.descriptors import EmbeddingMetadata
 from multigrain.search.neighbourhood import (
     NEIGHBOURS,
     Neighbourhoods,
@@ -141,6 +144,10 @@ def find_duplicates_in_folder(
         resolution=metadata.resolution,
     )  # fmt: skip
     apply = whitening.apply if whitening is not None else None
+    if context.is_main:
+        _drop_stale_cache(cache, metadata, paths)
+    if context.is_distributed:
+        torch.distributed.barrier()  # no rank embeds into a cache being deleted
     report = embed_collection(
         model, paths, output_dir=cache, metadata=metadata, context=context, precision=used,
         trunk=trunk, whitening=apply, resume=True, progress=progress,
@@ -202,6 +209,24 @@ def find_duplicates_in_folder(
         exponent=metadata.exponent, whitened=metadata.whitened, groups=groups,
         failures=list(report.failures),
     )  # fmt: skip
+
+
+def _drop_stale_cache(cache: Path, metadata: EmbeddingMetadata, paths: Sequence[Path]) -> None:
+    """The cache is ours to manage: descriptors made with other settings (another model or
+    whitening, as after an upgrade) or holding images since removed from the folder are
+    deleted and the folder embedded again, where ``embed --resume`` would refuse them."""
+    shards = list_shards(cache)
+    if not shards:
+        return
+    found = read_shard(shards[0]).metadata
+    if not found.matches(metadata):
+        reason = f"made with other settings ({found.model}, whitening {found.whitening})"
+    elif not embedded_paths(cache) <= {str(path) for path in paths}:
+        reason = "some of its images are no longer in the folder"
+    else:
+        return
+    logger.warning("%s: %s; embedding the folder again", cache, reason)
+    shutil.rmtree(cache)
 
 
 def candidate_pairs(

@@ -64,10 +64,11 @@ def from_authors(
 ) -> dict[str, Tensor]:
     """A released MultiGrain model (``{'model_state': sd}``) -> our state dict.
 
-    ``pool.p`` becomes a scalar (``pooling_exponent`` when the file has none); a whitened
-    classifier over D + 1 inputs is folded (:func:`fold_constant_input`).
+    ``pool.p`` becomes a scalar (``pooling_exponent`` when the file has none); a file
+    written by their whitening script has its classifier restored (:func:`unwhiten_authors`);
+    a classifier over D + 1 inputs is folded (:func:`fold_constant_input`).
     """
-    state = dict(_model_state(path, raw))
+    state = unwhiten_authors(path, dict(_model_state(path, raw)))
     if "pool.p" in state:
         state["pool.p"] = state["pool.p"].detach().float().reshape(())
     elif pooling_exponent is not None:
@@ -77,6 +78,57 @@ def from_authors(
             f"weights file {path} has no 'pool.p' (GeM exponent): pass pooling_exponent"
         )
     return fold_constant_input(path, state)
+
+
+#: The keys of the authors' PCA whitening (their ``scripts/whiten.py``): P and the mean m.
+AUTHORS_WHITENING_KEYS = ("whitening.pca.pca_P", "whitening.pca.pca_m")
+
+
+def unwhiten_authors(path: Path, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A checkpoint written after the authors' whitening script -> the classifier before it.
+
+    Their script fits PCA on x = l2n([e, 1]) (the GeM embedding with a constant 1
+    appended), u = (x - m) P, and replaces the classifier [W, b] (over [e, 1]) by
+    W' = [W, b] P^-T with bias m [W, b]^T, so that W' u + m [W, b]^T = [W, b] x. Hence
+    [W, b] = W' P^T, exactly when P is square: the raw embedding's classifier W e + b comes
+    back (the logits of l2n([e, 1]) times ||[e, 1]||, so the same classes). Their whitening works on
+    the L2-normalised, constant-extended embedding, which ours does not: it is dropped (with a
+    warning), and ``multigrain whiten`` fits ours.
+    """
+    if not any(key in state for key in AUTHORS_WHITENING_KEYS):
+        return state
+    if not all(key in state for key in AUTHORS_WHITENING_KEYS) or "classifier.weight" not in state:
+        raise MultiGrainError(
+            f"{path} is an authors' whitened checkpoint but lacks one of "
+            f"{', '.join(AUTHORS_WHITENING_KEYS)} or classifier.weight: the file is incomplete"
+        )
+    projection = state.pop(AUTHORS_WHITENING_KEYS[0]).detach().double()
+    mean = state.pop(AUTHORS_WHITENING_KEYS[1]).detach().double().reshape(-1)
+    weight = state["classifier.weight"].detach().double()
+    if projection.dim() != 2 or weight.shape[1] != projection.shape[1]:
+        raise MultiGrainError(
+            f"{path}: whitening matrix {tuple(projection.shape)} does not fit the classifier "
+            f"{tuple(weight.shape)}: not an authors' whitened checkpoint this version reads"
+        )
+    restored = weight @ projection.T  # (K, D + 1) = [W, b]
+    bias = state.get("classifier.bias")
+    if bias is not None and mean.numel() == restored.shape[1]:
+        # their folded bias is m [W, b]^T: a file that disagrees was edited by other code
+        expected = restored @ mean
+        tolerance = 1e-3 * float(expected.abs().max())
+        if not torch.allclose(bias.detach().double(), expected, rtol=1e-3, atol=tolerance):
+            logger.warning("%s: classifier bias is not m [W, b]^T; restoring [W, b] anyway", path)
+    approximate = projection.shape[1] < projection.shape[0]
+    logger.warning(
+        "%s: written by the authors' whitening script; its classifier is restored to the raw "
+        "embedding's (%s) and its whitening is not used: fit one with `multigrain whiten`",
+        path,
+        "approximately: the PCA kept fewer components" if approximate else "exactly",
+    )
+    dim = restored.shape[1] - 1  # the input was [e, 1]: its last column multiplies the 1
+    state["classifier.weight"] = restored[:, :dim].float().contiguous()
+    state["classifier.bias"] = restored[:, dim].float().contiguous()
+    return state
 
 
 def fold_constant_input(path: Path, state: dict[str, Tensor]) -> dict[str, Tensor]:
