@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_pattern
+from conftest import make_pattern, run_main
 
 from multigrain.cli import main as cli_main
 from multigrain.data.inference_loading import decoded_batches, worker_message
@@ -38,29 +38,6 @@ def embedded(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     code, err = run_main("embed", str(images), "-o", str(out), "--workers", "0")
     assert code == 0, err
     return out
-
-
-def run_main(*args: str) -> tuple[int, str]:
-    """`multigrain ARGS` through main() in this process -> (exit status, stderr)."""
-    import contextlib
-    import io
-
-    saved = sys.argv
-    sys.argv = ["multigrain", *args]
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(cli_main, "reexec_with_allocator", lambda: None)
-                try:
-                    cli_main.main()
-                except SystemExit as exit:
-                    code = exit.code if isinstance(exit.code, int) else 1
-                else:
-                    code = 0
-    finally:
-        sys.argv = saved
-    return code, stderr.getvalue()
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
