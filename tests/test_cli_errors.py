@@ -18,6 +18,7 @@ from conftest import make_pattern, run_main
 
 from multigrain.cli import main as cli_main
 from multigrain.data.inference_loading import decoded_batches, worker_message
+from multigrain.inference.store import load_embeddings
 from multigrain.runtime.errors import MultiGrainError
 
 
@@ -203,7 +204,7 @@ def test_resume_with_other_inputs_is_refused(images: Path, embedded: Path, tmp_p
     assert_one_line_error(
         code, err, "descriptors of 3 images", "3 of them not among the 1 inputs", "--output"
     )
-    assert len((embedded / "paths.txt").read_text().splitlines()) == 3
+    assert len(load_embeddings(embedded).paths) == 3
 
 
 def test_resume_with_more_inputs_keeps_every_row(
@@ -217,7 +218,7 @@ def test_resume_with_more_inputs_keeps_every_row(
     listing_file.write_text("".join(f"{path}\n" for path in first))
     code, err = run_main("embed", str(listing_file), "-o", str(out), "--workers", "0", "--resume")
     assert code == 0, err
-    assert (out / "paths.txt").read_text().splitlines() == first
+    assert load_embeddings(out).paths == first
 
 
 # ---- 5. the other items: -c DIR, evaluate's benchmarks, help texts, files vs folders -------

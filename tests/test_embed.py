@@ -15,7 +15,12 @@ from PIL import Image
 
 from multigrain.data.listing import list_images
 from multigrain.inference.embed import embed_collection
-from multigrain.inference.store import EmbeddingMetadata, list_shards, load_embeddings
+from multigrain.inference.store import (
+    EmbeddingMetadata,
+    list_shards,
+    load_embeddings,
+    read_failures,
+)
 from multigrain.models import MultiGrain
 from multigrain.models.checkpoint import save_checkpoint
 from multigrain.runtime.distributed import DistributedContext
@@ -196,8 +201,7 @@ def test_cli_on_a_messy_folder(model, messy_folder, tmp_path):
     assert {Path(p).name for p in embedded.paths} == good
     skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
     assert {Path(line.split()[1].rstrip(":")).name for line in skipped} == bad
-    failures = (tmp_path / "out" / "failures-r000.tsv").read_text().splitlines()
-    reasons = dict(line.split("\t") for line in failures)
+    reasons = read_failures(tmp_path / "out")
     assert {Path(p).name for p in reasons} == bad
     assert all(reason.strip() for reason in reasons.values())
     bomb_reason = next(r for p, r in reasons.items() if p.endswith("bomb.png"))

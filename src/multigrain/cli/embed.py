@@ -29,7 +29,7 @@ def embed(
         typer.Option(
             "--output",
             "-o",
-            help="output folder (descriptors.npy, paths.txt, metadata.json)",
+            help="output folder (descriptors.npy, paths.jsonl, metadata.json)",
             callback=folder_option("to hold the descriptors"),
         ),
     ],
@@ -63,12 +63,12 @@ def embed(
     """Embed an image collection: L2-normalised descriptors at longest side s, exponent p*.
 
     Exit status: 0 when every image was embedded, 3 when the job finished but some
-    images could not be read (listed in OUTPUT/failures-r*.tsv), 2 on a usage error.
+    images could not be read (listed in OUTPUT/failures-r*.jsonl), 2 on a usage error.
     """
     # imported here, not at the top: they load torch (start-up time of `multigrain --help`)
     from multigrain.data.images import DEFAULT_MAX_PIXELS
     from multigrain.data.inference_loading import default_num_workers
-    from multigrain.data.listing import list_images
+    from multigrain.data.listing import list_images, printable_path
     from multigrain.inference.embed import embed_collection
     from multigrain.runtime.distributed import init_distributed, shutdown_distributed
     from multigrain.runtime.precision import resolve_inference_precision
@@ -115,6 +115,6 @@ def embed(
             f"p*={metadata.exponent:g}, whitening {'on' if metadata.whitened else 'off'}"
         )
     for failure in report.failures:
-        typer.echo(f"skipped {failure.path}: {failure.reason}", err=True)
+        typer.echo(f"skipped {printable_path(failure.path)}: {failure.reason}", err=True)
     if report.failures:
         raise typer.Exit(3)
