@@ -108,6 +108,15 @@ def embedded_paths(output_dir: Path) -> set[str]:
     return embedded
 
 
+def count_done(output_dir: Path, paths: Iterable[str]) -> int:
+    """How many of `paths` the embed job in `output_dir` has done: embedded in its shards
+    or listed as unreadable (what `--resume` skips)."""
+    if not output_dir.is_dir():
+        return 0
+    done = embedded_paths(output_dir) | set(read_failures(output_dir))
+    return sum(1 for path in paths if path in done)
+
+
 def check_kept(output_dir: Path, embedded: set[str], inputs: set[str]) -> None:
     """Refuse to resume with inputs that leave out images already embedded in `output_dir`.
 
