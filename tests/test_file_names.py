@@ -22,6 +22,9 @@ from multigrain.search.index_store import load_index
 
 NEWLINE = "line\nbreak.png"
 TAB = "tab\there.png"
+SEPARATOR = (
+    "line\u2028separator\rreturn.png"  # JSON leaves U+2028 as it is; str.splitlines breaks it
+)
 QUOTES = 'say "cheese" \\ again.png'
 UNDECODABLE = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
 
@@ -40,14 +43,14 @@ def failure_records(output: Path) -> int:
 
 
 def test_a_line_break_in_a_name_survives_embed_index_and_search(tmp_path: Path) -> None:
-    folder = write_images(tmp_path / "photos", ["plain.png", NEWLINE, TAB, QUOTES])
+    folder = write_images(tmp_path / "photos", ["plain.png", NEWLINE, TAB, QUOTES, SEPARATOR])
     out, index = tmp_path / "out", tmp_path / "index"
     code, err = run_main("embed", str(folder), "-o", str(out), "--workers", "0")
     assert code == 0, err
     expected = [str(path) for path in list_images(folder)]
     embedded = load_embeddings(out)
     assert embedded.paths == expected
-    assert embedded.descriptors.shape[0] == len(expected) == 4
+    assert embedded.descriptors.shape[0] == len(expected) == 5
     code, err = run_main("index", "build", str(out), "-o", str(index))
     assert code == 0, err
     assert load_index(index).paths == expected
@@ -122,3 +125,20 @@ def test_outputs_of_earlier_versions_are_still_read(tmp_path: Path) -> None:
     assert code == 0, err
     assert load_embeddings(out).paths == names
     assert not (out / "paths.txt").exists()
+
+
+def test_a_failure_list_cut_short_by_a_crash(tmp_path: Path) -> None:
+    """A last record cut short is ignored (its image is tried again) and the next record
+    starts on a line of its own; a damaged record elsewhere is named."""
+    from multigrain.inference.path_lists import failure_line, open_failure_list
+
+    listing = tmp_path / "failures-r000.jsonl"
+    whole = failure_line("a\nb.jpg", "truncated")
+    listing.write_text(whole + failure_line("c.jpg", "empty")[:9], encoding="utf-8")
+    assert read_failures(tmp_path) == {"a\nb.jpg": "truncated"}
+    with open_failure_list(listing) as handle:
+        handle.write(failure_line("d\u2028e.jpg", "not an image"))
+    assert read_failures(tmp_path) == {"a\nb.jpg": "truncated", "d\u2028e.jpg": "not an image"}
+    listing.write_text("{oops\n" + whole, encoding="utf-8")
+    with pytest.raises(MultiGrainError, match="line 1, is not a failure record"):
+        read_failures(tmp_path)

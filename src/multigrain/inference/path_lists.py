@@ -57,11 +57,11 @@ def read_paths(file: Path) -> list[str]:
     Raises:
         MultiGrainError: a line of a ``paths.jsonl`` is not a JSON string.
     """
-    text = file.read_text(encoding="utf-8")
+    lines = _lines(file)
     if file.name == LEGACY_PATHS_FILE:
-        return text.splitlines()
+        return lines
     paths = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         try:
             path = json.loads(line)
         except json.JSONDecodeError:
@@ -85,18 +85,26 @@ def read_failures(output_dir: Path) -> dict[str, str]:
 
 
 def open_failure_list(file: Path) -> TextIO:
-    """`file` opened to append failure records, a last line cut short (by a crash) ended."""
-    handle = open(file, "a+", encoding="utf-8")  # noqa: SIM115  # the caller closes it
-    if handle.tell() > 0:
-        handle.seek(handle.tell() - 1)
-        if handle.read(1) != "\n":
-            handle.write("\n")
-    return handle
+    """`file` opened to append failure records, a last record cut short by a crash dropped
+    first (its image is tried again), so that every record stays on a line of its own."""
+    if file.is_file():
+        content = file.read_bytes()
+        if content and not content.endswith(b"\n"):
+            with open(file, "r+b") as handle:
+                handle.truncate(content.rfind(b"\n") + 1)
+    return open(file, "a", encoding="utf-8")  # noqa: SIM115  # the caller closes it
+
+
+def _lines(file: Path) -> list[str]:
+    """The lines of `file`, split at "\\n" alone: ``str.splitlines`` would also split at
+    U+2028 and other separators JSON leaves as they are, and text mode would turn a "\\r"
+    of a name in a legacy list into a line break."""
+    lines = file.read_bytes().decode("utf-8").split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def _read_failure_file(file: Path) -> dict[str, str]:
-    text = file.read_text(encoding="utf-8")
-    lines = text.splitlines()
+    lines = _lines(file)
     if file.suffix == ".tsv":  # legacy: path <TAB> reason; a name holding a tab is split
         pairs = [line.partition("\t") for line in lines]
         return {path: reason for path, _, reason in pairs if path}
@@ -107,7 +115,7 @@ def _read_failure_file(file: Path) -> dict[str, str]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            if number == len(lines) and not text.endswith("\n"):
+            if number == len(lines) and not file.read_bytes().endswith(b"\n"):
                 break  # cut short by a crash: that image is tried again
             record = None
         if not isinstance(record, dict) or not isinstance(record.get("path"), str):
