@@ -68,6 +68,7 @@ from multigrain.data.inference_loading import (
 from multigrain.data.resize import normalise
 from multigrain.inference.embed import DEFAULT_PRECISION, embed_collection
 from multigrain.inference.fast_trunk import TorchTrunk, fast_trunk_for
+from multigrain.inference.path_lists import PATHS_FILE, paths_text, read_paths
 from multigrain.inference.store import EmbeddingMetadata
 from multigrain.models import MultiGrain
 from multigrain.models.checkpoint import save_checkpoint
@@ -144,7 +145,7 @@ def run_baseline(model: MultiGrain, paths: list[Path], resolution: int, output: 
         rows.append(F.normalize(embedding, dim=1)[0].cpu().numpy())
     output.mkdir(parents=True, exist_ok=True)
     np.save(output / "descriptors.npy", np.stack(rows))
-    (output / "paths.txt").write_text("".join(f"{p}\n" for p in paths))
+    (output / PATHS_FILE).write_text(paths_text(str(p) for p in paths), encoding="utf-8")
 
 
 # --- one mode, in a child process -----------------------------------------------------------
@@ -329,7 +330,7 @@ def agreement(output: Path, reference: Path) -> dict[str, float]:
     """Cosine between a mode's descriptors and the baseline's, row by row (same paths)."""
     mine = np.load(output / "descriptors.npy")
     theirs = np.load(reference / "descriptors.npy")
-    if (output / "paths.txt").read_text() != (reference / "paths.txt").read_text():
+    if read_paths(output / PATHS_FILE) != read_paths(reference / PATHS_FILE):
         raise SystemExit(f"{output} and {reference} list different images")
     cosine = (mine * theirs).sum(axis=1)
     return {"min": round(float(cosine.min()), 5), "mean": round(float(cosine.mean()), 5)}

@@ -23,6 +23,37 @@ def cli(*args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def run_main(*args: str) -> tuple[int, str]:
+    """`multigrain ARGS` through main() in this process -> (exit status, stderr)."""
+    code, _, stderr = run_main_output(*args)
+    return code, stderr
+
+
+def run_main_output(*args: str) -> tuple[int, str, str]:
+    """`multigrain ARGS` through main() in this process -> (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from multigrain.cli import main as cli_main
+
+    saved = sys.argv
+    sys.argv = ["multigrain", *args]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(cli_main, "reexec_with_allocator", lambda: None)
+                try:
+                    cli_main.main()
+                except SystemExit as exit:
+                    code = exit.code if isinstance(exit.code, int) else 1
+                else:
+                    code = 0
+    finally:
+        sys.argv = saved
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
 def make_pattern(rng: np.random.Generator, label: int, size: int) -> Image.Image:
     """A textured image whose class is visible: stripes horizontal (0), vertical (1), checks (2)."""
     y, x = np.mgrid[0:size, 0:size]

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_pattern
+from conftest import make_pattern, run_main
 
 from multigrain.cli import main as cli_main
 from multigrain.data.inference_loading import decoded_batches, worker_message
+from multigrain.inference.store import load_embeddings
 from multigrain.runtime.errors import MultiGrainError
 
 
@@ -38,29 +39,6 @@ def embedded(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     code, err = run_main("embed", str(images), "-o", str(out), "--workers", "0")
     assert code == 0, err
     return out
-
-
-def run_main(*args: str) -> tuple[int, str]:
-    """`multigrain ARGS` through main() in this process -> (exit status, stderr)."""
-    import contextlib
-    import io
-
-    saved = sys.argv
-    sys.argv = ["multigrain", *args]
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(cli_main, "reexec_with_allocator", lambda: None)
-                try:
-                    cli_main.main()
-                except SystemExit as exit:
-                    code = exit.code if isinstance(exit.code, int) else 1
-                else:
-                    code = 0
-    finally:
-        sys.argv = saved
-    return code, stderr.getvalue()
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -226,7 +204,7 @@ def test_resume_with_other_inputs_is_refused(images: Path, embedded: Path, tmp_p
     assert_one_line_error(
         code, err, "descriptors of 3 images", "3 of them not among the 1 inputs", "--output"
     )
-    assert len((embedded / "paths.txt").read_text().splitlines()) == 3
+    assert len(load_embeddings(embedded).paths) == 3
 
 
 def test_resume_with_more_inputs_keeps_every_row(
@@ -240,7 +218,7 @@ def test_resume_with_more_inputs_keeps_every_row(
     listing_file.write_text("".join(f"{path}\n" for path in first))
     code, err = run_main("embed", str(listing_file), "-o", str(out), "--workers", "0", "--resume")
     assert code == 0, err
-    assert (out / "paths.txt").read_text().splitlines() == first
+    assert load_embeddings(out).paths == first
 
 
 # ---- 5. the other items: -c DIR, evaluate's benchmarks, help texts, files vs folders -------

@@ -15,7 +15,12 @@ from PIL import Image
 
 from multigrain.data.listing import list_images
 from multigrain.inference.embed import embed_collection
-from multigrain.inference.store import EmbeddingMetadata, list_shards, load_embeddings
+from multigrain.inference.store import (
+    EmbeddingMetadata,
+    list_shards,
+    load_embeddings,
+    read_failures,
+)
 from multigrain.models import MultiGrain
 from multigrain.models.checkpoint import save_checkpoint
 from multigrain.runtime.distributed import DistributedContext
@@ -196,8 +201,7 @@ def test_cli_on_a_messy_folder(model, messy_folder, tmp_path):
     assert {Path(p).name for p in embedded.paths} == good
     skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
     assert {Path(line.split()[1].rstrip(":")).name for line in skipped} == bad
-    failures = (tmp_path / "out" / "failures-r000.tsv").read_text().splitlines()
-    reasons = dict(line.split("\t") for line in failures)
+    reasons = read_failures(tmp_path / "out")
     assert {Path(p).name for p in reasons} == bad
     assert all(reason.strip() for reason in reasons.values())
     bomb_reason = next(r for p, r in reasons.items() if p.endswith("bomb.png"))
@@ -255,3 +259,98 @@ def test_a_job_from_before_whitening_fingerprints_resumes(tmp_path) -> None:
     assert not replace(old, whitening="sha256:abc").matches(replace(old, whitening="sha256:d"))
     with pytest.raises(MultiGrainError, match="other settings"):
         check_metadata(tmp_path, replace(old, whitening="sha256:abc", resolution=224))
+
+
+# ---- issue 16, item 8: an interrupted job says what it saved and how to continue --------------
+
+
+def embed_command(listing: Path, out: Path, *extra: str) -> list[str]:
+    """`multigrain embed` of a list file, one image per batch and per shard."""
+    return [sys.executable, "-m", "multigrain", "embed", str(listing), "-o", str(out),
+            "--batch-size", "1", "--shard-size", "1", *extra]  # fmt: skip
+
+
+def interrupted_embed(command: list[str], out: Path, waiting: int, signum: int) -> tuple[int, str]:
+    """Run `command`, an embed job whose last image is a FIFO nobody writes to: once it has
+    embedded the `waiting` images before it, it waits on it forever; send `signum` then, as
+    a user would: SIGINT to the process group (Ctrl-C in a terminal), SIGTERM to the
+    process (`kill`). Returns (exit status, stderr)."""
+    import os
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(list_shards(out)) < waiting:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        if signum == signal.SIGINT:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    return process.returncode, stderr
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(photo_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`multigrain embed` of the photos in one go, as the interrupted job runs it."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    listing = root / "photos.txt"
+    listing.write_text("".join(f"{image}\n" for image in list_images(photo_folder)))
+    straight = subprocess.run(
+        embed_command(listing, root / "out"), capture_output=True, text=True, timeout=300
+    )
+    assert straight.returncode == 0, straight.stderr
+    return root / "out"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signal_name", "status", "workers"), [("SIGINT", 130, "1"), ("SIGTERM", 143, "0")]
+)
+def test_an_interrupted_embed_says_how_to_continue(
+    photo_folder: Path, uninterrupted: Path, tmp_path: Path, signal_name: str, status: int,
+    workers: str,
+) -> None:  # fmt: skip
+    """One line (how much is saved, --resume), the signal's exit status, no traceback; the
+    job then resumes to the very descriptors of an uninterrupted run."""
+    import os
+    import shutil
+    import signal
+
+    images = list_images(photo_folder)
+    job = tmp_path / "job"
+    job.mkdir()
+    copies = [job / f"{index:02d}.png" for index in range(len(images))]
+    for image, copy in zip(images[:-1], copies, strict=False):
+        shutil.copy(image, copy)
+    os.mkfifo(copies[-1])  # the job waits here
+    listing = tmp_path / "job.txt"
+    listing.write_text("".join(f"{copy}\n" for copy in copies))
+    out = tmp_path / "out"
+    command = embed_command(listing, out, "--workers", workers)
+    code, stderr = interrupted_embed(command, out, len(images) - 1, getattr(signal, signal_name))
+    assert code == status, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.replace("\r", "\n").splitlines()
+             if line.strip() and not line.startswith("embed:")]  # fmt: skip
+    assert len(lines) == 1, stderr
+    assert f"{len(images) - 1} of {len(images)} images" in lines[0], lines[0]
+    assert "--resume" in lines[0] and str(out) in lines[0], lines[0]
+    # the same command with --resume, once the last image is a file, finishes the job
+    copies[-1].unlink()
+    shutil.copy(images[-1], copies[-1])
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"({len(images) - 1} already done)" in resumed.stdout
+    one, two = load_embeddings(out), load_embeddings(uninterrupted)
+    assert one.paths == [str(copy) for copy in copies]
+    assert one.descriptors.tobytes() == two.descriptors.tobytes()  # bit for bit

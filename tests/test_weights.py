@@ -167,7 +167,7 @@ def test_arbitrary_pickle_is_refused(tmp_path: Path) -> None:
 
     path = tmp_path / "evil.pth"
     path.write_bytes(pickle.dumps({"model_state": Payload()}, protocol=2))
-    with pytest.raises(MultiGrainError, match=f"refusing to load {path}: .*print.*weights_only"):
+    with pytest.raises(MultiGrainError, match=f"refusing to load weights file {path}: .*print"):
         load_model(path)
 
 
@@ -225,3 +225,66 @@ def test_authors_checkpoint_after_their_whitening_script_gets_its_classifier_bac
     torch.save({"model_state": state}, tmp_path / "half.pth")
     with pytest.raises(MultiGrainError, match="whitening.pca.pca_m"):
         load_model(tmp_path / "half.pth")
+
+
+# ---- issue 16, item 8: no message invites loading a file unsafely ----------------------------
+
+
+class _Payload:
+    """Unpickling it would create the file `marker`: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+def unsafe_files(folder: Path, marker: Path) -> list[Path]:
+    """Files that hold Python objects besides tensors: a payload in a torch zip file, in a
+    plain pickle, and a whole nn.Module saved with torch.save."""
+    zipped, plain, module = folder / "payload.pt", folder / "payload.pkl", folder / "module.pth"
+    torch.save({"model_state": {"w": torch.ones(1)}, "extra": _Payload(marker)}, zipped)
+    plain.write_bytes(pickle.dumps({"model_state": _Payload(marker)}, protocol=2))
+    torch.save(torch.nn.Linear(2, 2), module)
+    return [zipped, plain, module]
+
+
+def test_no_message_suggests_weights_only_false(tmp_path: Path) -> None:
+    """torch's own message says re-running with weights_only=False "will likely succeed":
+    every loader of torch files answers with a message of its own instead."""
+    from conftest import run_main
+
+    from multigrain.models.checkpoint import load_checkpoint, model_from_checkpoint
+    from multigrain.search.whitening import Whitening
+
+    marker = tmp_path / "code-ran"
+    images = tmp_path / "images"
+    images.mkdir()
+    torch.manual_seed(0)
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(images / "red.png")
+    loaders = {
+        "load_checkpoint": load_checkpoint,
+        "model_from_checkpoint": model_from_checkpoint,
+        "load_model": load_model,
+        "Whitening.load": Whitening.load,
+    }
+    for path in unsafe_files(tmp_path, marker):
+        messages = []
+        for name, loader in loaders.items():
+            with pytest.raises(MultiGrainError) as caught:
+                loader(path)
+            messages.append((name, str(caught.value)))
+        for option in ("-c", "--whitening"):
+            code, err = run_main("embed", str(images), "-o", str(tmp_path / "out"), option,
+                                 str(path), "--workers", "0")  # fmt: skip
+            assert code == 2, err
+            messages.append((f"embed {option}", err))
+        for name, message in messages:
+            assert str(path) in message, (name, message)
+            assert "refusing to load" in message, (name, message)
+            for unsafe in ("weights_only", "False", "likely succeed", "can still be loaded"):
+                assert unsafe not in message, (name, message)
+    assert not marker.exists()

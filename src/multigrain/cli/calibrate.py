@@ -146,7 +146,7 @@ def whiten(
     """
     # imported here, not at the top: they load torch (start-up time of `multigrain --help`)
     from multigrain.data.inference_loading import default_num_workers
-    from multigrain.data.listing import list_images
+    from multigrain.data.listing import list_images, printable_path
     from multigrain.inference.embed import embed_in_memory
     from multigrain.models.checkpoint import model_identity
     from multigrain.runtime.distributed import resolve_device
@@ -162,7 +162,7 @@ def whiten(
         num_workers=default_num_workers(target) if workers is None else workers,
     )  # fmt: skip
     for failure in failures:
-        typer.echo(f"skipped {failure.path}: {failure.reason}", err=True)
+        typer.echo(f"skipped {printable_path(failure.path)}: {failure.reason}", err=True)
     whitening = fit_whitening(
         embeddings, dim=dim, power=power, shrinkage=shrinkage,
         fitted_on={

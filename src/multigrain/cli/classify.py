@@ -48,7 +48,7 @@ def classify(
     # imported here, not at the top: they load torch (start-up time of `multigrain --help`)
     from multigrain.cli.whitened import WhitenedClassifier
     from multigrain.data.inference_loading import default_num_workers
-    from multigrain.data.listing import list_images
+    from multigrain.data.listing import list_images, printable_path
     from multigrain.inference.bundle import is_bundle
     from multigrain.inference.classify import classify_images
     from multigrain.runtime.distributed import resolve_device
@@ -79,4 +79,4 @@ def classify(
                 f"{label} {score:.3f}"
                 for label, score in zip(prediction.labels, prediction.scores, strict=True)
             )
-            echo(f"{prediction.path}: {best}")
+            echo(f"{printable_path(prediction.path)}: {best}")

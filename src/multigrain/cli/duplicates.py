@@ -72,6 +72,7 @@ def find_duplicates(
     in OUTPUT/embeddings: a rerun embeds only new files.
     """
     from multigrain.cli.loading import prepare
+    from multigrain.data.listing import printable_path
     from multigrain.duplicates.folder import GroupKind, ScoreKind, find_duplicates_in_folder
     from multigrain.duplicates.outputs import default_output, write_outputs
     from multigrain.runtime.distributed import init_distributed, shutdown_distributed
@@ -118,5 +119,5 @@ def find_duplicates(
         f"{report.num_duplicates} files could go"
     )
     for failure in report.failures:
-        typer.echo(f"skipped {failure.path}: {failure.reason}", err=True)
+        typer.echo(f"skipped {printable_path(failure.path)}: {failure.reason}", err=True)
     echo(f"-> {written['html']}  {written['json']}  {written['csv']}")

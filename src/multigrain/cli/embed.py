@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +19,10 @@ from multigrain.cli.loading import (
 )
 from multigrain.cli.outputs import first_missing, folder_option, remove_created
 from multigrain.inference.embed_defaults import DEFAULT_PRECISION, DEFAULT_SHARD_SIZE
+from multigrain.runtime.interrupts import Interrupted, interruptible
+
+if TYPE_CHECKING:
+    from multigrain.runtime.distributed import DistributedContext
 
 
 @app.command()
@@ -29,7 +33,7 @@ def embed(
         typer.Option(
             "--output",
             "-o",
-            help="output folder (descriptors.npy, paths.txt, metadata.json)",
+            help="output folder (descriptors.npy, paths.jsonl, metadata.json)",
             callback=folder_option("to hold the descriptors"),
         ),
     ],
@@ -63,46 +67,49 @@ def embed(
     """Embed an image collection: L2-normalised descriptors at longest side s, exponent p*.
 
     Exit status: 0 when every image was embedded, 3 when the job finished but some
-    images could not be read (listed in OUTPUT/failures-r*.tsv), 2 on a usage error.
+    images could not be read (listed in OUTPUT/failures-r*.jsonl), 2 on a usage error,
+    130 / 143 when interrupted (SIGINT / SIGTERM; --resume continues).
     """
-    # imported here, not at the top: they load torch (start-up time of `multigrain --help`)
-    from multigrain.data.images import DEFAULT_MAX_PIXELS
-    from multigrain.data.inference_loading import default_num_workers
-    from multigrain.data.listing import list_images
-    from multigrain.inference.embed import embed_collection
-    from multigrain.runtime.distributed import init_distributed, shutdown_distributed
-    from multigrain.runtime.precision import resolve_inference_precision
-
-    context = init_distributed(device)
     created = first_missing(output)  # removed if the job fails before writing anything
+    context: DistributedContext | None = None
+    paths: list[Path] | None = None
     try:
-        paths = list_images(inputs)
-        used = resolve_inference_precision(precision, context.device)
-        prepared = prepare(
-            checkpoint, resolution, exponent, context.device, whitening=whitening,
-            use_bundle_whitening=bundle_whitening,
-        )  # fmt: skip
-        model, transform = prepared.model, prepared.whitening
-        metadata = prepared.embedding_metadata(used)  # what ran: auto -> bf16 or fp32
-        report = embed_collection(
-            model,
-            paths,
-            output_dir=output,
-            metadata=metadata,
-            context=context,
-            batch_size=batch_size,
-            shard_size=shard_size,
-            num_workers=default_num_workers(context.device) if workers is None else workers,
-            precision=used,
-            whitening=transform.apply if transform is not None else None,
-            resume=resume,
-            max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
-        )
+        with interruptible():
+            # imported here, not at the top: they load torch (start-up of `multigrain --help`)
+            from multigrain.data.images import DEFAULT_MAX_PIXELS
+            from multigrain.data.inference_loading import default_num_workers
+            from multigrain.data.listing import list_images, printable_path
+            from multigrain.inference.embed import embed_collection
+            from multigrain.runtime.distributed import init_distributed, shutdown_distributed
+            from multigrain.runtime.precision import resolve_inference_precision
+
+            context = init_distributed(device)
+            try:
+                paths = list_images(inputs)
+                used = resolve_inference_precision(precision, context.device)
+                prepared = prepare(
+                    checkpoint, resolution, exponent, context.device, whitening=whitening,
+                    use_bundle_whitening=bundle_whitening,
+                )  # fmt: skip
+                model, transform = prepared.model, prepared.whitening
+                metadata = prepared.embedding_metadata(used)  # what ran: auto -> bf16 or fp32
+                report = embed_collection(
+                    model, paths, output_dir=output, metadata=metadata, context=context,
+                    batch_size=batch_size, shard_size=shard_size,
+                    num_workers=default_num_workers(context.device) if workers is None else workers,
+                    precision=used, whitening=transform.apply if transform is not None else None,
+                    resume=resume, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                )  # fmt: skip
+            finally:
+                shutdown_distributed()
+    except Interrupted as interrupt:  # one line: what is saved, how to go on; no traceback
+        remove_created(created, keep="*.npz")
+        if context is None or context.is_main:
+            typer.echo(interrupted_line(interrupt.name, output, paths), err=True)
+        raise typer.Exit(interrupt.exit_status) from None
     except BaseException:
         remove_created(created, keep="*.npz")  # shards: work a rerun continues from
         raise
-    finally:
-        shutdown_distributed()
     if context.is_main:
         echo(
             f"embedded {report.num_embedded} images ({report.num_already_done} already done) "
@@ -115,6 +122,21 @@ def embed(
             f"p*={metadata.exponent:g}, whitening {'on' if metadata.whitened else 'off'}"
         )
     for failure in report.failures:
-        typer.echo(f"skipped {failure.path}: {failure.reason}", err=True)
+        typer.echo(f"skipped {printable_path(failure.path)}: {failure.reason}", err=True)
     if report.failures:
         raise typer.Exit(3)
+
+
+def interrupted_line(signal_name: str, output: Path, paths: list[Path] | None) -> str:
+    """What an interrupted `embed` says: how much of the job is saved, how to go on."""
+    from multigrain.inference.store import count_done
+
+    if paths is None:
+        return f"interrupted ({signal_name}) before any image was read: run the command again"
+    done = count_done(output, (str(path) for path in paths))
+    if not done:
+        return f"interrupted ({signal_name}) before any image was saved: run the command again"
+    return (
+        f"interrupted ({signal_name}): {done} of {len(paths)} images are done and saved in "
+        f"{output}; run the same command with --resume to finish the job"
+    )

@@ -46,9 +46,13 @@ def main() -> None:
     reexec_for_jobs(sys.argv[1:])
     # imported after the re-exec, so that the process it replaces loads no more than the
     # interpreter and allocator.py (start-up time)
-    import typer
+    try:
+        import typer
 
-    from multigrain.cli.app import app
+        from multigrain.cli.app import app
+    except KeyboardInterrupt:  # Ctrl-C while the libraries load: no traceback either
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
     try:
         register_commands()

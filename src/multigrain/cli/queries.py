@@ -67,7 +67,7 @@ def query_descriptors(
     from PIL import ImageOps
 
     from multigrain.cli.loading import prepare
-    from multigrain.data.listing import list_images
+    from multigrain.data.listing import list_images, printable_path
     from multigrain.inference.embed import embed_in_memory
     from multigrain.runtime.distributed import resolve_device
 
@@ -115,7 +115,7 @@ def query_descriptors(
         if not mirror:
             names = kept
             for failure in failures:
-                typer.echo(f"skipped {failure.path}: {failure.reason}", err=True)
+                typer.echo(f"skipped {printable_path(failure.path)}: {failure.reason}", err=True)
         views.append(descriptors.numpy().astype(np.float32))
     return views, names
 

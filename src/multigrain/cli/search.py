@@ -146,6 +146,7 @@ def search(
     model bundle's. Results at or above the threshold are matches ("match": true, and
     "MATCH" in the text output); --all keeps the others too ("match": false).
     """
+    from multigrain.data.listing import printable_path
     from multigrain.search.index_store import load_index
     from multigrain.search.threshold import load_threshold, threshold_path
 
@@ -182,8 +183,8 @@ def search(
         ]
         if json_out:
             echo(json.dumps({"query": name, "threshold": threshold, "results": hits}))
-        else:
-            echo(name)
+        else:  # one line per query and per result, whatever the names hold
+            echo(printable_path(name))
             for hit in hits:
                 mark = "" if threshold is None else "MATCH  " if hit["match"] else "       "
-                echo(f"  {hit['score']:.4f}  {mark}{hit['path']}")
+                echo(f"  {hit['score']:.4f}  {mark}{printable_path(str(hit['path']))}")

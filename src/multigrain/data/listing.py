@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,40 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 )
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
+
+#: Unicode categories that break a line of text: control characters (line break, tab ...),
+#: line and paragraph separators, and the surrogates that stand for undecodable bytes.
+_LINE_BREAKERS = frozenset({"Cc", "Zl", "Zp", "Cs"})
+
+#: Why an image whose name is not UTF-8 text is skipped: an index (SQLite), search results and
+#: the service's JSON answers hold names as text.
+UNDECODABLE_NAME = (
+    "the file name is not valid UTF-8 (it holds undecodable bytes), which outputs, indexes "
+    "and search results cannot carry: rename it to UTF-8 (e.g. convmv -f latin1 -t utf8 "
+    "--notest FILE)"
+)
+
+
+def is_utf8_name(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is UTF-8 text: False when the file system gave undecodable bytes
+    (Python holds them as surrogates, ``os.fsdecode(b"caf\\xe9.jpg")``)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_path(path: str | os.PathLike[str]) -> str:
+    """`path` for one line of text output: as it is, or quoted with escapes when it holds
+    a line break, a tab or another control character (``'a\\nb.jpg'``), or undecodable
+    bytes (``'caf\\xe9.jpg'``, the bytes the file system holds)."""
+    text = os.fspath(path)
+    if not any(unicodedata.category(char) in _LINE_BREAKERS for char in text):
+        return text
+    if not is_utf8_name(text):
+        return repr(os.fsencode(text))[1:]  # b'caf\xe9.jpg' -> 'caf\xe9.jpg'
+    return repr(text)
 
 
 def is_image_name(name: str, *, suffixes: tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:

@@ -6,9 +6,9 @@ processes while the model runs. :func:`embed_batch` runs the trunk that
 :func:`fast_trunk_for` builds (fast_trunk.py: batch norm folded, channels-last, bf16 where
 the CPU or GPU has it, or int8 through onnxruntime when asked); every caller -- embed,
 classify, the service, the Python API -- goes through these two, so a descriptor does not
-depend on who computed it. Results go to self-describing shards (see store.py),
-unreadable images to a failure list; `resume` skips both. Under `torchrun`, rank r takes
-every W-th image of the sorted listing.
+depend on who computed it. Results go to self-describing shards (see store.py), unreadable
+images (and names that are not UTF-8) to a failure list; `resume` skips both. Under
+`torchrun`, rank r takes every W-th image of the sorted listing.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from tqdm.auto import tqdm
 
 from multigrain.data.images import DEFAULT_MAX_PIXELS
 from multigrain.data.inference_loading import decoded_batches, default_batch_size
+from multigrain.data.listing import UNDECODABLE_NAME, is_utf8_name, printable_path
 from multigrain.data.resize import normalise as normalise_images
-from multigrain.inference import store
+from multigrain.inference import path_lists, store
 from multigrain.inference.embed_defaults import DEFAULT_PRECISION as DEFAULT_PRECISION
 from multigrain.inference.embed_defaults import DEFAULT_SHARD_SIZE
 from multigrain.inference.fast_trunk import Trunk, embed_features, fast_trunk_for
@@ -126,11 +127,13 @@ class _FailureLog:
     bar: tqdm
 
     def __call__(self, index: int, reason: str) -> None:
-        path = self.todo[index]
+        self.record(self.todo[index], reason)
+
+    def record(self, path: str, reason: str) -> None:
         self.report.failures.append(EmbedFailure(path, reason))
-        self.file.write(f"{path}\t{reason}\n")
+        self.file.write(path_lists.failure_line(path, reason))
         self.file.flush()
-        logger.warning("skipped %s: %s", path, reason)
+        logger.warning("skipped %s: %s", printable_path(path), reason)
         self.bar.update(1)
 
 
@@ -199,6 +202,9 @@ def embed_collection(
         raise MultiGrainError("--batch-size and --shard-size must be >= 1")
     started = time.perf_counter()
     todo, report = _work_left(output_dir, paths, metadata, context, resume)
+    # skipped by name, before any decoding: the outputs could not carry their names
+    undecodable = [path for path in todo if not is_utf8_name(path)]
+    todo = [path for path in todo if is_utf8_name(path)]
     todo_paths = [Path(p) for p in todo]
     if trunk is None and todo:
         trunk = fast_trunk_for(
@@ -208,13 +214,16 @@ def embed_collection(
     writer = _ShardWriter(output_dir, metadata, context.rank, shard_size)
     failures_path = output_dir / store.failures_name(context.rank)
     with (
-        open(failures_path, "a", encoding="utf-8") as failure_file,
-        _progress_bar(len(todo), progress and context.is_main) as bar,
+        path_lists.open_failure_list(failures_path) as failure_file,
+        _progress_bar(len(todo) + len(undecodable), progress and context.is_main) as bar,
     ):
+        failures = _FailureLog(todo, report, failure_file, bar)
+        for path in undecodable:
+            failures.record(path, UNDECODABLE_NAME)
         batches = decoded_batches(
             todo_paths, resolution=metadata.resolution, batch_size=batch_size,
             num_workers=num_workers, max_pixels=max_pixels, device=context.device,
-            on_failure=_FailureLog(todo, report, failure_file, bar),
+            on_failure=failures,
         )  # fmt: skip
         for indices, images in batches:
             assert trunk is not None  # built above whenever there is work to do

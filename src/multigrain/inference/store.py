@@ -3,10 +3,14 @@
 Layout of an output folder OUT:
 
     OUT/shards/part-r000-00000.npz   descriptors (n, D) float32, paths (n,) str, metadata JSON
-    OUT/failures-r000.tsv            path <TAB> reason, one line per unreadable image
-    OUT/descriptors.npy              (N, D) float32, row i <-> line i of paths.txt
-    OUT/paths.txt                    N paths, in the order of the input listing
+    OUT/failures-r000.jsonl          {"path": ..., "reason": ...}, a line per unreadable image
+    OUT/descriptors.npy              (N, D) float32, row i <-> line i of paths.jsonl
+    OUT/paths.jsonl                  N paths as JSON strings, in the order of the input listing
     OUT/metadata.json                model identity, s, p, whitening, dimension, count
+
+The lists of paths are JSON lines so that any file name, a line break or a tab in it
+included, comes back exactly (path_lists.py); the plain paths.txt and failures-r*.tsv of
+earlier versions are still read.
 
 Why npz for the self-describing format: numpy alone reads it (`allow_pickle=False`, no
 extra dependency), it holds the paths as a plain unicode array next to the float32
@@ -26,6 +30,9 @@ from typing import BinaryIO
 
 import numpy as np
 
+from multigrain.inference import path_lists
+from multigrain.inference.path_lists import failures_name as failures_name
+from multigrain.inference.path_lists import read_failures as read_failures
 from multigrain.runtime.atomic import atomic_write, atomic_write_text
 from multigrain.runtime.errors import MultiGrainError
 
@@ -44,10 +51,6 @@ class Embeddings:
 
 def shard_name(rank: int, index: int) -> str:
     return f"part-r{rank:03d}-{index:05d}.npz"
-
-
-def failures_name(rank: int) -> str:
-    return f"failures-r{rank:03d}.tsv"
 
 
 def write_shard(
@@ -92,17 +95,6 @@ def next_shard_index(output_dir: Path, rank: int) -> int:
     return max(indices, default=-1) + 1
 
 
-def read_failures(output_dir: Path) -> dict[str, str]:
-    """path -> reason, over every rank's failure file."""
-    failures: dict[str, str] = {}
-    for file in sorted(output_dir.glob("failures-r*.tsv")):
-        for line in file.read_text(encoding="utf-8").splitlines():
-            path, _, reason = line.partition("\t")
-            if path:
-                failures[path] = reason
-    return failures
-
-
 def iter_shards(output_dir: Path) -> Iterator[Embeddings]:
     for path in list_shards(output_dir):
         yield read_shard(path)
@@ -114,6 +106,15 @@ def embedded_paths(output_dir: Path) -> set[str]:
     for shard in iter_shards(output_dir):
         embedded.update(shard.paths)
     return embedded
+
+
+def count_done(output_dir: Path, paths: Iterable[str]) -> int:
+    """How many of `paths` the embed job in `output_dir` has done: embedded in its shards
+    or listed as unreadable (what `--resume` skips)."""
+    if not output_dir.is_dir():
+        return 0
+    done = embedded_paths(output_dir) | set(read_failures(output_dir))
+    return sum(1 for path in paths if path in done)
 
 
 def check_kept(output_dir: Path, embedded: set[str], inputs: set[str]) -> None:
@@ -143,7 +144,7 @@ def check_metadata(output_dir: Path, metadata: EmbeddingMetadata) -> None:
 
 
 def merge_shards(output_dir: Path, order: Iterable[str], metadata: EmbeddingMetadata) -> int:
-    """Write descriptors.npy / paths.txt / metadata.json in the order of `order`.
+    """Write descriptors.npy / paths.jsonl / metadata.json in the order of `order`.
 
     Paths listed in `order` but absent from the shards (unreadable images) are left out.
     Memory: one shard at a time plus a path -> row dictionary. Rows are written with
@@ -173,7 +174,8 @@ def merge_shards(output_dir: Path, order: Iterable[str], metadata: EmbeddingMeta
                 os.pwrite(handle.fileno(), block, start + run[0][0] * row_bytes)
 
     atomic_write(output_dir / "descriptors.npy", write)
-    atomic_write_text(output_dir / "paths.txt", "".join(f"{p}\n" for p in rows))
+    atomic_write_text(output_dir / path_lists.PATHS_FILE, path_lists.paths_text(rows))
+    (output_dir / path_lists.LEGACY_PATHS_FILE).unlink(missing_ok=True)  # an older output's
     info = {**asdict(metadata), "count": len(rows)}
     atomic_write_text(output_dir / "metadata.json", json.dumps(info, indent=2))
     return len(rows)
@@ -196,7 +198,10 @@ def load_embeddings(source: str | os.PathLike[str], *, mmap: bool = False) -> Em
     source = Path(source)
     if source.suffix == ".npz":
         return read_shard(source)
-    needed = [source / name for name in ("descriptors.npy", "paths.txt", "metadata.json")]
+    paths_file = source / path_lists.PATHS_FILE
+    if not paths_file.exists() and (source / path_lists.LEGACY_PATHS_FILE).exists():
+        paths_file = source / path_lists.LEGACY_PATHS_FILE  # written by an earlier version
+    needed = [source / "descriptors.npy", paths_file, source / "metadata.json"]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
         raise MultiGrainError(
@@ -206,10 +211,13 @@ def load_embeddings(source: str | os.PathLike[str], *, mmap: bool = False) -> Em
     info = json.loads(needed[2].read_text())
     info.pop("count", None)
     descriptors = np.load(needed[0], mmap_mode="r" if mmap else None, allow_pickle=False)
-    paths = needed[1].read_text(encoding="utf-8").splitlines()
+    paths = path_lists.read_paths(paths_file)
     if len(paths) != descriptors.shape[0]:
+        legacy = paths_file.name == path_lists.LEGACY_PATHS_FILE
+        cause = " (a file name with a line break, which paths.txt cannot hold?)" if legacy else ""
         raise MultiGrainError(
-            f"{source}: {descriptors.shape[0]} descriptors but {len(paths)} paths; "
-            "the output is damaged: rerun `multigrain embed --resume`"
+            f"{source}: {descriptors.shape[0]} descriptors but {len(paths)} paths in "
+            f"{paths_file.name}{cause}; rerun `multigrain embed --resume` with the same inputs "
+            f"and --output: it rewrites the paths as {path_lists.PATHS_FILE}"
         )
     return Embeddings(descriptors, paths, EmbeddingMetadata(**info))

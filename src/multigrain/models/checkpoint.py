@@ -17,6 +17,7 @@ import torch
 from multigrain.models.multigrain import MultiGrain
 from multigrain.runtime.atomic import atomic_write
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.tensor_files import load_tensor_file
 
 FORMAT_VERSION = 1
 
@@ -40,14 +41,12 @@ def load_checkpoint(path: str | os.PathLike[str], *, map_location: str = "cpu") 
         )
     if not path.is_file():
         raise MultiGrainError(f"checkpoint {path} does not exist: check the path or the run folder")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for truncated or foreign files
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise MultiGrainError(
-            f"cannot load checkpoint {path}: {reason}; the file is truncated, corrupt or not a "
-            "PyTorch checkpoint of plain tensors"
-        ) from error
+    state = load_tensor_file(
+        path, what="checkpoint", map_location=map_location,
+        fix="it was not written by multigrain (whose checkpoints hold nothing else); to use "
+        "the weights of a model you trust, re-save them alone with "
+        "torch.save(model.state_dict(), path) and pass that file",
+    )  # fmt: skip
     if not isinstance(state, dict) or "model_state" not in state:
         raise MultiGrainError(
             f"checkpoint {path} has no 'model_state' entry: it was not written by multigrain "

@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 from torchvision.models import ResNet50_Weights
 
@@ -41,6 +38,7 @@ from multigrain.models.weight_formats import (
     strip_module_prefix,
 )
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.tensor_files import load_tensor_file
 
 logger = logging.getLogger(__name__)
 
@@ -144,25 +142,11 @@ def _read(path: Path) -> dict[str, Any]:
         )
     if not path.is_file():
         raise MultiGrainError(f"weights file {path} does not exist: check the path")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"GLOBAL (\S+)", str(error))
-        if found is None:
-            raise MultiGrainError(
-                f"cannot load weights file {path}: not a PyTorch file or corrupt"
-            ) from error
-        raise MultiGrainError(
-            f"refusing to load {path}: it holds Python objects ({found.group(1)}) besides "
-            "tensors and plain containers, and only weights_only=True loading is allowed; "
-            "re-save it with torch.save(model.state_dict(), path)"
-        ) from error
-    except Exception as error:  # torch raises several types for truncated or foreign files
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise MultiGrainError(
-            f"cannot load weights file {path}: {reason}; the file is truncated, corrupt or "
-            "not a PyTorch file"
-        ) from error
+    raw = load_tensor_file(
+        path, what="weights file",
+        fix="re-save the weights alone where the model loads, "
+        "torch.save(model.state_dict(), path), and pass that file",
+    )  # fmt: skip
     if not isinstance(raw, dict):
         raise MultiGrainError(
             f"weights file {path} holds a {type(raw).__name__}, not a dict of tensors: save "

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from multigrain.runtime.atomic import atomic_write
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.tensor_files import load_tensor_file
 
 logger = logging.getLogger(__name__)
 
@@ -159,14 +160,11 @@ class Whitening:
             raise MultiGrainError(
                 f"whitening file {path} does not exist: fit one with fit_whitening(...).save()"
             )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises several types for truncated/foreign files
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise MultiGrainError(
-                f"cannot load whitening {path}: {reason}; the file is truncated or not a "
-                "whitening saved by multigrain"
-            ) from error
+        state = load_tensor_file(
+            path, what="whitening",
+            fix="it is not a whitening file written by multigrain; fit one with "
+            "`multigrain whiten` (or fit_whitening(...).save())",
+        )  # fmt: skip
         if not isinstance(state, dict) or state.get("kind") != "multigrain.whitening":
             raise MultiGrainError(
                 f"{path} is not a multigrain whitening file: fit one with fit_whitening(...).save()"
