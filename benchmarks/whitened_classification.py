@@ -15,12 +15,20 @@ On the shipped model and its corpus (``multigrain corpus build data/corpus``):
 
     .venv/bin/python benchmarks/whitened_classification.py \\
         --output docs/benchmarks/whitened_classification.json
+
+The same on the built-in benchmark with the demo's model (after ``make demo``): whitening
+fitted on the built-in training photos, classes from ``heldout_classes`` and ``train``,
+copy detection on ``copydetection`` (mAP over queries with an original, µAP):
+
+    .venv/bin/python benchmarks/whitened_classification.py --demo runs/demo \\
+        --builtin data/builtin --output docs/benchmarks/whitened_classification_builtin.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,12 +37,18 @@ import numpy as np
 import torch
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # copy_heldout.demo_model
+
 from multigrain.data.corpus.heldout import read_copy_set
+from multigrain.data.datasets import ImageFolderImages
 from multigrain.data.listing import list_images
+from multigrain.data.standard import read_disc21
 from multigrain.evaluation.heldout.scoring import score_similarities
 from multigrain.evaluation.heldout.select import training_images
+from multigrain.experiments.demo_settings import DemoSettings
 from multigrain.inference.bundle import builtin_bundle_path, load_bundle
 from multigrain.inference.embed import embed_in_memory
+from multigrain.metrics.copy_detection import micro_average_precision
 from multigrain.models import MultiGrain
 from multigrain.runtime.atomic import atomic_write_text
 from multigrain.runtime.machine import describe_machine
@@ -83,12 +97,92 @@ def top1_table(
     return rows
 
 
+def labelled_set(
+    model: MultiGrain, root: Path, classes: list[str], s: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    paths = [p for p in list_images(root) if p.parent.name in classes]
+    labels = torch.tensor([classes.index(p.parent.name) for p in paths])
+    return raw_embeddings(model, paths, s), labels
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.normalize(x, dim=1)
+
+
+def builtin_copy_scores(similarity: np.ndarray, pairs: list[tuple[int, int]]) -> dict[str, float]:
+    """(Q, R) similarities, (query, reference) truth -> mAP (queries with an original), µAP."""
+    positive = np.zeros_like(similarity, dtype=bool)
+    for query, reference in pairs:
+        positive[query, reference] = True
+    rows = np.flatnonzero(positive.any(axis=1))
+    true_best = np.where(positive, similarity, -np.inf).max(axis=1)
+    ranks = (np.where(positive, -np.inf, similarity) >= true_best[:, None]).sum(axis=1) + 1
+    return {
+        "map": float((1.0 / ranks[rows]).mean()),
+        "micro_ap": micro_average_precision(similarity.ravel(), positive.ravel(), len(pairs)),
+    }
+
+
+def demo_main(args: argparse.Namespace) -> None:
+    """The built-in benchmark with the demo's model (see the module docstring)."""
+    from copy_heldout import demo_model
+
+    started = time.perf_counter()
+    model, s, _ = demo_model(args.demo)
+    classes = list(ImageFolderImages(args.builtin / "train").classes)
+    shrinkage = DemoSettings().whitening_shrinkage
+    fit_paths = training_images(args.builtin)
+    fit = raw_embeddings(model, fit_paths, s)
+    sets = {
+        "heldout_classes": labelled_set(model, args.builtin / "heldout_classes", classes, s),
+        "train_labelled": labelled_set(model, args.builtin / "train", classes, s),
+    }
+    dims = sorted({d for d in (8, 16, 32, 64, 128, 256, fit.shape[1]) if d < len(fit)})
+    table = top1_table(model.classifier, fit, sets, dims, shrinkage)
+    copies = read_disc21(args.builtin / "copydetection")
+    queries = raw_embeddings(model, copies.queries, s)
+    references = raw_embeddings(model, copies.references, s)
+    retrieval: dict[str, Any] = {
+        "no whitening": builtin_copy_scores((unit(queries) @ unit(references).T).numpy(),
+                                            copies.ground_truth),
+    }  # fmt: skip
+    dim = min(DemoSettings().whitening_dim, len(fit) - 1, fit.shape[1])
+    for name, first in (("fitted on raw embeddings", False), ("fitted on L2-normalised", True)):
+        prepare = unit if first else (lambda x: x)
+        whitening = fit_whitening(prepare(fit), dim=dim, shrinkage=shrinkage)
+        matrix = whitening.apply(prepare(queries)) @ whitening.apply(prepare(references)).T
+        retrieval[name] = builtin_copy_scores(matrix.numpy(), copies.ground_truth)
+        print(name, retrieval[name], flush=True)
+    report = {
+        "benchmark": "whitened_classification",
+        "command": "benchmarks/whitened_classification.py --demo runs/demo --builtin "
+        "data/builtin --output docs/benchmarks/whitened_classification_builtin.json",
+        "machine": describe_machine(),
+        "model": f"{args.demo}/train/checkpoint.pt",
+        "resolution": s,
+        "exponent": float(model.pool.p),
+        "shrinkage": shrinkage,
+        "fit_images": len(fit),
+        "classes": classes,
+        "top1_per_dim": table,
+        "retrieval_copydetection": {"dim": dim, "queries": len(copies.queries), **retrieval},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if args.output is not None:
+        atomic_write_text(args.output, json.dumps(report, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=Path("data/corpus"))
     parser.add_argument("--bundle", type=Path, default=None, help="[default: the built-in one]")
+    parser.add_argument("--demo", type=Path, default=None, help="a demo folder (runs/demo)")
+    parser.add_argument("--builtin", type=Path, default=Path("data/builtin"))
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.demo is not None:
+        demo_main(args)
+        return
     started = time.perf_counter()
     bundle = load_bundle(args.bundle or builtin_bundle_path())
     model, settings = bundle.model().eval(), bundle.settings
@@ -96,15 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     shipped_dim = bundle.whitening.kept_dim if bundle.whitening else 256
     shrinkage = float(bundle.whitening.fitted_on.get("shrinkage", 0.1)) if bundle.whitening else 0.1
 
-    def labelled(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
-        paths = [p for p in list_images(root) if p.parent.name in classes]
-        labels = torch.tensor([classes.index(p.parent.name) for p in paths])
-        return raw_embeddings(model, paths, s), labels
-
     fit = raw_embeddings(model, training_images(args.corpus), s)
     sets = {
-        "classes_heldout": labelled(args.corpus / "classes_heldout"),
-        "train_labelled": labelled(args.corpus / "train"),
+        "classes_heldout": labelled_set(model, args.corpus / "classes_heldout", classes, s),
+        "train_labelled": labelled_set(model, args.corpus / "train", classes, s),
     }
     dims = sorted({d for d in (8, 16, 32, 64, 128, 256, fit.shape[1]) if d < len(fit)})
     table = top1_table(model.classifier, fit, sets, dims, shrinkage)
