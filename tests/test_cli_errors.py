@@ -303,3 +303,30 @@ def test_file_where_a_folder_is_expected_and_back(
     code, err = run_main(*filled)
     assert_one_line_error(code, err, *fragments)
     assert listing(tmp_path) == before
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_any_command_says_so(tmp_path: Path) -> None:
+    """Issue 16: Typer turned Ctrl-C inside a command into a silent exit 130."""
+    import signal
+    import time
+
+    blocking = tmp_path / "waits.jpg"
+    os.mkfifo(blocking)  # classify waits on it forever
+    process = subprocess.Popen(
+        [sys.executable, "-m", "multigrain", "classify", str(blocking)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        time.sleep(15)  # start-up and model loading, then the read of the FIFO blocks
+        assert process.poll() is None, process.communicate()
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    # one line (the shorter one if a slow machine was still loading the libraries)
+    assert len(lines) == 1 and lines[0].startswith("interrupted (SIGINT)"), stderr

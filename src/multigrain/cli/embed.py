@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -106,7 +107,8 @@ def embed(
         remove_created(created, keep="*.npz")
         if context is None or context.is_main:
             typer.echo(interrupted_line(interrupt.name, output, paths), err=True)
-        raise typer.Exit(interrupt.exit_status) from None
+        # sys.exit, not typer.Exit: main() adds its generic line to a returned 130
+        sys.exit(interrupt.exit_status)
     except BaseException:
         remove_created(created, keep="*.npz")  # shards: work a rerun continues from
         raise

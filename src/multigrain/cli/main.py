@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 #: Arguments that only print text: no job runs, so there is no re-exec under tcmalloc.
 TEXT_ONLY_OPTIONS = frozenset({"--help", "--version"})
+#: The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
 
 
 def register_commands() -> None:
@@ -69,8 +71,10 @@ def main() -> None:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        typer.echo("interrupted (SIGINT)", err=True)
+        sys.exit(INTERRUPTED)
+    if status == INTERRUPTED:  # Typer turns Ctrl-C inside a command into a silent Exit(130)
+        typer.echo("interrupted (SIGINT): the command stopped before it finished", err=True)
     sys.exit(status if isinstance(status, int) else 0)  # `raise typer.Exit(3)` returns 3
 
 
