@@ -137,7 +137,9 @@ def test_embed_classify_and_service_agree_bit_for_bit(bundle_dir, photos, tmp_pa
     )
     service: Service = app.state.service
     assert service.trunk.precision.value == precision  # the index's precision
-    with TestClient(app) as client, classifier_inputs(service.model) as seen_by_service:
+    # a loopback name: the app refuses TestClient's default Host, "testserver"
+    local = TestClient(app, base_url="http://127.0.0.1")
+    with local as client, classifier_inputs(service.model) as seen_by_service:
         for row, path in enumerate(photos):
             upload = {"image": (path.name, path.read_bytes(), "application/octet-stream")}
             answer = client.post("/embed", files=upload)

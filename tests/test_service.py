@@ -236,7 +236,7 @@ def test_request_timeout_is_a_503_and_a_late_add_is_not_applied(
         assert late_add.status_code == 503
         assert httpx.get(f"{base}/health").json()["images"] == before
         assert not any((tmp_path / "data" / "uploads").iterdir())
-        assert not any((tmp_path / "data" / "tmp").iterdir())
+        assert not any((tmp_path / "data" / "tmp").rglob("*.upload"))
         # requests that gave up are dropped before their forward (a batch waits 5 ms first)
         time.sleep(0.2)
         assert service.batcher.stats.images == 0 and service.batcher.stats.dropped <= 4

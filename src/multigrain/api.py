@@ -37,6 +37,7 @@ from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
 from multigrain.search.descriptors import check_compatible
 from multigrain.search.index import ImageIndex
+from multigrain.search.index_lock import lock_for_edit
 from multigrain.search.index_store import load_index, save_index
 from multigrain.search.whitening import descriptor_classifier
 
@@ -213,7 +214,9 @@ class Index:
         return cls(model, index)
 
     def save(self, folder: PathLike) -> Path:
-        return save_index(self.index, folder)
+        """Write the index folder, under its lock: refused while `multigrain serve` holds it."""
+        with lock_for_edit(folder):
+            return save_index(self.index, folder)
 
     def add(self, images: Sequence[PathLike]) -> None:
         self.index.add(self.model.embed(images), [str(Path(image)) for image in images])

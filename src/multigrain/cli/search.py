@@ -16,6 +16,7 @@ import typer
 from multigrain.cli.app import app, echo
 from multigrain.cli.outputs import folder_option, removed_on_failure
 from multigrain.cli.queries import normalised, query_descriptors, search_views
+from multigrain.cli.stored_paths import absolute_paths, indexed_forms
 from multigrain.runtime.errors import MultiGrainError
 
 index_app = typer.Typer(no_args_is_help=True, help="Build and edit a FAISS index of descriptors.")
@@ -46,14 +47,18 @@ def index_build(
 
     from multigrain.inference.store import load_embeddings
     from multigrain.search.index import ImageIndex
-    from multigrain.search.index_store import save_index
+    from multigrain.search.index_lock import lock_for_edit
+    from multigrain.search.index_store import POINTER, save_index
 
-    data = load_embeddings(embeddings)
-    index = ImageIndex.build(
-        np.ascontiguousarray(data.descriptors, dtype=np.float32), data.paths, factory=factory,
-        metadata=data.metadata, train_size=train_size,
-    )  # fmt: skip
-    with removed_on_failure(output):  # no half-written index folder
+    # the lock first: a server holding this folder would overwrite the new index. A new
+    # folder that failed before its first save (no CURRENT pointer) goes, LOCK and all.
+    with removed_on_failure(output, keep=POINTER), lock_for_edit(output):
+        data = load_embeddings(embeddings)
+        index = ImageIndex.build(
+            np.ascontiguousarray(data.descriptors, dtype=np.float32),
+            absolute_paths(data.paths, embeddings), factory=factory, metadata=data.metadata,
+            train_size=train_size,
+        )  # fmt: skip
         save_index(index, output)
     echo(f"indexed {index.ntotal} images ({factory}, {data.metadata.dim}-d) -> {output}")
 
@@ -64,6 +69,14 @@ def index_add(
     embeddings: Annotated[Path, typer.Argument(help="output folder of `multigrain embed`")],
 ) -> None:
     """Add the descriptors of another `embed` output (same model, s and p)."""
+    from multigrain.search.index_lock import lock_for_edit
+
+    with lock_for_edit(index_folder, create=False):
+        _add_embeddings(index_folder, embeddings)
+
+
+def _add_embeddings(index_folder: Path, embeddings: Path) -> None:
+    """index add, under the index's lock."""
     import numpy as np
 
     from multigrain.inference.store import load_embeddings
@@ -78,7 +91,8 @@ def index_add(
             f"{embeddings} was embedded with {found}, the index with {expected}: "
             "embed with the same model, --resolution and --exponent"
         )
-    ids = index.add(np.ascontiguousarray(data.descriptors, dtype=np.float32), data.paths)
+    paths = absolute_paths(data.paths, embeddings)
+    ids = index.add(np.ascontiguousarray(data.descriptors, dtype=np.float32), paths)
     save_index(index, index_folder)
     echo(f"added {len(ids)} images; the index holds {index.ntotal}")
 
@@ -88,12 +102,14 @@ def index_remove(
     index_folder: Annotated[Path, typer.Argument(help="index folder")],
     paths: Annotated[list[str], typer.Argument(help="image paths to remove")],
 ) -> None:
-    """Remove images (by path) from an index."""
+    """Remove images (by path, as indexed or relative to the current folder)."""
+    from multigrain.search.index_lock import lock_for_edit
     from multigrain.search.index_store import load_index, save_index
 
-    index = load_index(index_folder)
-    removed = index.remove(paths)
-    save_index(index, index_folder)
+    with lock_for_edit(index_folder, create=False):
+        index = load_index(index_folder)
+        removed = index.remove(indexed_forms(paths, index.paths))
+        save_index(index, index_folder)
     echo(f"removed {removed} images; the index holds {index.ntotal}")
 
 

@@ -21,6 +21,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -214,6 +215,35 @@ def decode_image(
         raise ImageDecodeError(
             path, _short_reason(error), hint="re-encode or remove the file"
         ) from error
+
+
+class DecodedSize(NamedTuple):
+    """What decode_image decodes (size, mode, format); stored_pixels: the file's own."""
+
+    width: int
+    height: int
+    mode: str
+    format: str
+    stored_pixels: int  # what the pixel limit applies to (a JPEG's before its draft scale)
+
+
+def decoded_size(path: str | Path, *, longest_side: int | None = None) -> DecodedSize:
+    """What :func:`decode_image` decodes from `path` with this `longest_side`, from the
+    header alone (weighs a decode before any pixel is decoded). Raises ImageDecodeError."""
+    path = Path(path)
+    try:
+        with _pil_limit_off():
+            opened = Image.open(path)
+        with opened:
+            width, height = opened.size
+            if longest_side is not None and opened.format in ("JPEG", "MPO"):
+                opened.draft("RGB", _draft_size(width, height, longest_side))
+            return DecodedSize(
+                *opened.size, mode=opened.mode, format=opened.format or "",
+                stored_pixels=width * height,
+            )  # fmt: skip
+    except _DECODE_ERRORS as error:
+        raise ImageDecodeError(path, _short_reason(error), hint="re-encode it") from error
 
 
 def load_rgb(path: str | Path) -> Image.Image:

@@ -5,9 +5,13 @@ so queries are embedded exactly as the indexed images were: :mod:`multigrain.ser
 and the index once, and returns a FastAPI app whose routes live in
 :mod:`multigrain.service.routes`. Design choices:
 
-* Uploads go to ``data_dir/tmp/<uuid>.upload`` and through the batch tools' safe decoder
-  (:mod:`multigrain.service.uploads`); added images move to ``data_dir/uploads/<uuid>.<ext>``.
-  No client-provided name ever reaches the filesystem.
+* Uploads go to ``data_dir/tmp/<server>/<uuid>.upload`` (:mod:`multigrain.service.scratch`)
+  and through the batch tools' safe decoder (:mod:`multigrain.service.uploads`), within a
+  memory budget for the decodes in flight (:mod:`multigrain.service.decode_budget`); added
+  images move to ``data_dir/uploads/<uuid>.<ext>``. No client-provided name ever reaches
+  the filesystem.
+* The server holds the index folder's lock while it runs: ``multigrain index add/remove/
+  build`` refuse to change the folder under it (:mod:`multigrain.search.index_lock`).
 * Queries run the one forward path of ``embed`` (``embed_batch`` on the ``fast_trunk_for``
   trunk: batch norm folded, channels-last, the index's precision).
 * Index access is serialised by one lock, and index edits are saved by group commit
@@ -20,24 +24,28 @@ and the index once, and returns a FastAPI app whose routes live in
   add that times out is never applied: the deadline is checked before the index changes.
 * A threshold stored by ``multigrain calibrate-threshold`` (on raw scores) marks each hit
   with ``match``.
-* Request bodies announcing more than ``max_upload_bytes`` (plus multipart overhead) are
-  refused with 413 before they are read; chunked bodies are checked after reading.
+* Request bodies over ``max_upload_bytes`` (plus multipart overhead) are refused with 413:
+  before they are read when they announce their length, as soon as the limit is passed
+  when they are chunked (:mod:`multigrain.service.body_limit`).
+* Before any body is read, the Host header must name this server, and index edits must
+  carry the token and come from no other site's page (:mod:`multigrain.service.guards`).
 * Refusals are exceptions of :mod:`multigrain.service.errors`, whose type sets the status.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi import FastAPI
 
 from multigrain.runtime.precision import InferencePrecision
-from multigrain.service.errors import UploadTooLarge, error_response, install_error_handlers
+from multigrain.service.body_limit import BodyLimit
+from multigrain.service.errors import install_error_handlers
+from multigrain.service.guards import LOOPBACK_HOSTS, RequestGuard
 from multigrain.service.loading import open_service
-from multigrain.service.routes import router
+from multigrain.service.routes import editing, router
 from multigrain.service.state import Service
 
 __all__ = ["Service", "build_app", "create_app"]
@@ -58,29 +66,39 @@ def create_app(
     max_batch: int = 16,
     batch_wait_s: float = 0.005,
     request_timeout: float | None = None,
+    decode_memory_bytes: int | None = None,
+    allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
 ) -> FastAPI:
     """Load the model and the index once and return the app (see the module docstring).
 
     max_batch and batch_wait_s shape the micro-batches; request_timeout (seconds) bounds
-    each request's wait for its forward; precision None runs the index's precision.
+    each request's wait for its forward; precision None runs the index's precision;
+    decode_memory_bytes bounds the decodes in flight (None: one RGB image at max_pixels);
+    allowed_hosts are the Host header names answered ('*' any). The index folder stays
+    locked until the app's lifespan ends.
     """
     service = open_service(
         checkpoint=checkpoint, index_folder=index_folder, data_dir=data_dir, token=token,
         max_upload_bytes=max_upload_bytes, max_pixels=max_pixels, device=device,
         precision=precision, max_batch=max_batch, batch_wait_s=batch_wait_s,
-        request_timeout=request_timeout,
+        request_timeout=request_timeout, decode_memory_bytes=decode_memory_bytes,
     )  # fmt: skip
-    return build_app(service)
+    return build_app(service, allowed_hosts=allowed_hosts)
 
 
-def build_app(service: Service) -> FastAPI:
-    """The FastAPI app serving `service`: routes, error handlers, the body-size guard."""
+def build_app(service: Service, *, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> FastAPI:
+    """The FastAPI app serving `service`: routes, error handlers, the request guards."""
     app = FastAPI(
         title="MultiGrain", summary="embed, classify and search images", lifespan=_lifespan
     )
     app.state.service = service
     install_error_handlers(app)
-    app.middleware("http")(_refuse_large_bodies)
+    # the last one added runs first: Host, Origin and token before any byte of the body
+    app.add_middleware(BodyLimit, limit=service.max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(
+        RequestGuard, allowed_hosts=allowed_hosts, token=service.token,
+        editing_routes=editing.routes,
+    )  # fmt: skip
     app.include_router(router)
     return app
 
@@ -88,17 +106,6 @@ def build_app(service: Service) -> FastAPI:
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
-    await app.state.service.batcher.close()
-
-
-async def _refuse_large_bodies(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    """413 before reading a body whose Content-Length is over the upload limit."""
-    length = request.headers.get("content-length")
-    service: Service = request.app.state.service
-    limit = service.max_upload_bytes + MULTIPART_OVERHEAD
-    if length is not None and length.isdigit() and int(length) > limit:
-        error = UploadTooLarge(f"upload of {length} bytes is over the limit of {limit} bytes")
-        return error_response(error)
-    return await call_next(request)
+    service: Service = app.state.service
+    await service.batcher.close()
+    service.close()  # frees the index folder: serve one app once

@@ -33,11 +33,23 @@ class BadUpload(ServiceError):
     status_code = 400
 
 
+class UnknownHost(ServiceError):
+    """A Host header naming a host the server does not answer for (DNS rebinding)."""
+
+    status_code = 400
+
+
 class Unauthorized(ServiceError):
     """An index edit without the right bearer token."""
 
     status_code = 401
     headers = {"WWW-Authenticate": "Bearer"}
+
+
+class ForeignOrigin(ServiceError):
+    """An index edit sent by a page of another site (cross-site form post)."""
+
+    status_code = 403
 
 
 class NotInIndex(ServiceError):

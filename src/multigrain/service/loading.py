@@ -10,6 +10,7 @@ returns the shared :class:`~multigrain.service.state.Service`.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -17,10 +18,14 @@ import torch
 from multigrain.inference.fast_trunk import fast_trunk_for
 from multigrain.inference.prepare import DEFAULT_RESOLUTION, prepare_model
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.folder_lock import FolderLock
 from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
 from multigrain.search.descriptors import check_compatible
+from multigrain.search.index_lock import lock_for_serving
 from multigrain.search.index_store import load_index
 from multigrain.search.threshold import load_threshold
+from multigrain.service.decode_budget import DecodeBudget, default_budget
+from multigrain.service.scratch import open_scratch
 from multigrain.service.state import Service
 
 logger = logging.getLogger(__name__)
@@ -29,6 +34,8 @@ logger = logging.getLogger(__name__)
 FALLBACK_PRECISION = InferencePrecision.FP32
 #: Index images an int8 trunk is calibrated on (spread over the index).
 CALIBRATION_IMAGES = 32
+#: Relative index paths checked for existence at start.
+CHECKED_PATHS = 100
 
 
 def open_service(
@@ -44,17 +51,59 @@ def open_service(
     max_batch: int = 16,
     batch_wait_s: float = 0.005,
     request_timeout: float | None = None,
+    decode_memory_bytes: int | None = None,
 ) -> Service:
     """Load the index and its model once -> the service's state (see the module docstring).
 
-    `precision` None: the one the index records. Raises MultiGrainError with the fix when
-    the model cannot embed queries the way the index was built.
+    `precision` None: the one the index records; `decode_memory_bytes` None: one RGB image
+    at `max_pixels` (decode_budget.default_budget). Raises MultiGrainError with the fix when
+    the token is blank, another process holds the index folder, or the model cannot embed
+    queries the way the index was built. Call ``Service.close()`` when done with it.
     """
     if request_timeout is not None and request_timeout <= 0:
         raise MultiGrainError(f"request timeout must be > 0 seconds, got {request_timeout}")
+    if token is not None and not token.strip():
+        raise MultiGrainError(
+            "the token is empty, which would let anyone edit the index: give a non-empty "
+            "token, or none to serve without one"
+        )
+    if decode_memory_bytes is not None and decode_memory_bytes < 1:
+        raise MultiGrainError(f"the decode memory must be >= 1 byte, got {decode_memory_bytes}")
     # absolute: index_store opens its sqlite file by URI, which a relative path cannot be
     index_folder, data_dir = index_folder.resolve(), data_dir.resolve()
+    index_lock = lock_for_serving(index_folder)  # before loading: nobody changes it under us
+    try:
+        return _open(
+            index_lock, checkpoint=checkpoint, index_folder=index_folder, data_dir=data_dir,
+            token=token, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+            device=device, precision=precision, max_batch=max_batch, batch_wait_s=batch_wait_s,
+            request_timeout=request_timeout,
+            decode_memory_bytes=decode_memory_bytes or default_budget(max_pixels),
+        )  # fmt: skip
+    except BaseException:
+        index_lock.release()
+        raise
+
+
+def _open(
+    index_lock: FolderLock,
+    *,
+    checkpoint: Path | None,
+    index_folder: Path,
+    data_dir: Path,
+    token: str | None,
+    max_upload_bytes: int,
+    max_pixels: int,
+    device: str | torch.device,
+    precision: InferencePrecision | str | None,
+    max_batch: int,
+    batch_wait_s: float,
+    request_timeout: float | None,
+    decode_memory_bytes: int,
+) -> Service:
+    """open_service once the index folder is locked."""
     index = load_index(index_folder)
+    warn_of_missing_relative_paths(index.paths, index_folder)
     metadata = index.metadata  # None: an index built without any (s = 500, p the model's)
     whitened = metadata is not None and metadata.whitened
     resolution = metadata.resolution if metadata is not None else DEFAULT_RESOLUTION
@@ -86,8 +135,7 @@ def open_service(
         max_pixels=max_pixels, calibration_images=CALIBRATION_IMAGES,
         calibration_paths=[Path(p) for p in index.paths],
     )  # fmt: skip
-    for sub in ("tmp", "uploads"):
-        (data_dir / sub).mkdir(parents=True, exist_ok=True)
+    (data_dir / "uploads").mkdir(parents=True, exist_ok=True)
     stored = load_threshold(index_folder)
     if stored is not None and stored.background is not None:
         logger.warning("the threshold of %s is on normalised scores: not applied", index_folder)
@@ -96,7 +144,11 @@ def open_service(
         "serving %d images at s=%d, p=%g, %s", len(index), resolution,
         float(prepared.model.pool.p), used.value,
     )  # fmt: skip
+    scratch = open_scratch(data_dir / "tmp")
     return Service(
+        index_lock=index_lock,
+        scratch=scratch,
+        decode_budget=DecodeBudget(decode_memory_bytes),
         model=prepared.model,
         trunk=trunk,
         classes=list(prepared.classes),
@@ -114,3 +166,18 @@ def open_service(
         max_batch=max_batch,
         batch_wait_s=batch_wait_s,
     )
+
+
+def warn_of_missing_relative_paths(paths: list[str], index_folder: Path) -> None:
+    """Log when the index's relative paths (indexes built before paths were stored
+    absolute) do not exist from the current folder: their thumbnails would be 410s."""
+    relative = [p for p in paths if not os.path.isabs(p)]
+    sample = relative[:: max(1, len(relative) // CHECKED_PATHS)][:CHECKED_PATHS]
+    missing = [p for p in sample if not os.path.exists(p)]
+    if missing:
+        logger.warning(
+            "%s lists images by paths relative to the folder it was built in, and %s does "
+            "not exist from %s: start the server in that folder, or rebuild the index with "
+            "`multigrain index build` (which now stores absolute paths)",
+            index_folder, missing[0], Path.cwd(),
+        )  # fmt: skip

@@ -1,7 +1,8 @@
 """One query's way through the service: upload -> file -> image -> a row of a shared forward.
 
 The upload is stored under a server-chosen name and decoded in a worker thread (the event
-loop keeps serving meanwhile); the decoded image then waits for a row of the
+loop keeps serving meanwhile) once the decode memory budget has room for it
+(:mod:`multigrain.service.decode_budget`); the decoded image then waits for a row of the
 micro-batcher's next forward. A :class:`Deadline` bounds the time from the endpoint's
 start to the end of that forward: past it the request fails with ServiceBusy (503).
 """
@@ -54,10 +55,16 @@ async def embed_stored(
     """A stored upload -> ((1, d) float32 descriptor, (classes,) logits).
 
     Raises UploadTooLarge / UnreadableUpload when it cannot be decoded (the message quotes
-    the client's `filename`, never the server's path), ServiceBusy past the deadline.
+    the client's `filename`, never the server's path), ServiceBusy past the deadline (while
+    it waits for decode memory too).
     """
     try:
-        image = await run_in_threadpool(service.load_input, path)
+        cost = await run_in_threadpool(service.decode_cost, path)
+        try:
+            async with service.decode_budget.reserve(cost, timeout=deadline.remaining()):
+                image = await run_in_threadpool(service.load_input, path)
+        except TimeoutError:
+            raise deadline.error() from None
     except ImageDecodeError as error:
         raise upload_error(error, filename) from None
     deadline.check()

@@ -2,13 +2,14 @@
 
 Every endpoint takes the shared :class:`~multigrain.service.state.Service` from
 ``request.app.state.service`` (:func:`current_service`); index edits also depend on
-:func:`require_token`. Refusals raise the :mod:`multigrain.service.errors` class naming
-their cause, which the app's handler turns into the status code.
+:func:`require_token` (which :class:`~multigrain.service.guards.RequestGuard` has already
+checked, with the Origin, before the body was read). Refusals raise the
+:mod:`multigrain.service.errors` class naming their cause, which the app's handler turns
+into the status code.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from pathlib import Path
 from typing import Annotated, cast
@@ -19,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from multigrain.data.images import ImageDecodeError, thumbnail_jpeg
 from multigrain.service.errors import IndexedImageGone, NotInIndex, Unauthorized
+from multigrain.service.guards import token_matches
 from multigrain.service.queries import Deadline, embed_stored, embed_upload
 from multigrain.service.schemas import Added, ClassScore, Embedding, Health, Hit, top_classes
 from multigrain.service.state import Service
@@ -45,14 +47,12 @@ def require_token(
     service: ServiceDep, authorization: Annotated[str | None, Header()] = None
 ) -> None:
     """Let the request through when the service has no token or it sends the right one."""
-    if service.token is None:
-        return
-    expected = f"Bearer {service.token}".encode()
-    if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+    if service.token is not None and not token_matches(authorization, service.token):
         raise Unauthorized("missing or wrong token: send 'Authorization: Bearer <token>'")
 
 
 router = APIRouter()
+# RequestGuard checks the token and the Origin of requests to these before their body
 editing = APIRouter(dependencies=[Depends(require_token)])
 
 
@@ -116,12 +116,17 @@ def remove(image_id: int, service: ServiceDep) -> Health:
 
 
 @router.get("/thumb/{image_id}", response_class=Response)
-def thumb(image_id: int, service: ServiceDep) -> Response:
-    path = service.path_of(image_id)
+async def thumb(image_id: int, service: ServiceDep) -> Response:
+    """A JPEG thumbnail of an indexed image, decoded within the decode memory budget."""
+    path = await run_in_threadpool(service.path_of, image_id)
     if path is None:
         raise NotInIndex(f"no image with id {image_id} in the index")
     try:
-        jpeg = thumbnail_jpeg(path, THUMBNAIL_SIDE, max_pixels=service.max_pixels)
+        cost = await run_in_threadpool(service.decode_cost, Path(path), THUMBNAIL_SIDE)
+        async with service.decode_budget.reserve(cost):
+            jpeg = await run_in_threadpool(
+                thumbnail_jpeg, path, THUMBNAIL_SIDE, max_pixels=service.max_pixels
+            )
     except ImageDecodeError as error:
         raise IndexedImageGone(f"indexed image {image_id} is unreadable: {error.reason}") from None
     return Response(jpeg, media_type="image/jpeg")

@@ -11,6 +11,10 @@
   but edits made while a save runs share the next save (:meth:`Service.persist`). Saving
   after every edit rewrote the whole index once per request, and the saves, not the model,
   bounded the service's throughput under concurrent adds.
+* The service holds the index folder's lock (:mod:`multigrain.search.index_lock`) and its
+  own temporary folder's (:mod:`multigrain.service.scratch`) until :meth:`Service.close`:
+  no other process writes the index under it, and its temporary uploads are swept if it
+  dies. Decodes share one memory budget (:mod:`multigrain.service.decode_budget`).
 """
 
 from __future__ import annotations
@@ -28,12 +32,15 @@ from multigrain.data.resize import resize_longest_side, to_uint8_tensor
 from multigrain.inference.embed import descriptors_from, embed_batch
 from multigrain.inference.fast_trunk import Trunk
 from multigrain.models import MultiGrain
+from multigrain.runtime.folder_lock import FolderLock
 from multigrain.search.index import ImageIndex
 from multigrain.search.index_store import save_index
 from multigrain.search.whitening import Whitening
 from multigrain.service.batching import MicroBatcher
+from multigrain.service.decode_budget import DecodeBudget, decode_cost
 from multigrain.service.errors import NotInIndex
 from multigrain.service.schemas import Hit
+from multigrain.service.scratch import close_scratch
 from multigrain.service.uploads import store_upload
 
 
@@ -52,6 +59,9 @@ class Service:
     max_upload_bytes: int
     max_pixels: int
     device: torch.device
+    index_lock: FolderLock  # held for the service's lifetime (lock_for_serving)
+    scratch: FolderLock  # its folder holds this server's temporary uploads (open_scratch)
+    decode_budget: DecodeBudget
     request_timeout: float | None = None  # seconds; None: no limit
     threshold: float | None = None  # calibrated on raw scores; marks hits as matches
     max_batch: int = 16
@@ -74,8 +84,16 @@ class Service:
         return self.data_dir / "uploads"
 
     def store_upload(self, upload: UploadFile) -> Path:
-        """The upload's bytes in data_dir/tmp/<uuid>.upload (see uploads.store_upload)."""
-        return store_upload(upload, self.data_dir / "tmp", self.max_upload_bytes)
+        """The upload's bytes in data_dir/tmp/<server>/<uuid>.upload (uploads.store_upload)."""
+        return store_upload(upload, self.scratch.folder, self.max_upload_bytes)
+
+    def decode_cost(self, image_path: Path, longest_side: int | None = None) -> int:
+        """Peak bytes of decoding the file for `longest_side` (default s): decode_budget.
+
+        Raises ImageDecodeError when its header is unreadable.
+        """
+        side = longest_side or self.resolution
+        return decode_cost(image_path, longest_side=side, max_pixels=self.max_pixels)
 
     def load_input(self, image_path: Path) -> torch.Tensor:
         """Image file -> (3, H, W) uint8 image, longest side s, decoded as ``embed`` does.
@@ -156,6 +174,11 @@ class Service:
                 latest = self.edits
                 save_index(self.index, self.index_folder)
             self.saved_edits = latest
+
+    def close(self) -> None:
+        """Free the index folder for other writers and remove the temporary folder."""
+        close_scratch(self.scratch)
+        self.index_lock.release()
 
     def path_of(self, image_id: int) -> str | None:
         with self.lock:

@@ -16,6 +16,9 @@ from fastapi import UploadFile
 
 from multigrain.service.errors import BadUpload, UploadTooLarge
 
+#: Bytes copied at a time: an upload is never held whole in memory.
+COPY_CHUNK = 2**20
+
 # magic bytes -> extension of a stored upload (the format decode_image then reads)
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", ".jpg"),
@@ -28,14 +31,24 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 
 
 def store_upload(upload: UploadFile, folder: Path, max_bytes: int) -> Path:
-    """Copy an upload to folder/<uuid>.upload; 413 over `max_bytes`, 400 if empty."""
-    data = upload.file.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise UploadTooLarge(f"upload is over the limit of {max_bytes} bytes: send a smaller file")
-    if not data:
-        raise BadUpload("empty upload: send an image file in the 'image' field")
+    """Copy an upload to folder/<uuid>.upload, 1 MiB at a time; 413 over `max_bytes`, 400 if
+    empty. A copy that fails for any reason (disk full included) leaves no file behind."""
     path = folder / f"{uuid.uuid4().hex}.upload"
-    path.write_bytes(data)
+    size = 0
+    try:
+        with path.open("xb") as stored:
+            while chunk := upload.file.read(COPY_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise UploadTooLarge(
+                        f"upload is over the limit of {max_bytes} bytes: send a smaller file"
+                    )
+                stored.write(chunk)
+        if size == 0:
+            raise BadUpload("empty upload: send an image file in the 'image' field")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     return path
 
 
