@@ -124,6 +124,13 @@ def train(
     ] = None,
     log_every: Annotated[int, typer.Option(min=1, help="steps between log lines")] = 10,
     resume: Annotated[bool, typer.Option(help="continue from OUTPUT_DIR/checkpoint.pt")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="replace a run already in OUTPUT_DIR (its checkpoint, log and snapshots)",
+        ),
+    ] = False,
 ) -> None:
     """Train a MultiGrain model (joint classification + margin loss, repeated augmentations)."""
     # imported here, not at the top: `multigrain --help` must not load the training stack
@@ -168,7 +175,7 @@ def train(
         keep_every_steps=keep_every_steps,
         log_every=log_every,
     )
-    result = run_training(config, resume=resume)
+    result = run_training(config, resume=resume, overwrite=overwrite)
     if result.history:
         last = result.history[-1]
         echo(

@@ -1,4 +1,5 @@
-"""Process-group set-up for `torchrun` and the one collective the losses need.
+"""Process-group set-up for `torchrun`, the collectives the losses need, and the one that
+lets the training loop's ranks agree whether to start.
 
 `torchrun` sets RANK, WORLD_SIZE and LOCAL_RANK; without them everything runs in one
 process and the helpers below degrade to no-ops.
@@ -129,3 +130,12 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= dist.get_world_size()
     return tensor
+
+
+def broadcast_from_main(value: object) -> object:
+    """Rank 0's `value` (a picklable object) on every rank; `value` itself in one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -7,8 +7,9 @@ sampler's generator is re-seeded from (seed, step); so a run resumed from any ch
 continues exactly as the uninterrupted run would have.
 
 The pieces: :mod:`~multigrain.training.setup` (data, model, loss, optimiser),
-:mod:`~multigrain.training.step` (one optimiser step) and
-:mod:`~multigrain.training.checkpointing` (writing and resuming).
+:mod:`~multigrain.training.step` (one optimiser step),
+:mod:`~multigrain.training.checkpointing` (writing and resuming) and
+:mod:`~multigrain.training.run_folder` (refusing another run's folder).
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ from typing import IO
 from tqdm.auto import tqdm
 
 from multigrain.data import make_training_loader
-from multigrain.runtime.distributed import DistributedContext, init_distributed
+from multigrain.runtime.distributed import (
+    DistributedContext,
+    broadcast_from_main,
+    init_distributed,
+)
+from multigrain.runtime.errors import MultiGrainError
 from multigrain.training.checkpointing import (
-    CHECKPOINT_NAME,
     keep_snapshot,
     restore,
     should_checkpoint,
@@ -33,6 +38,12 @@ from multigrain.training.checkpointing import (
 )
 from multigrain.training.config import TrainConfig
 from multigrain.training.optim import learning_rate_at, set_learning_rate
+from multigrain.training.run_folder import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    check_output_dir,
+    remove_run,
+)
 from multigrain.training.setup import (
     augmented_dataset,
     build_parts,
@@ -42,8 +53,6 @@ from multigrain.training.setup import (
 from multigrain.training.step import optimizer_step
 
 logger = logging.getLogger(__name__)
-
-LOG_NAME = "log.jsonl"
 
 
 @dataclass
@@ -70,12 +79,20 @@ class TrainResult:
         return self.history[-1].loss if self.history else float("nan")
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
-    """Train a MultiGrain model as `config` says; returns the step history and checkpoint path."""
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train a MultiGrain model as `config` says; returns the step history and checkpoint path.
+
+    `resume` continues the run in ``config.output_dir`` from its checkpoint; `overwrite`
+    replaces a run found there (without either, such a folder is refused and left as it is).
+
+    Raises:
+        MultiGrainError: bad settings, data, or an output folder holding another run.
+    """
     context = init_distributed(config.device)
     config.validate(context.world_size)
     output_dir = Path(config.output_dir)
     checkpoint_path = output_dir / CHECKPOINT_NAME
+    _claim_output_dir(output_dir, context, resume=resume, overwrite=overwrite)
     data = prepare_data(config, context)
     steps_per_epoch, total_steps = data.steps_per_epoch, data.total_steps
     device = context.device
@@ -86,6 +103,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         step = restore(checkpoint_path, config=config, parts=parts, device=device)
     elif resume:
         logger.info("no checkpoint at %s: starting from scratch", checkpoint_path)
+    if overwrite and context.is_main:
+        remove_run(output_dir)  # only now that the new run is set up: a failed start keeps it
     wrapped = wrap_for_processes(parts.model, config, context)
     dataset = augmented_dataset(config, data.images)
 
@@ -186,3 +205,18 @@ def _open_log(output_dir: Path, context: DistributedContext) -> IO[str] | None:
         return None
     output_dir.mkdir(parents=True, exist_ok=True)
     return open(output_dir / LOG_NAME, "a", encoding="utf-8")  # noqa: SIM115
+
+
+def _claim_output_dir(
+    output_dir: Path, context: DistributedContext, *, resume: bool, overwrite: bool
+) -> None:
+    """:func:`check_output_dir` on rank 0, whose verdict every rank follows."""
+    refusal = ""
+    if context.is_main:
+        try:
+            check_output_dir(output_dir, resume=resume, overwrite=overwrite)
+        except MultiGrainError as error:
+            refusal = str(error)
+    refusal = str(broadcast_from_main(refusal))
+    if refusal:
+        raise MultiGrainError(refusal)
