@@ -132,9 +132,14 @@ def train(
         ),
     ] = False,
 ) -> None:
-    """Train a MultiGrain model (joint classification + margin loss, repeated augmentations)."""
+    """Train a MultiGrain model (joint classification + margin loss, repeated augmentations).
+
+    Ctrl-C (SIGINT) or SIGTERM finishes the step under way, writes the checkpoint and exits
+    with status 130 or 143; run the same command with --resume to continue.
+    """
     # imported here, not at the top: `multigrain --help` must not load the training stack
     from multigrain.training.config import Schedule, TrainConfig
+    from multigrain.training.interrupt import TrainingInterrupted
     from multigrain.training.loop import train as run_training
 
     config = TrainConfig(
@@ -175,7 +180,11 @@ def train(
         keep_every_steps=keep_every_steps,
         log_every=log_every,
     )
-    result = run_training(config, resume=resume, overwrite=overwrite)
+    try:
+        result = run_training(config, resume=resume, overwrite=overwrite)
+    except TrainingInterrupted as stop:
+        typer.echo(f"interrupted: {stop}", err=True)
+        raise typer.Exit(stop.exit_status) from None
     if result.history:
         last = result.history[-1]
         echo(

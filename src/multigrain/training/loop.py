@@ -3,13 +3,15 @@
 Run it in one process (`multigrain train ...`) or many (`torchrun --nproc-per-node N -m
 multigrain train ...`). Determinism: the model is initialised from `seed`; every training
 sample's augmentation is seeded by the sampler from (seed, epoch, position); the negative
-sampler's generator is re-seeded from (seed, step); so a run resumed from any checkpoint
-continues exactly as the uninterrupted run would have.
+sampler's generator is re-seeded from (seed, step); the margin loss sums its gradients in a
+fixed order (:mod:`~multigrain.losses.rows`); so on CPU, at any thread count, a run resumed
+from any checkpoint continues bit for bit as the uninterrupted run would have.
 
 The pieces: :mod:`~multigrain.training.setup` (data, model, loss, optimiser),
 :mod:`~multigrain.training.step` (one optimiser step),
-:mod:`~multigrain.training.checkpointing` (writing and resuming) and
-:mod:`~multigrain.training.run_folder` (refusing another run's folder).
+:mod:`~multigrain.training.checkpointing` (writing and resuming),
+:mod:`~multigrain.training.run_folder` (refusing another run's folder, the resumed log) and
+:mod:`~multigrain.training.interrupt` (SIGINT/SIGTERM: finish the step, checkpoint, stop).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from tqdm.auto import tqdm
 from multigrain.data import make_training_loader
 from multigrain.runtime.distributed import (
     DistributedContext,
+    barrier,
     broadcast_from_main,
     init_distributed,
+    max_over_ranks,
 )
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.training.checkpointing import (
@@ -37,12 +41,14 @@ from multigrain.training.checkpointing import (
     write_checkpoint,
 )
 from multigrain.training.config import TrainConfig
+from multigrain.training.interrupt import StopSignals, TrainingInterrupted, signal_name
 from multigrain.training.optim import learning_rate_at, set_learning_rate
 from multigrain.training.run_folder import (
     CHECKPOINT_NAME,
     LOG_NAME,
     check_output_dir,
     remove_run,
+    trim_log,
 )
 from multigrain.training.setup import (
     augmented_dataset,
@@ -87,6 +93,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
 
     Raises:
         MultiGrainError: bad settings, data, or an output folder holding another run.
+        TrainingInterrupted: SIGINT or SIGTERM arrived; the step under way was finished and
+            a checkpoint written (see :mod:`~multigrain.training.interrupt`).
     """
     context = init_distributed(config.device)
     config.validate(context.world_size)
@@ -103,6 +111,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
         step = restore(checkpoint_path, config=config, parts=parts, device=device)
     elif resume:
         logger.info("no checkpoint at %s: starting from scratch", checkpoint_path)
+    if resume and context.is_main:
+        # lines of steps after the checkpoint were written by the run that was killed
+        trim_log(output_dir / LOG_NAME, step)
     if overwrite and context.is_main:
         remove_run(output_dir)  # only now that the new run is set up: a failed start keeps it
     wrapped = wrap_for_processes(parts.model, config, context)
@@ -131,6 +142,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
     log_file = _open_log(output_dir, context)
     parts.model.train()
     timer_start, timer_images = time.perf_counter(), 0
+    signals = StopSignals(abort_on_second_interrupt=not context.is_distributed)
+    signals.install()
     try:
         while step < total_steps:
             epoch, step_in_epoch = divmod(step, steps_per_epoch)
@@ -186,12 +199,26 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
                     )
                 progress.update(1)
                 keep = config.keep_every_steps is not None and step % config.keep_every_steps == 0
-                if keep or should_checkpoint(config, step, steps_per_epoch):
+                saved = keep or should_checkpoint(config, step, steps_per_epoch)
+                if saved:
                     save(step)
                 if keep and context.is_main:
                     keep_snapshot(checkpoint_path, step)
+                # every rank asks, so that all of them stop after the same step
+                stop_signal = max_over_ranks(signals.received or 0, device)
+                if stop_signal and step < total_steps:
+                    if not saved:
+                        save(step)
+                    barrier()  # the other ranks exit once rank 0 has written
+                    raise TrainingInterrupted(
+                        f"stopped by {signal_name(stop_signal)} after step {step} of "
+                        f"{total_steps}, checkpoint written to {checkpoint_path}: continue with "
+                        "the same command and --resume",
+                        signal_number=stop_signal,
+                    )
         save(step)
     finally:
+        signals.restore()
         progress.close()
         if log_file is not None:
             log_file.close()
