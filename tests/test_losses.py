@@ -17,6 +17,7 @@ from multigrain.losses import (
     margin_loss,
     negative_sampling_weights,
 )
+from multigrain.losses.rows import gather_rows, occurrence_rank, sum_rows_in_order
 from multigrain.losses.sampling import log_inverse_sphere_density
 from multigrain.runtime.errors import MultiGrainError
 
@@ -289,3 +290,97 @@ def test_sampling_without_replacement_survives_float32_underflow() -> None:
         )
         of_anchor = triplets.negatives[triplets.anchors == 0].tolist()
         assert len(of_anchor) == 2 and len(set(of_anchor)) == 2, of_anchor
+
+
+@pytest.fixture
+def two_threads():
+    """torch's intra-op threads set to 2 for the test (the parallel kernels' path)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _margin_gradient(embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """d(joint margin loss)/d(embeddings) with a fixed negative draw."""
+    e = embeddings.clone().requires_grad_(True)
+    output = JointLoss(classification_weight=0.0)(
+        e, torch.zeros(len(e), 2), torch.zeros(len(e), dtype=torch.long), ids,
+        generator=torch.Generator().manual_seed(5),
+    )  # fmt: skip
+    output.total.backward()
+    assert e.grad is not None
+    return e.grad
+
+
+def _reference_margin_gradient(embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The same gradient through plain advanced indexing, on one thread (serial sums)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        e = embeddings.clone().requires_grad_(True)
+        normalized = F.normalize(e, dim=1)
+        triplets = distance_weighted_sampling(
+            normalized, ids, generator=torch.Generator().manual_seed(5)
+        )
+        a, p, n = (
+            normalized[triplets.anchors],
+            normalized[triplets.positives],
+            normalized[triplets.negatives],
+        )
+        beta, alpha = 1.2, 0.2
+        positive = torch.relu(alpha + (a - p).pow(2).sum(1).clamp(min=1e-12).sqrt() - beta)
+        negative = torch.relu(alpha - (a - n).pow(2).sum(1).clamp(min=1e-12).sqrt() + beta)
+        active = int((positive > 0).sum()) + int((negative > 0).sum())
+        ((positive.sum() + negative.sum()) / max(active, 1)).backward()
+    finally:
+        torch.set_num_threads(before)
+    assert e.grad is not None
+    return e.grad
+
+
+def test_margin_gradient_is_reproducible_with_two_threads(two_threads) -> None:
+    # 48 sources x 3 copies of 512-d: 288 triplets, 147k gradient entries gathered back onto
+    # 144 rows, enough for torch's parallel (unordered) accumulation on CPU: issue 16
+    embeddings = torch.randn(144, 512, generator=torch.Generator().manual_seed(0))
+    ids = torch.arange(48).repeat_interleave(3)
+    first = _margin_gradient(embeddings, ids)
+    different = sum(not torch.equal(first, _margin_gradient(embeddings, ids)) for _ in range(10))
+    assert different == 0
+    reference = _reference_margin_gradient(embeddings, ids)
+    torch.testing.assert_close(first, reference, rtol=1e-6, atol=1e-9)
+
+
+def test_occurrence_rank_counts_earlier_equal_entries() -> None:
+    index = torch.tensor([4, 1, 4, 4, 1, 0])
+    assert occurrence_rank(index).tolist() == [0, 0, 1, 2, 1, 0]
+    assert occurrence_rank(torch.zeros(0, dtype=torch.long)).tolist() == []
+
+
+def test_rows_are_summed_in_index_order() -> None:
+    generator = torch.Generator().manual_seed(0)
+    # magnitudes far apart, so that another order of the additions rounds differently
+    values = torch.randn(200, 7, generator=generator) * 10.0 ** torch.randint(
+        -6, 6, (200, 1), generator=generator
+    )
+    index = torch.randint(0, 9, (200,), generator=generator)
+    expected = torch.zeros(11, 7)  # rows 9 and 10 are never picked: they stay 0
+    for t in range(200):  # the serial reference, one addition at a time
+        expected[index[t]] += values[t]
+    assert torch.equal(sum_rows_in_order(values, index, 11), expected)
+    empty = sum_rows_in_order(values[:0], index[:0], 3)
+    assert torch.equal(empty, torch.zeros(3, 7))
+
+
+def test_gather_rows_matches_indexing(two_threads) -> None:
+    source = torch.randn(30, 600, generator=torch.Generator().manual_seed(1))
+    index = torch.randint(0, 30, (400,), generator=torch.Generator().manual_seed(2))
+    weights = torch.randn(400, 600, generator=torch.Generator().manual_seed(3))
+    leaf = source.clone().requires_grad_(True)
+    picked = gather_rows(leaf, index)
+    assert torch.equal(picked, source[index])
+    (picked * weights).sum().backward()
+    expected = torch.zeros(30, 600)
+    for t in range(400):
+        expected[index[t]] += weights[t]
+    assert leaf.grad is not None and torch.equal(leaf.grad, expected)

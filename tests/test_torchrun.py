@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from multigrain.models.checkpoint import model_from_checkpoint
+from multigrain.models.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 @pytest.mark.slow
@@ -82,3 +85,37 @@ def test_global_sampling_gradients_match_one_process(tmp_path):
         expected = torch.tensor(expected)
         assert expected.abs().max() > 0, name
         torch.testing.assert_close(actual, expected, rtol=1e-7, atol=1e-10, msg=name)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process_after_one_step(larger_image_folder, tmp_path):
+    """Ctrl-C in a terminal signals torchrun and its workers (one process group); torchrun
+    forwards it to the workers again. They must agree on the step to stop after, rank 0
+    writes the checkpoint, nobody deadlocks, and --resume finishes the run."""
+    steps = 8
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+        "-m", "multigrain", "train", "--data", str(larger_image_folder), "-o", str(tmp_path),
+        "--trunk", "resnet18", "--input-size", "32", "--batch-size", "24",
+        "--max-steps", str(steps), "--lr", "0.005", "--log-every", "1", "--device", "cpu",
+        "--precision", "fp32", "--seed", "1",
+    ]  # fmt: skip
+    log_path = tmp_path / "log.jsonl"
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 240
+    while not (log_path.exists() and len(log_path.read_text().splitlines()) >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+    _, stderr = process.communicate(timeout=120)
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")["step"]
+    logged = [json.loads(line)["step"] for line in log_path.read_text().splitlines()]
+    assert logged == list(range(1, saved + 1)) and 2 <= saved < steps, stderr[-3000:]
+    assert f"stopped by SIGINT after step {saved} of {steps}" in stderr, stderr[-3000:]
+    assert "--resume" in stderr
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    logged = [json.loads(line)["step"] for line in log_path.read_text().splitlines()]
+    assert logged == list(range(1, steps + 1))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,58 @@ def test_resume_refuses_changed_settings(image_folder, tmp_path):
             tiny_config(image_folder, tmp_path, max_steps=2, classification_weight=1.0),
             resume=True,
         )
+
+
+def folder_state(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under `folder`: (modification time, content)."""
+    return {
+        str(path.relative_to(folder)): (path.stat().st_mtime_ns, path.read_bytes())
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture
+def finished_run(image_folder, tmp_path) -> Path:
+    """A folder holding a finished 2-step run, with a snapshot."""
+    train(tiny_config(image_folder, tmp_path / "run", max_steps=2, keep_every_steps=1))
+    return tmp_path / "run"
+
+
+def test_new_run_into_a_run_folder_is_refused(image_folder, finished_run):
+    """Issue 16: a new run replaced the folder's checkpoint and appended to its log."""
+    before = folder_state(finished_run)
+    with pytest.raises(MultiGrainError, match="already holds a training run.*--resume"):
+        train(tiny_config(image_folder, finished_run, max_steps=1))
+    assert folder_state(finished_run) == before
+    result = subprocess.run(
+        [sys.executable, "-m", "multigrain", "train", "--data", str(image_folder),
+         "-o", str(finished_run), "--trunk", "resnet18", "--input-size", "32",
+         "--batch-size", "12", "--max-steps", "1", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in (str(finished_run), "--resume", "--output-dir", "--overwrite"):
+        assert fragment in lines[0], lines[0]
+    assert folder_state(finished_run) == before
+
+
+def test_overwrite_replaces_the_run(image_folder, finished_run, tmp_path):
+    # a new run that fails to start (no images) leaves the old one in place
+    before = folder_state(finished_run)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MultiGrainError, match="empty"):
+        train(tiny_config(tmp_path / "empty", finished_run, max_steps=1), overwrite=True)
+    assert folder_state(finished_run) == before
+    train(tiny_config(image_folder, finished_run, max_steps=1), overwrite=True)
+    assert load_checkpoint(finished_run / "checkpoint.pt")["step"] == 1
+    lines = (finished_run / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1]
+    assert not (finished_run / "snapshots").exists()
+    with pytest.raises(MultiGrainError, match="give one of them"):
+        train(tiny_config(image_folder, finished_run, max_steps=2), resume=True, overwrite=True)
 
 
 def test_training_logs_and_checkpoint_rebuilds_model(image_folder, tmp_path):

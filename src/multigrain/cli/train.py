@@ -124,10 +124,22 @@ def train(
     ] = None,
     log_every: Annotated[int, typer.Option(min=1, help="steps between log lines")] = 10,
     resume: Annotated[bool, typer.Option(help="continue from OUTPUT_DIR/checkpoint.pt")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="replace a run already in OUTPUT_DIR (its checkpoint, log and snapshots)",
+        ),
+    ] = False,
 ) -> None:
-    """Train a MultiGrain model (joint classification + margin loss, repeated augmentations)."""
+    """Train a MultiGrain model (joint classification + margin loss, repeated augmentations).
+
+    Ctrl-C (SIGINT) or SIGTERM finishes the step under way, writes the checkpoint and exits
+    with status 130 or 143; run the same command with --resume to continue.
+    """
     # imported here, not at the top: `multigrain --help` must not load the training stack
     from multigrain.training.config import Schedule, TrainConfig
+    from multigrain.training.interrupt import TrainingInterrupted
     from multigrain.training.loop import train as run_training
 
     config = TrainConfig(
@@ -168,7 +180,11 @@ def train(
         keep_every_steps=keep_every_steps,
         log_every=log_every,
     )
-    result = run_training(config, resume=resume)
+    try:
+        result = run_training(config, resume=resume, overwrite=overwrite)
+    except TrainingInterrupted as stop:
+        typer.echo(f"interrupted: {stop}", err=True)
+        raise typer.Exit(stop.exit_status) from None
     if result.history:
         last = result.history[-1]
         echo(

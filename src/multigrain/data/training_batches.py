@@ -9,6 +9,7 @@ resumed.
 from __future__ import annotations
 
 import random
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -116,6 +117,13 @@ def collate_training(batch: Sequence[tuple[Tensor, int, int]]) -> TrainingBatch:
 def _init_worker(worker_id: int) -> None:
     # One intra-op thread per worker: N workers x N threads would oversubscribe the CPUs.
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the training loop, not its workers, decides
+    # when to stop (it finishes the step under way, whose batches the workers still load)
+    # and then shuts them down. SIGTERM gets its default effect back (a forked worker
+    # inherits the loop's handler): the loader's last resort against a stuck worker is to
+    # terminate it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def make_training_loader(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from multigrain.losses.rows import gather_rows
 from multigrain.losses.sampling import Triplets
 
 
@@ -46,9 +47,11 @@ def margin_loss(
         own in the denominator. With no non-zero term the loss is 0 but still attached to
         ``embeddings`` and ``beta``, so ``backward`` (and DDP) work.
     """
-    e = embeddings
-    d_ap = _pair_distance(e[triplets.anchors], e[triplets.positives])
-    d_an = _pair_distance(e[triplets.anchors], e[triplets.negatives])
+    # gather_rows, not embeddings[index]: the backward of advanced indexing sums a row's
+    # gradients in a different order on each run with several CPU threads (issue 16)
+    e, t = embeddings, triplets
+    d_ap = _pair_distance(gather_rows(e, t.anchors), gather_rows(e, t.positives))
+    d_an = _pair_distance(gather_rows(e, t.anchors), gather_rows(e, t.negatives))
     positive_terms = torch.relu(alpha + d_ap - beta)
     negative_terms = torch.relu(alpha - d_an + beta)
     # Count as integers: adding two bool tensors would be a logical OR.

@@ -1,4 +1,5 @@
-"""Process-group set-up for `torchrun` and the one collective the losses need.
+"""Process-group set-up for `torchrun`, the collectives the losses need, and the few that let
+the training loop's ranks agree (where to stop, whether to start).
 
 `torchrun` sets RANK, WORLD_SIZE and LOCAL_RANK; without them everything runs in one
 process and the helpers below degrade to no-ops.
@@ -129,3 +130,30 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= dist.get_world_size()
     return tensor
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest of the ranks' `value` (every rank gets it); `value` itself in one process.
+
+    `device`: where the collective runs (the training device; nccl needs CUDA tensors).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.long, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def broadcast_from_main(value: object) -> object:
+    """Rank 0's `value` (a picklable object) on every rank; `value` itself in one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

@@ -18,11 +18,10 @@ import torch
 from multigrain.models.checkpoint import load_checkpoint, save_checkpoint
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.training.config import TrainConfig
+from multigrain.training.run_folder import SNAPSHOTS_NAME
 from multigrain.training.setup import TrainingParts
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_NAME = "checkpoint.pt"
 
 # Settings that may differ between a run and its resumption: they change how long or how
 # verbosely it runs, not the trajectory of the weights.
@@ -97,7 +96,7 @@ def restore(path: Path, *, config: TrainConfig, parts: TrainingParts, device: to
 
 def keep_snapshot(checkpoint_path: Path, step: int) -> None:
     """Hard-link (or copy) the checkpoint just written to snapshots/step-NNNNNN.pt."""
-    folder = checkpoint_path.parent / "snapshots"
+    folder = checkpoint_path.parent / SNAPSHOTS_NAME
     folder.mkdir(exist_ok=True)
     target = folder / f"step-{step:06d}.pt"
     target.unlink(missing_ok=True)

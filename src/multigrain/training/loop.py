@@ -3,12 +3,15 @@
 Run it in one process (`multigrain train ...`) or many (`torchrun --nproc-per-node N -m
 multigrain train ...`). Determinism: the model is initialised from `seed`; every training
 sample's augmentation is seeded by the sampler from (seed, epoch, position); the negative
-sampler's generator is re-seeded from (seed, step); so a run resumed from any checkpoint
-continues exactly as the uninterrupted run would have.
+sampler's generator is re-seeded from (seed, step); the margin loss sums its gradients in a
+fixed order (:mod:`~multigrain.losses.rows`); so on CPU, at any thread count, a run resumed
+from any checkpoint continues bit for bit as the uninterrupted run would have.
 
 The pieces: :mod:`~multigrain.training.setup` (data, model, loss, optimiser),
-:mod:`~multigrain.training.step` (one optimiser step) and
-:mod:`~multigrain.training.checkpointing` (writing and resuming).
+:mod:`~multigrain.training.step` (one optimiser step),
+:mod:`~multigrain.training.checkpointing` (writing and resuming),
+:mod:`~multigrain.training.run_folder` (refusing another run's folder, the resumed log) and
+:mod:`~multigrain.training.interrupt` (SIGINT/SIGTERM: finish the step, checkpoint, stop).
 """
 
 from __future__ import annotations
@@ -23,16 +26,30 @@ from typing import IO
 from tqdm.auto import tqdm
 
 from multigrain.data import make_training_loader
-from multigrain.runtime.distributed import DistributedContext, init_distributed
+from multigrain.runtime.distributed import (
+    DistributedContext,
+    barrier,
+    broadcast_from_main,
+    init_distributed,
+    max_over_ranks,
+)
+from multigrain.runtime.errors import MultiGrainError
 from multigrain.training.checkpointing import (
-    CHECKPOINT_NAME,
     keep_snapshot,
     restore,
     should_checkpoint,
     write_checkpoint,
 )
 from multigrain.training.config import TrainConfig
+from multigrain.training.interrupt import StopSignals, TrainingInterrupted, signal_name
 from multigrain.training.optim import learning_rate_at, set_learning_rate
+from multigrain.training.run_folder import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    check_output_dir,
+    remove_run,
+    trim_log,
+)
 from multigrain.training.setup import (
     augmented_dataset,
     build_parts,
@@ -42,8 +59,6 @@ from multigrain.training.setup import (
 from multigrain.training.step import optimizer_step
 
 logger = logging.getLogger(__name__)
-
-LOG_NAME = "log.jsonl"
 
 
 @dataclass
@@ -70,12 +85,22 @@ class TrainResult:
         return self.history[-1].loss if self.history else float("nan")
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
-    """Train a MultiGrain model as `config` says; returns the step history and checkpoint path."""
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train a MultiGrain model as `config` says; returns the step history and checkpoint path.
+
+    `resume` continues the run in ``config.output_dir`` from its checkpoint; `overwrite`
+    replaces a run found there (without either, such a folder is refused and left as it is).
+
+    Raises:
+        MultiGrainError: bad settings, data, or an output folder holding another run.
+        TrainingInterrupted: SIGINT or SIGTERM arrived; the step under way was finished and
+            a checkpoint written (see :mod:`~multigrain.training.interrupt`).
+    """
     context = init_distributed(config.device)
     config.validate(context.world_size)
     output_dir = Path(config.output_dir)
     checkpoint_path = output_dir / CHECKPOINT_NAME
+    _claim_output_dir(output_dir, context, resume=resume, overwrite=overwrite)
     data = prepare_data(config, context)
     steps_per_epoch, total_steps = data.steps_per_epoch, data.total_steps
     device = context.device
@@ -86,6 +111,11 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         step = restore(checkpoint_path, config=config, parts=parts, device=device)
     elif resume:
         logger.info("no checkpoint at %s: starting from scratch", checkpoint_path)
+    if resume and context.is_main:
+        # lines of steps after the checkpoint were written by the run that was killed
+        trim_log(output_dir / LOG_NAME, step)
+    if overwrite and context.is_main:
+        remove_run(output_dir)  # only now that the new run is set up: a failed start keeps it
     wrapped = wrap_for_processes(parts.model, config, context)
     dataset = augmented_dataset(config, data.images)
 
@@ -112,6 +142,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     log_file = _open_log(output_dir, context)
     parts.model.train()
     timer_start, timer_images = time.perf_counter(), 0
+    signals = StopSignals(abort_on_second_interrupt=not context.is_distributed)
+    signals.install()
     try:
         while step < total_steps:
             epoch, step_in_epoch = divmod(step, steps_per_epoch)
@@ -167,12 +199,26 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
                     )
                 progress.update(1)
                 keep = config.keep_every_steps is not None and step % config.keep_every_steps == 0
-                if keep or should_checkpoint(config, step, steps_per_epoch):
+                saved = keep or should_checkpoint(config, step, steps_per_epoch)
+                if saved:
                     save(step)
                 if keep and context.is_main:
                     keep_snapshot(checkpoint_path, step)
+                # every rank asks, so that all of them stop after the same step
+                stop_signal = max_over_ranks(signals.received or 0, device)
+                if stop_signal and step < total_steps:
+                    if not saved:
+                        save(step)
+                    barrier()  # the other ranks exit once rank 0 has written
+                    raise TrainingInterrupted(
+                        f"stopped by {signal_name(stop_signal)} after step {step} of "
+                        f"{total_steps}, checkpoint written to {checkpoint_path}: continue with "
+                        "the same command and --resume",
+                        signal_number=stop_signal,
+                    )
         save(step)
     finally:
+        signals.restore()
         progress.close()
         if log_file is not None:
             log_file.close()
@@ -186,3 +232,18 @@ def _open_log(output_dir: Path, context: DistributedContext) -> IO[str] | None:
         return None
     output_dir.mkdir(parents=True, exist_ok=True)
     return open(output_dir / LOG_NAME, "a", encoding="utf-8")  # noqa: SIM115
+
+
+def _claim_output_dir(
+    output_dir: Path, context: DistributedContext, *, resume: bool, overwrite: bool
+) -> None:
+    """:func:`check_output_dir` on rank 0, whose verdict every rank follows."""
+    refusal = ""
+    if context.is_main:
+        try:
+            check_output_dir(output_dir, resume=resume, overwrite=overwrite)
+        except MultiGrainError as error:
+            refusal = str(error)
+    refusal = str(broadcast_from_main(refusal))
+    if refusal:
+        raise MultiGrainError(refusal)
