@@ -73,7 +73,9 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted (SIGINT)", err=True)
         sys.exit(INTERRUPTED)
-    if status == INTERRUPTED:  # Typer turns Ctrl-C inside a command into a silent Exit(130)
+    # Typer turns Ctrl-C inside a command into a silent Exit(130); a command that reports
+    # its own interruption (embed, train) leaves by sys.exit and never gets here
+    if status == INTERRUPTED:
         typer.echo("interrupted (SIGINT): the command stopped before it finished", err=True)
     sys.exit(status if isinstance(status, int) else 0)  # `raise typer.Exit(3)` returns 3
 

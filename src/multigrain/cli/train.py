@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
@@ -184,7 +185,8 @@ def train(
         result = run_training(config, resume=resume, overwrite=overwrite)
     except TrainingInterrupted as stop:
         typer.echo(f"interrupted: {stop}", err=True)
-        raise typer.Exit(stop.exit_status) from None
+        # sys.exit, not typer.Exit: main() adds its generic line to a returned 130
+        sys.exit(stop.exit_status)
     if result.history:
         last = result.history[-1]
         echo(
