@@ -109,6 +109,19 @@ def unit(x: torch.Tensor) -> torch.Tensor:
     return nn.functional.normalize(x, dim=1)
 
 
+def with_one(x: torch.Tensor) -> torch.Tensor:
+    """l2n([e, 1]): the authors' input to their PCA (the constant carries the bias)."""
+    return unit(torch.cat([x, torch.ones_like(x[:, :1])], dim=1))
+
+
+#: What the whitening is fitted on and applied to, by name.
+PREPARATIONS = {
+    "fitted on raw embeddings": lambda x: x,
+    "fitted on L2-normalised": unit,
+    "fitted on l2n([e, 1]) (the authors')": with_one,
+}
+
+
 def builtin_copy_scores(similarity: np.ndarray, pairs: list[tuple[int, int]]) -> dict[str, float]:
     """(Q, R) similarities, (query, reference) truth -> mAP (queries with an original), µAP."""
     positive = np.zeros_like(similarity, dtype=bool)
@@ -147,8 +160,7 @@ def demo_main(args: argparse.Namespace) -> None:
                                             copies.ground_truth),
     }  # fmt: skip
     dim = min(DemoSettings().whitening_dim, len(fit) - 1, fit.shape[1])
-    for name, first in (("fitted on raw embeddings", False), ("fitted on L2-normalised", True)):
-        prepare = unit if first else (lambda x: x)
+    for name, prepare in PREPARATIONS.items():
         whitening = fit_whitening(prepare(fit), dim=dim, shrinkage=shrinkage)
         matrix = whitening.apply(prepare(queries)) @ whitening.apply(prepare(references)).T
         retrieval[name] = builtin_copy_scores(matrix.numpy(), copies.ground_truth)
@@ -202,12 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     originals = raw_embeddings(model, copies.originals, s)
     queries = raw_embeddings(model, copies.queries, s)
     retrieval = {}
-    variants = (("fitted on raw embeddings", False), ("fitted on L2-normalised", True))
-    for name, normalise_first in variants:
-
-        def prepare(x: torch.Tensor, first: bool = normalise_first) -> torch.Tensor:
-            return nn.functional.normalize(x, dim=1) if first else x
-
+    for name, prepare in PREPARATIONS.items():
         whitening = fit_whitening(prepare(fit), dim=shipped_dim, shrinkage=shrinkage)
         matrix = (whitening.apply(prepare(queries)) @ whitening.apply(prepare(originals)).T).numpy()
         scores = score_similarities(name, np.asarray(matrix), copies)

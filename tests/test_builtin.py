@@ -194,15 +194,15 @@ def test_whitening_is_scored_with_its_untrained_control(built) -> None:
     from multigrain.evaluation.builtin.score import UNTRAINED_WHITENED, WHITENED, score_builtin
     from multigrain.inference.embed import embed_in_memory
     from multigrain.models import MultiGrain
-    from multigrain.search.whitening import fit_whitening
+    from multigrain.search.whitening import WhiteningInput, fit_whitening
 
     output, _ = built
     torch.manual_seed(0)  # the untrained network of score_builtin(seed=0) gets these weights
     model = MultiGrain(trunk="resnet18", num_classes=4).eval()
     photos = list_images(output / "train") + list_images(output / "train_unlabelled")
     cpu = torch.device("cpu")
-    descriptors, _, _ = embed_in_memory(model, photos, resolution=64, device=cpu, normalise=True)
-    whitening = fit_whitening(descriptors, dim=12, shrinkage=0.1)
+    raw, _, _ = embed_in_memory(model, photos, resolution=64, device=cpu, normalise=False)
+    whitening = fit_whitening(raw, dim=12, shrinkage=0.1, input=WhiteningInput.UNIT_WITH_ONE)
     result, _ = score_builtin(
         model, output, model_name="random", resolution=64, device=torch.device("cpu"),
         whitening=whitening,

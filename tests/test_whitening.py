@@ -12,6 +12,7 @@ from multigrain.runtime.errors import MultiGrainError
 from multigrain.search.whitening import (
     CONSTANT_SCALE,
     Whitening,
+    WhiteningInput,
     descriptor_classifier,
     fit_whitening,
     fold_into_classifier,
@@ -106,32 +107,64 @@ def _classifier_and_embeddings() -> tuple[nn.Linear, torch.Tensor, torch.Tensor]
     return model.classifier, embeddings, logits
 
 
-def test_fold_into_classifier_reproduces_the_logits():
+@pytest.mark.parametrize("kind", [WhiteningInput.RAW, WhiteningInput.UNIT_WITH_ONE])
+def test_fold_into_classifier_reproduces_the_logits(kind: WhiteningInput):
     classifier, embeddings, logits = _classifier_and_embeddings()
-    whitening = fit_whitening(embeddings, shrinkage=1e-3)  # d = D = 512, well conditioned
+    whitening = fit_whitening(embeddings, shrinkage=1e-3, input=kind)  # full d, well conditioned
     folded = fold_into_classifier(classifier, whitening)
-    assert (folded.in_features, folded.out_features) == (512, 10)
+    assert (folded.in_features, folded.out_features) == (whitening.kept_dim, 10)
     with torch.no_grad():
         unnormalised = whitening.transform_unnormalised(embeddings.double()).float()
-        torch.testing.assert_close(folded(unnormalised), logits, atol=1e-4, rtol=1e-4)
+        scale = whitening.logit_scale(embeddings.double()).float()  # ||[e, 1]|| or 1
+        torch.testing.assert_close(folded(unnormalised) * scale, logits, atol=1e-4, rtol=1e-4)
 
 
-def test_the_stored_unit_descriptor_classifies_as_the_raw_embedding():
+def test_unit_with_one_whitens_the_authors_input():
+    """UNIT_WITH_ONE is a PCA of l2n([e, 1]) (reference: numpy on that input)."""
+    generator = torch.Generator().manual_seed(7)
+    raw = torch.randn(300, 6, generator=generator, dtype=torch.float64).abs() * 3
+    whitening = fit_whitening(raw, input=WhiteningInput.UNIT_WITH_ONE, constant=False)
+    assert whitening.input_dim == 6 and whitening.projection.shape == (7, 7)  # D + 1 inputs
+    x = np.concatenate([raw.numpy(), np.ones((300, 1))], axis=1)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(whitening.mean.numpy(), x.mean(axis=0), rtol=1e-12)
+    w = whitening.transform_unnormalised(raw)
+    torch.testing.assert_close(covariance(w), torch.eye(7, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_an_older_demo_whitening_applies_to_normalised_embeddings(tmp_path):
+    """Demo whitenings written before the input map was stored were fitted on l2n(e): they
+    load as UNIT, whiten what they were fitted on, and refuse to fold (the bias is gone)."""
+    raw = correlated(200, 8) * 5.0
+    old = fit_whitening(nn.functional.normalize(raw, dim=1), constant=False,
+                        fitted_on={"input": "normalised embedding"})  # fmt: skip
+    path = tmp_path / "whitening.pt"
+    torch.save(old.to_dict(), path)
+    loaded = Whitening.load(path)
+    assert loaded.input is WhiteningInput.UNIT
+    torch.testing.assert_close(loaded.apply(raw), old.apply(nn.functional.normalize(raw, dim=1)))
+    with pytest.raises(MultiGrainError, match="cannot be folded"):
+        fold_into_classifier(nn.Linear(8, 3), loaded)
+
+
+@pytest.mark.parametrize("kind", [WhiteningInput.RAW, WhiteningInput.UNIT_WITH_ONE])
+def test_the_stored_unit_descriptor_classifies_as_the_raw_embedding(kind: WhiteningInput):
     """Issue 18 item 2: top-1 from the vector users keep equals top-1 from the raw one."""
     classifier, embeddings, logits = _classifier_and_embeddings()
-    whitening = fit_whitening(embeddings, shrinkage=1e-3)
-    stored = whitening.apply(embeddings)  # (600, 513) unit vectors, what embed writes
-    assert stored.shape == (600, 513)
+    whitening = fit_whitening(embeddings, shrinkage=1e-3, input=kind)  # full dimension
+    stored = whitening.apply(embeddings)  # unit vectors, what embed writes
+    assert stored.shape == (600, whitening.kept_dim + 1)
     torch.testing.assert_close(stored.norm(dim=1), torch.ones(600))
     scores_of = descriptor_classifier(classifier, whitening)
-    assert (scores_of.in_features, scores_of.bias) == (513, None)
+    assert (scores_of.in_features, scores_of.bias) == (whitening.output_dim, None)
     with torch.no_grad():
         scores = scores_of(stored)
-        # scores = logits / ||[w, c]||, a positive multiple per image (reference: the raw
-        # embedding through the original classifier)
+        # scores = logits / (||[w, c]|| x logit_scale), a positive multiple per image
+        # (reference: the raw embedding through the original classifier)
         w = whitening.transform_unnormalised(embeddings.double())
         lengths = torch.cat([w, torch.full_like(w[:, :1], whitening.constant)], 1).norm(dim=1)
-        torch.testing.assert_close(scores * lengths[:, None].float(), logits, atol=2e-4, rtol=1e-4)
+        lengths = lengths[:, None] * whitening.logit_scale(embeddings.double())
+        torch.testing.assert_close(scores * lengths.float(), logits, atol=2e-4, rtol=1e-4)
         assert torch.equal(scores.argmax(dim=1), logits.argmax(dim=1))
         assert torch.equal(scores.topk(3).indices, logits.topk(3).indices)
         # what failed before: the folded classifier on the unit vector without the

@@ -141,8 +141,10 @@ def whiten(
 ) -> None:
     """Fit PCA whitening on the embeddings of a separate image set (same s and p*).
 
-    Fitted on the raw embeddings the classifier reads, so that `classify --whitening`
-    (the whitening folded into the classifier) keeps every top-1 prediction.
+    The PCA sees each embedding e as l2n([e, 1]), as the authors' did: normalised first
+    (better copy detection on the built-in benchmark than raw e), with the 1 carrying the
+    classifier's bias, so that `classify --whitening` and the stored descriptors keep every
+    top-1 prediction.
     """
     # imported here, not at the top: they load torch (start-up time of `multigrain --help`)
     from multigrain.data.inference_loading import default_num_workers
@@ -151,7 +153,7 @@ def whiten(
     from multigrain.models.checkpoint import model_identity
     from multigrain.runtime.distributed import resolve_device
     from multigrain.runtime.precision import resolve_inference_precision
-    from multigrain.search.whitening import fit_whitening
+    from multigrain.search.whitening import WhiteningInput, fit_whitening
 
     target = resolve_device(device)
     used = resolve_inference_precision(precision, target)
@@ -165,10 +167,11 @@ def whiten(
         typer.echo(f"skipped {printable_path(failure.path)}: {failure.reason}", err=True)
     whitening = fit_whitening(
         embeddings, dim=dim, power=power, shrinkage=shrinkage,
+        input=WhiteningInput.UNIT_WITH_ONE,
         fitted_on={
             "images": str(inputs), "model": model_identity(checkpoint),
-            "resolution": resolution, "exponent": float(model.pool.p), "input": "raw embedding",
-            "precision": used.value,
+            "resolution": resolution, "exponent": float(model.pool.p),
+            "input": "l2n([embedding, 1])", "precision": used.value,
         },
     )  # fmt: skip
     whitening.save(output)

@@ -21,4 +21,5 @@ class WhitenedClassifier(torch.nn.Module):
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         whitened = self.whitening.transform_unnormalised(embedding.double()).float()
-        return self.folded(whitened)
+        scale = self.whitening.logit_scale(embedding.double()).float()  # 1 for RAW
+        return self.folded(whitened) * scale

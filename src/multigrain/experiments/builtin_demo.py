@@ -36,7 +36,7 @@ from multigrain.runtime.precision import resolve_inference_precision
 from multigrain.search.descriptors import EmbeddingMetadata
 from multigrain.search.index import ImageIndex
 from multigrain.search.index_store import load_index, save_index
-from multigrain.search.whitening import Whitening, fit_whitening
+from multigrain.search.whitening import Whitening, WhiteningInput, fit_whitening
 from multigrain.training.loop import train
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,8 @@ def _calibrate(
 def _fit_whitening(
     model: MultiGrain, data_root: Path, settings: DemoSettings, device: torch.device
 ) -> Whitening:
-    """PCA whitening of the L2-normalised descriptors of all training photos."""
+    """PCA whitening of all training photos' embeddings, seen as l2n([e, 1]) (as ``whiten``
+    fits: :class:`multigrain.search.whitening.WhiteningInput`)."""
     paths = list_images(data_root / "train")
     if (data_root / "train_unlabelled").is_dir():
         paths += list_images(data_root / "train_unlabelled")
@@ -161,7 +162,7 @@ def _fit_whitening(
         paths,
         resolution=settings.test_resolution,
         device=device,
-        normalise=True,
+        normalise=False,
         precision=settings.precision,
     )
     dim = min(settings.whitening_dim, len(descriptors) - 1, descriptors.shape[1])
@@ -169,11 +170,12 @@ def _fit_whitening(
         descriptors,
         dim=dim,
         shrinkage=settings.whitening_shrinkage,
+        input=WhiteningInput.UNIT_WITH_ONE,
         fitted_on={
             "images": str(data_root / "train"),
             "resolution": settings.test_resolution,
             "exponent": float(model.pool.p),
-            "input": "normalised embedding",
+            "input": "l2n([embedding, 1])",
         },
     )
 

@@ -37,7 +37,7 @@ from multigrain.inference.bundle_paths import (
 from multigrain.models import MultiGrain
 from multigrain.runtime.atomic import atomic_write_bytes, atomic_write_text
 from multigrain.runtime.errors import MultiGrainError
-from multigrain.search.whitening import Whitening
+from multigrain.search.whitening import Whitening, WhiteningInput
 
 BUNDLE_KIND = "multigrain.bundle"
 FORMAT_VERSION = 1
@@ -143,6 +143,7 @@ def write_bundle(
         metadata = {"fitted_on": json.dumps(whitening.fitted_on, default=str)}
         if whitening.constant > 0:  # descriptors are d + 1 long and classify
             metadata["constant"] = repr(float(whitening.constant))
+        metadata["input"] = whitening.input.value
         atomic_write_bytes(folder / WHITENING_NAME, safetensors_save(tensors, metadata=metadata))
         files[WHITENING_NAME] = _sha256(folder / WHITENING_NAME)
     else:
@@ -206,6 +207,7 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
         whitening = Whitening(
             tensors["mean"], tensors["projection"], tensors["eigenvalues"], fitted_on,
             constant=float(header.get("constant", 0.0)),
+            input=WhiteningInput(header.get("input", WhiteningInput.RAW.value)),
         )  # fmt: skip
     identity = f"{root.name}@sha256:{files.get(WEIGHTS_NAME, '')[:16]}"
     return Bundle(root, settings, whitening, identity)

@@ -1,26 +1,32 @@
 """PCA whitening of retrieval descriptors, and folding it into the classifier (SPEC §4).
 
-Fit on the raw (not L2-normalised) GeM embeddings x of a separate image set, at the same
-s and p* as the descriptors it will whiten:
+Fitted on the GeM embeddings e of a separate image set, at the same s and p* as the
+descriptors it will whiten, after an input map x(e) (:class:`WhiteningInput`):
 
+    x = l2n([e, 1])  (UNIT_WITH_ONE, the authors' input)   or   x = e  (RAW)
     mu = mean_i x_i,    C = cov(x) = V diag(lambda) V^T   (eigenvalues sorted descending)
-    P  = V_d diag((lambda_d + shrinkage * mean(lambda))^(-power))          (D, d)
-    w(x) = (x - mu) P,   descriptor(x) = normalise([w(x), c])              (d + 1,)
+    P  = V_d diag((lambda_d + shrinkage * mean(lambda))^(-power))
+    w = (x - mu) P,    descriptor = normalise([w, c])                     (d + 1,)
 
-Raw, not unit-length, because the classifier reads the raw embedding: logits(x) = x W^T + b
-is then an affine function of w, and the stored descriptor alone gives the class. The
-constant coordinate c (the authors' appended constant) carries the folded bias: with
-W' = W P^-T and b' = b + W mu (:func:`fold_into_classifier`),
+One vector for both jobs. The classifier's logits are affine in x: with RAW,
+logits = x W^T + b; with UNIT_WITH_ONE, x [W, b]^T = logits / ||[e, 1]|| (the appended 1
+carries the bias through the normalisation, so only a positive factor is lost). Folding P
+(:func:`fold_into_classifier`: W' = W_x P^-T, b' = b_x + W_x mu) makes them affine in w,
+and the constant coordinate c carries b' through the final normalisation:
 
-    descriptor · [W', b' / c]^T = (w W'^T + b') / ||[w, c]|| = logits(x) / ||[w, c]||,
+    descriptor · [W', b' / c]^T = (w W'^T + b') / ||[w, c]||,
 
-a positive multiple of the logits, so :func:`descriptor_classifier` gives the raw
-embedding's top-k from the unit vector users store (exactly when d = D). Without it, the
-bias b' is not scaled by 1/||w|| and top-1 agreed with the raw embedding's on 77 % of the
-shipped model's held-out photos. c = :data:`CONSTANT_SCALE` x the RMS norm of w over the
-fitting set, so it moves a cosine by at most ~CONSTANT_SCALE^2: retrieval is unchanged.
-Measured (``benchmarks/whitened_classification.py``): fitting on raw embeddings against
-fitting on L2-normalised ones, and top-1 for each kept dimension d.
+a positive multiple of the logits, so :func:`descriptor_classifier` gives the image's
+top-k from the unit vector users store (exactly when d is the full input dimension).
+Without c, top-1 from the stored vector agreed with the image's on 70-77 % of photos.
+c = :data:`CONSTANT_SCALE` x the RMS norm of w on the fitting set: cosines move by ~1e-6.
+
+Which input: ``benchmarks/whitened_classification.py`` on the built-in benchmark (the
+demo's model, d = 128): copy mAP 0.856 / µAP 0.812 with UNIT_WITH_ONE, 0.856 / 0.812 with
+plain L2-normalised input, 0.825 / 0.739 with RAW; on the shipped model's validation
+package (d = 256) 0.811 / 0.722 against 0.816 / 0.726 for RAW. UNIT_WITH_ONE is what the
+commands fit (``whiten``, ``bundle``, the demo); RAW remains for whitenings fitted before
+(the built-in bundle's) and is the default of :func:`fit_whitening`, a plain PCA.
 
 ``power = 0.5`` is full whitening (the whitened training descriptors have identity
 covariance), ``power = 0`` a PCA rotation/projection only; ``shrinkage > 0`` damps the
@@ -33,6 +39,7 @@ of its input.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import logging
 import os
@@ -58,6 +65,29 @@ FORMAT_VERSION = 2  # 2: the constant coordinate (files without one are written 
 Metadata = dict[str, str | int | float]
 
 
+class WhiteningInput(str, enum.Enum):
+    """What the PCA sees of a raw GeM embedding e (module docstring)."""
+
+    RAW = "raw"  # e itself
+    UNIT_WITH_ONE = "unit-with-one"  # l2n([e, 1]): normalised first, bias kept (the authors')
+    UNIT = "unit"  # l2n(e): the demo's whitenings before UNIT_WITH_ONE; the classifier's
+    # bias does not survive it, so these do not fold into the classifier
+
+
+#: ``fitted_on["input"]`` of the demo's whitening files written before the input was stored.
+LEGACY_UNIT_INPUT = "normalised embedding"
+
+
+def whitening_input_map(x: Tensor, kind: WhiteningInput) -> Tensor:
+    """(N, D) raw embeddings -> (N, D) or (N, D + 1) float64 inputs of the PCA."""
+    x = x.double()
+    if kind is WhiteningInput.RAW:
+        return x
+    if kind is WhiteningInput.UNIT:
+        return nn.functional.normalize(x, dim=1)
+    return nn.functional.normalize(torch.cat([x, torch.ones_like(x[:, :1])], dim=1), dim=1)
+
+
 @dataclass(frozen=True)
 class Whitening:
     """A fitted PCA whitening ``x -> normalise((x - mean) @ projection)``.
@@ -70,6 +100,8 @@ class Whitening:
         constant: c > 0, the coordinate appended before normalising (descriptors are then
             d + 1 long and classify: :func:`descriptor_classifier`); 0 for none (whitenings
             fitted before it existed, whose descriptors stay as they were).
+        input: the map from a raw embedding to the PCA's input (mean and projection live
+            in its space: D + 1 rows for UNIT_WITH_ONE).
     """
 
     mean: Tensor
@@ -77,11 +109,13 @@ class Whitening:
     eigenvalues: Tensor
     fitted_on: Metadata = field(default_factory=dict)
     constant: float = 0.0
+    input: WhiteningInput = WhiteningInput.RAW
 
     @property
     def input_dim(self) -> int:
-        """D, the dimension of the raw descriptors."""
-        return int(self.projection.shape[0])
+        """D, the dimension of the raw embeddings :meth:`apply` takes."""
+        extra = 1 if self.input is WhiteningInput.UNIT_WITH_ONE else 0
+        return int(self.projection.shape[0]) - extra
 
     @property
     def kept_dim(self) -> int:
@@ -101,6 +135,8 @@ class Whitening:
             digest.update(tensor.detach().cpu().double().contiguous().numpy().tobytes())
         if self.constant > 0:  # whitenings without one keep the fingerprint they had
             digest.update(f"constant={self.constant!r}".encode())
+        if self.input is not WhiteningInput.RAW:
+            digest.update(f"input={self.input.value}".encode())
         return f"sha256:{digest.hexdigest()[:16]}"
 
     def with_constant(self, scale: float = CONSTANT_SCALE) -> Whitening:
@@ -118,11 +154,19 @@ class Whitening:
         return dataclasses.replace(self, constant=scale * mean_square**0.5)
 
     def transform_unnormalised(self, x: Tensor) -> Tensor:
-        """x: (N, D) -> (N, d) ``(x - mean) @ projection``, in x's dtype (computed in float64)."""
+        """x: (N, D) raw embeddings -> (N, d) ``(input_map(x) - mean) @ projection``, in x's
+        dtype (computed in float64)."""
         _check_descriptors(x, self.input_dim)
         mean = self.mean.to(x.device)
         projection = self.projection.to(x.device)
-        return ((x.double() - mean) @ projection).to(x.dtype)
+        return ((whitening_input_map(x, self.input) - mean) @ projection).to(x.dtype)
+
+    def logit_scale(self, x: Tensor) -> Tensor:
+        """x: (N, D) raw embeddings -> (N, 1) the factor by which the folded classifier's
+        outputs fall short of the logits: ||[e, 1]|| for UNIT_WITH_ONE, 1 for RAW."""
+        if self.input is WhiteningInput.RAW:
+            return torch.ones_like(x[:, :1])
+        return torch.cat([x, torch.ones_like(x[:, :1])], dim=1).norm(dim=1, keepdim=True)
 
     def apply(self, x: Tensor) -> Tensor:
         """x: (N, D) raw embeddings -> (N, output_dim) unit-norm descriptors
@@ -145,6 +189,9 @@ class Whitening:
         }
         if self.constant > 0:  # a version-1 reader would drop it silently: version 2
             state["constant"] = float(self.constant)
+        if self.input is not WhiteningInput.RAW:
+            state["input"] = self.input.value
+            state["format_version"] = FORMAT_VERSION
         return state
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -179,7 +226,11 @@ class Whitening:
         if projection.dim() != 2 or mean.shape != (projection.shape[0],):
             raise MultiGrainError(f"whitening {path} is inconsistent: refit and save it again")
         constant = float(state.get("constant", 0.0))
-        return cls(mean, projection, eigenvalues, dict(state.get("fitted_on", {})), constant)
+        fitted_on = dict(state.get("fitted_on", {}))
+        legacy = fitted_on.get("input") == LEGACY_UNIT_INPUT  # an older demo's whitening.pt
+        default = WhiteningInput.UNIT if legacy else WhiteningInput.RAW
+        kind = WhiteningInput(state.get("input", default.value))
+        return cls(mean, projection, eigenvalues, fitted_on, constant, kind)
 
 
 def fit_whitening(
@@ -191,12 +242,14 @@ def fit_whitening(
     eps: float = 1e-9,
     fitted_on: Metadata | None = None,
     constant: bool = True,
+    input: WhiteningInput = WhiteningInput.RAW,
 ) -> Whitening:
     """Fit PCA whitening on descriptors (SPEC §4), as in the module docstring.
 
     Args:
         descriptors: (N, D) embeddings of the fitting image set, as :meth:`Whitening.apply`
-            will receive them (``embed`` passes the raw GeM embedding).
+            will receive them (``embed`` passes the raw GeM embedding); the PCA sees them
+            through `input` (module docstring).
         dim: number d of principal components kept (default ``min(D, N - 1)``).
         power: eigenvalue exponent, scale_k = (lambda_k + shrinkage * mean(lambda))^(-power);
             0.5 = full whitening, 0 = PCA rotation only.
@@ -207,6 +260,8 @@ def fit_whitening(
             ``shrinkage`` are added (so that the same fit can be repeated on other descriptors).
         constant: append the constant coordinate (:meth:`Whitening.with_constant`), so the
             stored descriptors classify; False keeps d-dimensional descriptors.
+        input: RAW (a plain PCA of `descriptors`) or UNIT_WITH_ONE (of l2n([e, 1]), what the
+            commands fit).
 
     Returns:
         A :class:`Whitening` with projection (D, d).
@@ -216,6 +271,7 @@ def fit_whitening(
             the rank ``N - 1``, or (with power > 0 and no shrinkage) a kept eigenvalue ~ 0.
     """
     _check_descriptors(descriptors, None)
+    descriptors = whitening_input_map(descriptors, input)
     num, size = descriptors.shape
     if num < 2:
         raise MultiGrainError(f"whitening needs at least 2 descriptors, got {num}")
@@ -259,26 +315,28 @@ def fit_whitening(
         **(fitted_on or {}),
     }
     logger.info("fitted whitening %d -> %d on %d descriptors", size, dim, num)
-    fitted = Whitening(mean, projection, kept, metadata)
+    fitted = Whitening(mean, projection, kept, metadata, input=input)
     return fitted.with_constant() if constant else fitted
 
 
 def fold_into_classifier(classifier: nn.Linear, whitening: Whitening) -> nn.Linear:
-    """A linear classifier on whitened descriptors that reproduces ``classifier`` on raw ones.
+    """A linear classifier on whitened vectors w that reproduces ``classifier`` on raw ones.
 
-    With w = (e - mu) P (row vectors) and P invertible (d = D), e = w P^-1 + mu, so
+    The classifier as a linear map of the PCA's input x: RAW, x = e: W_x = W, b_x = b;
+    UNIT_WITH_ONE, x = l2n([e, 1]): W_x = [W, b], b_x = 0, and x W_x^T = logits / ||[e, 1]||.
+    With w = (x - mu) P (row vectors) and P invertible (d = dim x), x = w P^-1 + mu, so
 
-        classifier(e) = e W^T + b = w (W P^-T)^T + (b + W mu)
-        => W' = W P^-T  (K, d),   b' = b + W mu  (K,)
+        x W_x^T + b_x = w (W_x P^-T)^T + (b_x + W_x mu)
+        => W' = W_x P^-T  (K, d),   b' = b_x + W_x mu  (K,)
 
-    and ``folded(w) == classifier(e)`` up to float round-off. With d < D, P^-1 is the
-    pseudo-inverse and e is replaced by its projection on the kept principal subspace, so
-    the logits are only an approximation.
+    and ``folded(w)`` equals the logits (RAW) or the logits / ||[e, 1]||
+    (:meth:`Whitening.logit_scale`; same top-k), up to float round-off. With d < dim x,
+    P^-1 is the pseudo-inverse and x is replaced by its projection on the kept principal
+    subspace, so the result is only an approximation.
 
-    The retrieval descriptor is ŵ = w / ||w||. Exact logits are
-    ``folded(ŵ * ||w||)``; equivalently ``ŵ W'^T + b' / ||w||`` is the logit vector divided
-    by ||w|| > 0, so it has the same top-k. ``folded(ŵ)`` alone does not: its bias
-    b' = b + W mu is not scaled by 1 / ||w|| (b' is nonzero in general even when b = 0).
+    The retrieval descriptor is the unit vector of [w, c]: ``folded(ŵ)`` alone is not
+    proportional to the logits (b' is not scaled by the norm): use
+    :func:`descriptor_classifier` for stored descriptors.
 
     Args:
         classifier: (K, D) linear layer on raw embeddings.
@@ -300,12 +358,20 @@ def fold_into_classifier(classifier: nn.Linear, whitening: Whitening) -> nn.Line
         if classifier.bias is not None
         else torch.zeros(classifier.out_features, dtype=torch.float64, device=device)
     )
+    if whitening.input is WhiteningInput.UNIT:
+        raise MultiGrainError(
+            "this whitening was fitted on L2-normalised embeddings without the constant 1 "
+            "(an older demo's), which drops the classifier's bias, so it cannot be folded "
+            "into the classifier: refit it with `multigrain whiten`"
+        )
+    if whitening.input is WhiteningInput.UNIT_WITH_ONE:  # the bias rides on the input's 1
+        weight, bias = torch.cat([weight, bias[:, None]], dim=1), torch.zeros_like(bias)
     projection = whitening.projection.to(device)
     inverse = (
         torch.linalg.inv(projection)
-        if whitening.kept_dim == whitening.input_dim
+        if projection.shape[0] == projection.shape[1]
         else torch.linalg.pinv(projection)
-    )  # (d, D)
+    )  # (d, dim x)
     folded = nn.Linear(whitening.kept_dim, classifier.out_features, device=device)
     with torch.no_grad():
         folded.weight.copy_(weight @ inverse.T)
@@ -317,9 +383,10 @@ def descriptor_classifier(classifier: nn.Linear, whitening: Whitening) -> nn.Lin
     """The classifier on stored descriptors: (N, d + 1) unit vectors -> (N, K) scores.
 
     ``nn.Linear(d + 1, K, bias=False)`` with weight ``[W', b' / c]`` (module docstring):
-    its scores are the raw embedding's logits divided by ||[w, c]|| > 0, so top-k and
-    argmax agree with ``classifier`` on the raw embedding (exactly when d = D; through the
-    pseudo-inverse when d < D). Softmax of these scores is not the model's probability.
+    its scores are the raw embedding's logits divided by a positive factor (||[w, c]||,
+    times ||[e, 1]|| for UNIT_WITH_ONE), so top-k and argmax agree with ``classifier`` on
+    the raw embedding (exactly at full d; through the pseudo-inverse below). Softmax of
+    these scores is not the model's probability.
     """
     if whitening.constant <= 0:
         raise MultiGrainError(

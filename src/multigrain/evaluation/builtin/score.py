@@ -100,19 +100,26 @@ class _Describer:
             self.computed[method, part] = self._describe(method, part, paths)
         return self.computed[method, part]
 
+    def raw(self, method: Method, part: str, paths: list[Path]) -> torch.Tensor:
+        """(N, D) raw GeM embeddings of a network method, computed once (a whitening
+        takes them, as ``embed`` hands them over; the plain descriptor normalises them)."""
+        if (method, f"{part}:raw") not in self.computed:
+            embeddings, _, failures = embed_in_memory(
+                self.networks[method], paths, resolution=self.resolution, device=self.device,
+                normalise=False, progress=True, precision=self.precision,
+            )  # fmt: skip
+            if failures:
+                first = failures[0]
+                raise MultiGrainError(f"unreadable benchmark image {first.path}: {first.reason}")
+            self.computed[method, f"{part}:raw"] = embeddings
+        return self.computed[method, f"{part}:raw"]
+
     def _describe(self, method: Method, part: str, paths: list[Path]) -> torch.Tensor:
         if method is Method.PHASH:
             return F.normalize(torch.from_numpy(phash_descriptors(paths)).float(), dim=1)
         if method in self.whitenings:
-            return self.whitenings[method].apply(self(method.network, part, paths))
-        embeddings, _, failures = embed_in_memory(
-            self.networks[method], paths, resolution=self.resolution, device=self.device,
-            normalise=True, progress=True, precision=self.precision,
-        )  # fmt: skip
-        if failures:
-            first = failures[0]
-            raise MultiGrainError(f"unreadable benchmark image {first.path}: {first.reason}")
-        return embeddings
+            return self.whitenings[method].apply(self.raw(method.network, part, paths))
+        return F.normalize(self.raw(method, part, paths), dim=1)
 
 
 def score_builtin(
@@ -155,7 +162,7 @@ def score_builtin(
     methods = [Method.PHASH, Method.UNTRAINED, Method.TRAINED]
     if whitening is not None:
         control = control_whitening(
-            whitening, describe(Method.UNTRAINED, "background", background_paths)
+            whitening, describe.raw(Method.UNTRAINED, "background", background_paths)
         )
         describe.whitenings = {Method.UNTRAINED_WHITENED: control, Method.WHITENED: whitening}
         methods += [Method.UNTRAINED_WHITENED, Method.WHITENED]
@@ -193,8 +200,8 @@ def _instance_scores(views: torch.Tensor) -> InstanceScores:
 
 
 def control_whitening(whitening: Whitening, descriptors: torch.Tensor) -> Whitening:
-    """A whitening fitted on other ``descriptors`` as ``whitening`` was: same d, power,
-    shrinkage and constant coordinate.
+    """A whitening fitted on other ``descriptors`` (raw embeddings) as ``whitening`` was:
+    same input map, d, power, shrinkage and constant coordinate.
 
     The built-in evaluation fits it on the untrained network's descriptors of the training
     photos (the set the demo fits the model's whitening on), as a control for the model's.
@@ -208,6 +215,7 @@ def control_whitening(whitening: Whitening, descriptors: torch.Tensor) -> Whiten
         shrinkage=float(settings.get("shrinkage", 0.0)),
         fitted_on={"input": "control: other descriptors, fitted as the model's whitening"},
         constant=whitening.constant > 0,
+        input=whitening.input,
     )
 
 

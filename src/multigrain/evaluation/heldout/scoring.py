@@ -16,7 +16,6 @@ from pathlib import Path
 import imagehash
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from multigrain.data.corpus.distortions import HeldoutFamily
@@ -171,20 +170,9 @@ def model_descriptors(
     precision: str = "auto",
     adjust: Callable[[int, Image.Image], Image.Image] | None = None,
 ) -> np.ndarray:
-    """(N, d) unit descriptors at longest side ``resolution``, whitened when given.
-
-    The whitening applies to the raw GeM embedding, as ``multigrain embed`` applies it,
-    unless it records that it was fitted on unit-length ones (the demo's whitening).
-    """
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
-    if whitening is not None:
-        transform = whitening.apply
-        if whitening.fitted_on.get("input") == "normalised embedding":
-            fitted = whitening
-
-            def transform(raw: torch.Tensor) -> torch.Tensor:
-                return fitted.apply(F.normalize(raw, dim=1))
-
+    """(N, d) unit descriptors at longest side ``resolution``, whitened when given (the
+    whitening takes the raw GeM embedding, as ``multigrain embed`` hands it over)."""
+    transform = whitening.apply if whitening is not None else None
     descriptors, kept, failures = embed_in_memory(
         model, list(paths), resolution=resolution, device=device,
         precision=precision, adjust=adjust, whitening=transform,

@@ -29,7 +29,7 @@ from multigrain.inference.bundle import BundleSettings, ScoreThreshold
 from multigrain.inference.embed import embed_in_memory
 from multigrain.models import MultiGrain
 from multigrain.runtime.errors import MultiGrainError
-from multigrain.search.whitening import Whitening, fit_whitening
+from multigrain.search.whitening import Whitening, WhiteningInput, fit_whitening
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +71,9 @@ def fit_bundle_whitening(
     device: torch.device,
     description: str,
 ) -> Whitening:
-    """PCA whitening of the raw GeM embeddings of ``images`` at s and the model's p.
-
-    Raw, not unit-length: ``embed`` applies a whitening to the raw embedding, and the
-    classifier folded through it (``classify --whitening``) reads the raw embedding too.
-    """
+    """PCA whitening of the GeM embeddings e of ``images`` at s and the model's p, seen as
+    l2n([e, 1]) (:class:`multigrain.search.whitening.WhiteningInput`): ``embed`` hands the
+    whitening the raw embedding, and the classifier folds through it exactly."""
     descriptors, _, failures = embed_in_memory(
         model, list(images), resolution=resolution, device=device, normalise=False,
         precision="auto",
@@ -87,12 +85,13 @@ def fit_bundle_whitening(
         descriptors,
         dim=dim,
         shrinkage=WHITENING_SHRINKAGE,
+        input=WhiteningInput.UNIT_WITH_ONE,
         fitted_on={
             "images": description,
             "count": len(descriptors),
             "resolution": resolution,
             "exponent": float(model.pool.p),
-            "input": "raw embedding",
+            "input": "l2n([embedding, 1])",
         },
     )
 
