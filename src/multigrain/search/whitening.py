@@ -286,10 +286,11 @@ def fit_whitening(
             )
     if not 1 <= dim <= size:
         raise MultiGrainError(f"whitening dim must be in [1, {size}] (the descriptor size)")
-    if dim > num - 1:
+    if dim > num - 1 and not (shrinkage > 0 or power == 0):
+        # beyond the rank the eigenvalues are 0: only shrinkage (or no scaling) defines them
         raise MultiGrainError(
             f"whitening dim {dim} needs at least {dim + 1} descriptors, got {num}: "
-            f"fit on more images or pass dim <= {num - 1}"
+            f"fit on more images, pass dim <= {num - 1}, or shrinkage > 0"
         )
     x = descriptors.detach().double()
     mean = x.mean(dim=0)
