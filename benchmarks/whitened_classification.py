@@ -53,12 +53,8 @@ from multigrain.metrics.copy_detection import micro_average_precision
 from multigrain.models import MultiGrain
 from multigrain.runtime.atomic import atomic_write_text
 from multigrain.runtime.machine import describe_machine
-from multigrain.search.whitening import (
-    WhiteningInput,
-    descriptor_classifier,
-    fit_whitening,
-    fold_into_classifier,
-)
+from multigrain.search.classifier_fold import descriptor_classifier, fold_into_classifier
+from multigrain.search.whitening import WhiteningInput, fit_whitening
 
 
 def raw_embeddings(model: MultiGrain, paths: list[Path], resolution: int) -> torch.Tensor:

@@ -345,3 +345,14 @@ def test_format_1_index_still_loads(tmp_path, factory: str, whitened: bool) -> N
         again.set_search_parameters(nprobe=8)
     assert again.search(queries[2:3], 1).ids[0, 0] != 100
     np.testing.assert_array_equal(again.search(data[3:4], 1).ids, [[500]])
+
+
+def test_a_pq_factory_that_does_not_divide_the_dimension_says_what_works() -> None:
+    """Whitened descriptors are d + 1 long (257 for the built-in model): PQ32 cannot split
+    them; the error names the OPQ prefix that can, and that prefix builds."""
+    from multigrain.search.refine import new_base_index
+
+    with pytest.raises(MultiGrainError, match=r"'OPQ32_256,IVF16,PQ32'") as caught:
+        new_base_index(257, "IVF16,PQ32")
+    suggestion = str(caught.value).split("e.g. ")[1].strip("'")
+    assert new_base_index(257, suggestion).d == 257

@@ -9,14 +9,8 @@ from torch import nn
 
 from multigrain.models import MultiGrain
 from multigrain.runtime.errors import MultiGrainError
-from multigrain.search.whitening import (
-    CONSTANT_SCALE,
-    Whitening,
-    WhiteningInput,
-    descriptor_classifier,
-    fit_whitening,
-    fold_into_classifier,
-)
+from multigrain.search.classifier_fold import descriptor_classifier, fold_into_classifier
+from multigrain.search.whitening import CONSTANT_SCALE, Whitening, WhiteningInput, fit_whitening
 
 
 def correlated(num: int, dim: int, seed: int = 0) -> torch.Tensor:

@@ -35,11 +35,11 @@ from multigrain.inference.prepare import PreparedModel, prepare_model
 from multigrain.runtime.distributed import DistributedContext
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
+from multigrain.search.classifier_fold import descriptor_classifier
 from multigrain.search.descriptors import check_compatible
 from multigrain.search.index import ImageIndex
 from multigrain.search.index_lock import lock_for_edit
 from multigrain.search.index_store import load_index, save_index
-from multigrain.search.whitening import descriptor_classifier
 
 PathLike = str | os.PathLike[str]
 

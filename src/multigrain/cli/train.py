@@ -181,12 +181,18 @@ def train(
         keep_every_steps=keep_every_steps,
         log_every=log_every,
     )
+    from multigrain.runtime.distributed import shutdown_distributed
+
     try:
         result = run_training(config, resume=resume, overwrite=overwrite)
     except TrainingInterrupted as stop:
         typer.echo(f"interrupted: {stop}", err=True)
         # sys.exit, not typer.Exit: main() adds its generic line to a returned 130
         sys.exit(stop.exit_status)
+    finally:
+        # under torchrun: a gloo group left to the interpreter's exit can abort the process
+        # ("terminate called without an active exception", SIGABRT) after a finished run
+        shutdown_distributed()
     if result.history:
         last = result.history[-1]
         echo(

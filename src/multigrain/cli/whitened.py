@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from multigrain.search.whitening import Whitening, fold_into_classifier
+from multigrain.search.classifier_fold import fold_into_classifier
+from multigrain.search.whitening import Whitening
 
 
 class WhitenedClassifier(torch.nn.Module):

@@ -25,7 +25,8 @@ from multigrain.inference.embed import embed_in_memory
 from multigrain.inference.feature_maps import FeatureMaps, extract_feature_maps
 from multigrain.metrics import rank_of_match, single_positive_map, top_k_accuracy
 from multigrain.models import MultiGrain
-from multigrain.search.whitening import fit_whitening, fold_into_classifier
+from multigrain.search.classifier_fold import fold_into_classifier
+from multigrain.search.whitening import fit_whitening
 
 
 class PathImages:

@@ -31,6 +31,13 @@ def new_base_index(dim: int, factory: str) -> Any:
     try:
         base = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as error:
+        if "multiple of the number of subquantizers" in str(error):
+            # whitened descriptors are d + 1 long (the constant coordinate): e.g. 257
+            raise MultiGrainError(
+                f"{factory!r} splits each {dim}-d descriptor into sub-vectors, which needs "
+                f"{dim} to be a multiple of their number: put an OPQ rotation to a multiple "
+                f"in front, e.g. 'OPQ32_{dim - dim % 32 or 32},{factory}'"
+            ) from error
         raise MultiGrainError(
             f"invalid faiss factory string {factory!r}: try {FACTORY_EXAMPLES}"
         ) from error
