@@ -80,3 +80,19 @@ def test_the_stored_descriptor_classifies_as_the_images_do():
     from_vectors = model.classify_descriptors(vectors, top_k=1)
     from_images = model.classify(paths, top_k=1)
     assert [row[0] for row in from_vectors] == [p.labels[0] for p in from_images]
+
+
+def test_a_python_index_stores_paths_found_from_any_folder(tmp_path, monkeypatch):
+    """Index.build/add from relative names store absolute paths, as `index build` does."""
+    import multigrain
+
+    rng = np.random.default_rng(1)
+    for index in range(3):
+        make_pattern(rng, index, 64).save(tmp_path / f"{index}.png")
+    monkeypatch.chdir(tmp_path)
+    model = multigrain.load(precision="fp32")
+    index = multigrain.Index.build(model, ["0.png", "1.png"])
+    index.add(["2.png"])
+    monkeypatch.chdir(tmp_path.parent)  # elsewhere: the stored paths still name the files
+    found = index.search([tmp_path / "2.png"], k=1)[0][0]
+    assert found.path == str(tmp_path / "2.png") and Path(found.path).is_file()

@@ -199,7 +199,7 @@ class Index:
     @classmethod
     def build(cls, model: Model, images: Sequence[PathLike]) -> Index:
         descriptors = model.embed(images)
-        paths = [str(Path(image)) for image in images]
+        paths = [os.path.abspath(image) for image in images]  # found from any folder
         metadata = model.prepared.embedding_metadata(model.precision)
         return cls(model, ImageIndex.build(descriptors, paths, metadata=metadata))
 
@@ -219,7 +219,7 @@ class Index:
             return save_index(self.index, folder)
 
     def add(self, images: Sequence[PathLike]) -> None:
-        self.index.add(self.model.embed(images), [str(Path(image)) for image in images])
+        self.index.add(self.model.embed(images), [os.path.abspath(image) for image in images])
 
     def __len__(self) -> int:
         return len(self.index.paths)

@@ -127,11 +127,11 @@ def _draft_size(width: int, height: int, longest_side: int) -> tuple[int, int]:
 def _upright(image: Image.Image, path: Path) -> Image.Image:
     """Apply the EXIF orientation; a broken EXIF block only costs the rotation."""
     try:
-        upright = ImageOps.exif_transpose(image)
+        # in place: a rotated copy beside the decoded image would double its peak memory
+        ImageOps.exif_transpose(image, in_place=True)
     except _DECODE_ERRORS as error:
         logger.warning("ignoring unreadable EXIF orientation of %s: %s", path, error)
-        return image
-    return upright if upright is not None else image
+    return image
 
 
 def _short_reason(error: BaseException) -> str:
