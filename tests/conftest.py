@@ -23,6 +23,16 @@ def cli(*args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def sigint_as_in_a_terminal() -> None:
+    """A ``preexec_fn`` for a child that a test stops with SIGINT: the default disposition,
+    as in a terminal's foreground job. A shell starting a job in the background (``cmd &``
+    in a script, as a CI runner may) sets SIGINT to ignored, every descendant inherits it,
+    and Python then installs no KeyboardInterrupt handler: Ctrl-C would reach nothing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_main(*args: str) -> tuple[int, str]:
     """`multigrain ARGS` through main() in this process -> (exit status, stderr)."""
     code, _, stderr = run_main_output(*args)

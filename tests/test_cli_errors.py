@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_pattern, run_main
+from conftest import make_pattern, run_main, sigint_as_in_a_terminal
 
 from multigrain.cli import main as cli_main
 from multigrain.data.inference_loading import decoded_batches, worker_message
@@ -308,25 +308,38 @@ def test_file_where_a_folder_is_expected_and_back(
 @pytest.mark.slow
 def test_ctrl_c_in_any_command_says_so(tmp_path: Path) -> None:
     """Issue 16: Typer turned Ctrl-C inside a command into a silent exit 130."""
+    import errno
     import signal
     import time
 
     blocking = tmp_path / "waits.jpg"
-    os.mkfifo(blocking)  # classify waits on it forever
+    os.mkfifo(blocking)  # classify blocks reading it
     process = subprocess.Popen(
-        [sys.executable, "-m", "multigrain", "classify", str(blocking)],
+        [sys.executable, "-m", "multigrain", "classify", str(blocking), "--workers", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=sigint_as_in_a_terminal,
     )  # fmt: skip
+    writer = None
     try:
-        time.sleep(15)  # start-up and model loading, then the read of the FIFO blocks
-        assert process.poll() is None, process.communicate()
+        # the write end opens (non-blocking) only once a reader has the FIFO open: then the
+        # command is past start-up and waiting for the image's bytes
+        deadline = time.monotonic() + 300
+        while writer is None:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            try:
+                writer = os.open(blocking, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as error:
+                assert error.errno == errno.ENXIO, error
+                time.sleep(0.1)
+        time.sleep(0.5)
         os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal
         _, stderr = process.communicate(timeout=60)
     finally:
+        if writer is not None:
+            os.close(writer)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
-    # one line (the shorter one if a slow machine was still loading the libraries)
-    assert len(lines) == 1 and lines[0].startswith("interrupted (SIGINT)"), stderr
+    assert lines == ["interrupted (SIGINT): the command stopped before it finished"], stderr

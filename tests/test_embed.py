@@ -279,9 +279,11 @@ def interrupted_embed(command: list[str], out: Path, waiting: int, signum: int) 
     import signal
     import time
 
+    from conftest import sigint_as_in_a_terminal
+
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=sigint_as_in_a_terminal,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
