@@ -86,11 +86,12 @@ class ServerProcess:
                 self.kill()
 
 
-def chunked_upload(port: int, path: str, total: int) -> tuple[int, str]:
+def chunked_upload(port: int, path: str, total: int, *, timeout: float = 120.0) -> tuple[int, str]:
     """POST a chunked multipart body of `total` bytes (no Content-Length) on a raw socket.
 
     Returns (body bytes sent before the server answered or closed, its status line, or ''
-    when the connection was reset before the answer could be read).
+    when the connection was reset before the answer could be read). Used by
+    tests/test_service_hardening.py too.
     """
     boundary = "b0undary"
     head = (
@@ -102,7 +103,7 @@ def chunked_upload(port: int, path: str, total: int) -> tuple[int, str]:
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
     chunk, sent = 64 * 1024, 0
-    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(head)
         try:
             body = part

@@ -33,6 +33,15 @@ def sigint_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now, for a server a test starts."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def run_main(*args: str) -> tuple[int, str]:
     """`multigrain ARGS` through main() in this process -> (exit status, stderr)."""
     code, _, stderr = run_main_output(*args)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
+from conftest import free_port
 from PIL import Image
 
 from multigrain.inference.embed import embed_in_memory
@@ -49,12 +49,6 @@ def _png_bytes(seed: int, *, portrait: bool = False) -> bytes:
     return buffer.getvalue()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Served(NamedTuple):
     base: str
     images: list[Path]
@@ -64,7 +58,7 @@ class Served(NamedTuple):
 @contextlib.contextmanager
 def _serving(app: object) -> Iterator[str]:
     """Run `app` under uvicorn on a free loopback port; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()

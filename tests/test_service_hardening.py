@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +25,9 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import free_port
 from PIL import Image
+from service_server import chunked_upload  # benchmarks/, on pytest's pythonpath
 
 from multigrain.inference.embed import embed_in_memory
 from multigrain.inference.store import EmbeddingMetadata, merge_shards, shard_name, write_shard
@@ -65,12 +65,6 @@ def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess
         [sys.executable, "-m", "multigrain", *args],
         cwd=cwd, capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server(NamedTuple):
@@ -158,7 +152,7 @@ def open_server(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     for path in stale:
         path.write_bytes(b"\x89PNG half an upload")
         os.utime(path, (time.time() - 7200, time.time() - 7200))
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MULTIGRAIN_TOKEN"}
     args = ["--index", str(built / "index"), "--data-dir", str(data), "-c",
             str(built / "model.pt"), "--max-pixels", str(MAX_PIXELS),
@@ -197,43 +191,6 @@ def test_cli_edit_of_a_served_index_is_refused_not_lost(open_server: Server) -> 
 
 
 # --------------------------------------------------------------------------- item 4
-def _chunked_upload(port: int, path: str, total: int, headers: str = "") -> tuple[int, str]:
-    """POST a chunked multipart body of `total` bytes (no Content-Length) over a raw socket.
-
-    Returns (bytes of the body sent before the server answered or closed, the status line
-    or '' if the connection was reset before an answer could be read).
-    """
-    boundary = "b0undary"
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nTransfer-Encoding: chunked\r\n"
-        f"Content-Type: multipart/form-data; boundary={boundary}\r\n{headers}\r\n"
-    ).encode()
-    part = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-    chunk = 64 * 1024
-    sent = 0
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(head)
-        try:
-            body = part
-            while sent < total:
-                if select.select([sock], [], [], 0)[0]:
-                    break  # the server answered (or closed) before the end of the body
-                payload = body + b"\0" * (chunk - len(body))
-                body = b""
-                sock.sendall(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
-                sent += len(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        try:
-            answer = sock.recv(4096).decode("latin-1")
-        except ConnectionResetError:
-            answer = ""
-    return sent, answer.split("\r\n", 1)[0]
-
-
 def _written_bytes(pid: int) -> int:
     """Bytes the process has written so far (files and sockets), from /proc/PID/io."""
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():
@@ -246,7 +203,7 @@ def test_chunked_oversize_upload_is_refused_while_streaming(open_server: Server)
     """Before: the whole chunked body was spooled to a temporary file, then 413."""
     total = 96 * 2**20
     written = _written_bytes(open_server.process.pid)
-    sent, status = _chunked_upload(open_server.port, "/search", total)
+    sent, status = chunked_upload(open_server.port, "/search", total, timeout=30)
     spooled = _written_bytes(open_server.process.pid) - written
     print(f"sent {sent} bytes, the server wrote {spooled}, answer {status!r}")
     assert sent < 24 * 2**20, f"the server read {sent} bytes of an oversized body"
@@ -301,7 +258,7 @@ def test_concurrent_large_decodes_stay_within_the_pixel_budget(open_server: Serv
 def test_a_blank_token_is_refused_at_start(built: Path, tmp_path: Path) -> None:
     """Before: MULTIGRAIN_TOKEN="" served with authentication silently off."""
     env = {**os.environ, "MULTIGRAIN_TOKEN": ""}
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "multigrain", "serve", "--index", str(built / "index"),
                "--data-dir", str(tmp_path / "data"), "-c", str(built / "model.pt"),
                "--port", str(port)]  # fmt: skip
@@ -368,7 +325,7 @@ def token_server(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     from multigrain.search.index_store import save_index
 
     save_index(load_index(built / "index"), folder / "index")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "MULTIGRAIN_TOKEN"}
     args = ["--index", str(folder / "index"), "--data-dir", str(folder / "data"), "-c",
             str(built / "model.pt"), "--token-file", str(token_file),
@@ -388,7 +345,7 @@ def test_token_file_and_the_token_is_checked_before_the_body(token_server: Serve
     assert httpx.post(f"{base}/index", files=_upload(_png(8)), headers=auth).status_code == 200
     # a body under the byte limit, but without the token: refused before it is read
     written = _written_bytes(pid)
-    sent, status = _chunked_upload(port, "/index", 900 * 1024)
+    sent, status = chunked_upload(port, "/index", 900 * 1024, timeout=30)
     assert status in ("", "HTTP/1.1 401 Unauthorized")
     assert _written_bytes(pid) - written < 64 * 1024
 

@@ -17,16 +17,13 @@ from pathlib import Path
 
 import typer
 
-#: Relative paths checked for existence when an embed output is indexed.
-CHECKED = 100
-
 
 def absolute_paths(paths: Sequence[str], source: Path) -> list[str]:
     """`paths` of the embed output `source`, each relative one made absolute against the
     current folder; warns (stderr) when some of those do not exist from here."""
-    relative = [p for p in paths if not os.path.isabs(p)]
-    sample = relative[:: max(1, len(relative) // CHECKED)][:CHECKED]
-    missing = [p for p in sample if not os.path.exists(p)]
+    from multigrain.data.listing import missing_relative_paths
+
+    missing = missing_relative_paths(paths)
     if missing:
         typer.echo(
             f"warning: {source} holds relative paths that do not exist from {Path.cwd()} "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from multigrain.runtime.errors import MultiGrainError
@@ -65,6 +65,20 @@ def printable_path(path: str | os.PathLike[str]) -> str:
     if not is_utf8_name(text):
         return repr(os.fsencode(text))[1:]  # b'caf\xe9.jpg' -> 'caf\xe9.jpg'
     return repr(text)
+
+
+#: How many relative paths :func:`missing_relative_paths` checks, spread over the list.
+CHECKED_RELATIVE_PATHS = 100
+
+
+def missing_relative_paths(paths: Sequence[str]) -> list[str]:
+    """Those of a sample of the relative `paths` (at most :data:`CHECKED_RELATIVE_PATHS`,
+    spread over the list) that do not exist from the current folder: a quick test of
+    whether stored relative paths were relative to here."""
+    relative = [p for p in paths if not os.path.isabs(p)]
+    step = max(1, len(relative) // CHECKED_RELATIVE_PATHS)
+    sample = relative[::step][:CHECKED_RELATIVE_PATHS]
+    return [p for p in sample if not os.path.exists(p)]
 
 
 def is_image_name(name: str, *, suffixes: tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:

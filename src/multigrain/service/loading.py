@@ -9,16 +9,16 @@ returns the shared :class:`~multigrain.service.state.Service`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 from pathlib import Path
 
 import torch
 
+from multigrain.data.listing import missing_relative_paths
 from multigrain.inference.fast_trunk import fast_trunk_for
 from multigrain.inference.prepare import DEFAULT_RESOLUTION, prepare_model
 from multigrain.runtime.errors import MultiGrainError
-from multigrain.runtime.folder_lock import FolderLock
 from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
 from multigrain.search.descriptors import check_compatible
 from multigrain.search.index_lock import lock_for_serving
@@ -34,8 +34,6 @@ logger = logging.getLogger(__name__)
 FALLBACK_PRECISION = InferencePrecision.FP32
 #: Index images an int8 trunk is calibrated on (spread over the index).
 CALIBRATION_IMAGES = 32
-#: Relative index paths checked for existence at start.
-CHECKED_PATHS = 100
 
 
 def open_service(
@@ -71,109 +69,82 @@ def open_service(
         raise MultiGrainError(f"the decode memory must be >= 1 byte, got {decode_memory_bytes}")
     # absolute: index_store opens its sqlite file by URI, which a relative path cannot be
     index_folder, data_dir = index_folder.resolve(), data_dir.resolve()
+    decode_memory_bytes = decode_memory_bytes or default_budget(max_pixels)
     index_lock = lock_for_serving(index_folder)  # before loading: nobody changes it under us
-    try:
-        return _open(
-            index_lock, checkpoint=checkpoint, index_folder=index_folder, data_dir=data_dir,
-            token=token, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
-            device=device, precision=precision, max_batch=max_batch, batch_wait_s=batch_wait_s,
-            request_timeout=request_timeout,
-            decode_memory_bytes=decode_memory_bytes or default_budget(max_pixels),
+    with contextlib.ExitStack() as on_failure:
+        on_failure.callback(index_lock.release)  # a failed start leaves the folder free
+        index = load_index(index_folder)
+        warn_of_missing_relative_paths(index.paths, index_folder)
+        metadata = index.metadata  # None: an index built without any (s = 500, p the model's)
+        whitened = metadata is not None and metadata.whitened
+        resolution = metadata.resolution if metadata is not None else DEFAULT_RESOLUTION
+        torch_device = torch.device(device)
+        if checkpoint is None and metadata is not None and metadata.bundle:
+            checkpoint = Path(metadata.bundle)
+        prepared = prepare_model(
+            checkpoint, resolution=resolution,
+            exponent=metadata.exponent if metadata is not None else None,
+            use_bundle_whitening=whitened, device=torch_device,
         )  # fmt: skip
-    except BaseException:
-        index_lock.release()
-        raise
-
-
-def _open(
-    index_lock: FolderLock,
-    *,
-    checkpoint: Path | None,
-    index_folder: Path,
-    data_dir: Path,
-    token: str | None,
-    max_upload_bytes: int,
-    max_pixels: int,
-    device: str | torch.device,
-    precision: InferencePrecision | str | None,
-    max_batch: int,
-    batch_wait_s: float,
-    request_timeout: float | None,
-    decode_memory_bytes: int,
-) -> Service:
-    """open_service once the index folder is locked."""
-    index = load_index(index_folder)
-    warn_of_missing_relative_paths(index.paths, index_folder)
-    metadata = index.metadata  # None: an index built without any (s = 500, p the model's)
-    whitened = metadata is not None and metadata.whitened
-    resolution = metadata.resolution if metadata is not None else DEFAULT_RESOLUTION
-    torch_device = torch.device(device)
-    if checkpoint is None and metadata is not None and metadata.bundle:
-        checkpoint = Path(metadata.bundle)
-    prepared = prepare_model(
-        checkpoint, resolution=resolution,
-        exponent=metadata.exponent if metadata is not None else None,
-        use_bundle_whitening=whitened, device=torch_device,
-    )  # fmt: skip
-    for note in prepared.notes:
-        logger.warning("%s", note)
-    if whitened and prepared.whitening is None:
-        raise MultiGrainError(
-            f"the index {index_folder} holds whitened descriptors, but the model has no "
-            "whitening at its s and p*: serve the model bundle that embedded it, or build the "
-            "index from unwhitened embeddings"
+        for note in prepared.notes:
+            logger.warning("%s", note)
+        if whitened and prepared.whitening is None:
+            raise MultiGrainError(
+                f"the index {index_folder} holds whitened descriptors, but the model has no "
+                "whitening at its s and p*: serve the model bundle that embedded it, or build the "
+                "index from unwhitened embeddings"
+            )
+        if precision is None:
+            precision = metadata.precision if metadata is not None else FALLBACK_PRECISION
+        used = resolve_inference_precision(precision, torch_device)
+        if metadata is not None:  # a query must be described as the indexed images were
+            check_compatible(
+                metadata, prepared.embedding_metadata(used), what=f"the index {index_folder}"
+            )
+        trunk = fast_trunk_for(
+            prepared.model, used, device=torch_device, resolution=resolution,
+            max_pixels=max_pixels, calibration_images=CALIBRATION_IMAGES,
+            calibration_paths=[Path(p) for p in index.paths],
+        )  # fmt: skip
+        (data_dir / "uploads").mkdir(parents=True, exist_ok=True)
+        stored = load_threshold(index_folder)
+        if stored is not None and stored.background is not None:
+            logger.warning("the threshold of %s is on normalised scores: not applied", index_folder)
+            stored = None
+        logger.info(
+            "serving %d images at s=%d, p=%g, %s", len(index), resolution,
+            float(prepared.model.pool.p), used.value,
+        )  # fmt: skip
+        scratch = open_scratch(data_dir / "tmp")
+        service = Service(
+            index_lock=index_lock,
+            scratch=scratch,
+            decode_budget=DecodeBudget(decode_memory_bytes),
+            model=prepared.model,
+            trunk=trunk,
+            classes=list(prepared.classes),
+            index=index,
+            index_folder=index_folder,
+            data_dir=data_dir,
+            resolution=resolution,
+            token=token,
+            max_upload_bytes=max_upload_bytes,
+            max_pixels=max_pixels,
+            device=torch_device,
+            request_timeout=request_timeout,
+            threshold=stored.threshold if stored is not None else prepared.threshold,
+            whitening=prepared.whitening,
+            max_batch=max_batch,
+            batch_wait_s=batch_wait_s,
         )
-    if precision is None:
-        precision = metadata.precision if metadata is not None else FALLBACK_PRECISION
-    used = resolve_inference_precision(precision, torch_device)
-    if metadata is not None:  # a query must be described as the indexed images were
-        check_compatible(
-            metadata, prepared.embedding_metadata(used), what=f"the index {index_folder}"
-        )
-    trunk = fast_trunk_for(
-        prepared.model, used, device=torch_device, resolution=resolution,
-        max_pixels=max_pixels, calibration_images=CALIBRATION_IMAGES,
-        calibration_paths=[Path(p) for p in index.paths],
-    )  # fmt: skip
-    (data_dir / "uploads").mkdir(parents=True, exist_ok=True)
-    stored = load_threshold(index_folder)
-    if stored is not None and stored.background is not None:
-        logger.warning("the threshold of %s is on normalised scores: not applied", index_folder)
-        stored = None
-    logger.info(
-        "serving %d images at s=%d, p=%g, %s", len(index), resolution,
-        float(prepared.model.pool.p), used.value,
-    )  # fmt: skip
-    scratch = open_scratch(data_dir / "tmp")
-    return Service(
-        index_lock=index_lock,
-        scratch=scratch,
-        decode_budget=DecodeBudget(decode_memory_bytes),
-        model=prepared.model,
-        trunk=trunk,
-        classes=list(prepared.classes),
-        index=index,
-        index_folder=index_folder,
-        data_dir=data_dir,
-        resolution=resolution,
-        token=token,
-        max_upload_bytes=max_upload_bytes,
-        max_pixels=max_pixels,
-        device=torch_device,
-        request_timeout=request_timeout,
-        threshold=stored.threshold if stored is not None else prepared.threshold,
-        whitening=prepared.whitening,
-        max_batch=max_batch,
-        batch_wait_s=batch_wait_s,
-    )
+        on_failure.pop_all()  # the service holds the lock from here
+    return service
 
 
 def warn_of_missing_relative_paths(paths: list[str], index_folder: Path) -> None:
     """Log when the index's relative paths (indexes built before paths were stored
     absolute) do not exist from the current folder: their thumbnails would be 410s."""
-    relative = [p for p in paths if not os.path.isabs(p)]
-    sample = relative[:: max(1, len(relative) // CHECKED_PATHS)][:CHECKED_PATHS]
-    missing = [p for p in sample if not os.path.exists(p)]
+    missing = missing_relative_paths(paths)
     if missing:
         logger.warning(
             "%s lists images by paths relative to the folder it was built in, and %s does "
