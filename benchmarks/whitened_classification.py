@@ -114,17 +114,31 @@ def unit(x: torch.Tensor) -> torch.Tensor:
     return nn.functional.normalize(x, dim=1)
 
 
-def with_one(x: torch.Tensor) -> torch.Tensor:
-    """l2n([e, 1]): the authors' input to their PCA (the constant carries the bias)."""
-    return unit(torch.cat([x, torch.ones_like(x[:, :1])], dim=1))
-
-
-#: What the whitening is fitted on and applied to, by name.
-PREPARATIONS = {
-    "fitted on raw embeddings": lambda x: x,
-    "fitted on L2-normalised": unit,
-    "fitted on l2n([e, 1]) (the authors')": with_one,
+#: What the whitening sees of a raw embedding e, by name: e, l2n(e), l2n([e, 1]).
+INPUTS = {
+    "fitted on raw embeddings": WhiteningInput.RAW,
+    "fitted on L2-normalised": WhiteningInput.UNIT,
+    "fitted on l2n([e, 1]) (the authors')": WhiteningInput.UNIT_WITH_ONE,
 }
+
+
+def table_dims(fit: torch.Tensor) -> list[int]:
+    """Kept dimensions of the top-1 table: those below the fit set's size, and the full one
+    D + 1 (above the fit set's rank when it is small; the shrinkage defines it)."""
+    return [d for d in (8, 16, 32, 64, 128, 256) if d < len(fit)] + [fit.shape[1] + 1]
+
+
+def whitened_similarities(
+    fit: torch.Tensor, queries: torch.Tensor, references: torch.Tensor, *, dim: int,
+    shrinkage: float,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Raw embeddings -> per whitening input (:data:`INPUTS`), the (Q, R) cosine similarities
+    of the whitened queries and references."""
+    similarities = {}
+    for name, kind in INPUTS.items():
+        whitening = fit_whitening(fit, dim=dim, shrinkage=shrinkage, input=kind)
+        similarities[name] = (whitening.apply(queries) @ whitening.apply(references).T).numpy()
+    return similarities
 
 
 def builtin_copy_scores(similarity: np.ndarray, pairs: list[tuple[int, int]]) -> dict[str, float]:
@@ -155,22 +169,20 @@ def demo_main(args: argparse.Namespace) -> None:
         "heldout_classes": labelled_set(model, args.builtin / "heldout_classes", classes, s),
         "train_labelled": labelled_set(model, args.builtin / "train", classes, s),
     }
-    # the full dimension D + 1 too: more than the fit set's rank, defined by the shrinkage
-    dims = [d for d in (8, 16, 32, 64, 128, 256) if d < len(fit)] + [fit.shape[1] + 1]
-    table = top1_table(model.classifier, fit, sets, dims, shrinkage)
+    table = top1_table(model.classifier, fit, sets, table_dims(fit), shrinkage)
     copies = read_disc21(args.builtin / "copydetection")
     queries = raw_embeddings(model, copies.queries, s)
     references = raw_embeddings(model, copies.references, s)
-    retrieval: dict[str, Any] = {
-        "no whitening": builtin_copy_scores((unit(queries) @ unit(references).T).numpy(),
-                                            copies.ground_truth),
-    }  # fmt: skip
     dim = min(DemoSettings().whitening_dim, len(fit) - 1, fit.shape[1])
-    for name, prepare in PREPARATIONS.items():
-        whitening = fit_whitening(prepare(fit), dim=dim, shrinkage=shrinkage)
-        matrix = whitening.apply(prepare(queries)) @ whitening.apply(prepare(references)).T
-        retrieval[name] = builtin_copy_scores(matrix.numpy(), copies.ground_truth)
-        print(name, retrieval[name], flush=True)
+    similarities = {
+        "no whitening": (unit(queries) @ unit(references).T).numpy(),
+        **whitened_similarities(fit, queries, references, dim=dim, shrinkage=shrinkage),
+    }
+    retrieval = {
+        name: builtin_copy_scores(matrix, copies.ground_truth)
+        for name, matrix in similarities.items()
+    }
+    print(json.dumps(retrieval), flush=True)
     report = {
         "benchmark": "whitened_classification",
         "command": "benchmarks/whitened_classification.py --demo runs/demo --builtin "
@@ -213,19 +225,19 @@ def main(argv: list[str] | None = None) -> None:
         "classes_heldout": labelled_set(model, args.corpus / "classes_heldout", classes, s),
         "train_labelled": labelled_set(model, args.corpus / "train", classes, s),
     }
-    dims = [d for d in (8, 16, 32, 64, 128, 256) if d < len(fit)] + [fit.shape[1] + 1]
-    table = top1_table(model.classifier, fit, sets, dims, shrinkage)
+    table = top1_table(model.classifier, fit, sets, table_dims(fit), shrinkage)
 
     copies = read_copy_set(args.corpus / "validation")
     originals = raw_embeddings(model, copies.originals, s)
     queries = raw_embeddings(model, copies.queries, s)
     retrieval = {}
-    for name, prepare in PREPARATIONS.items():
-        whitening = fit_whitening(prepare(fit), dim=shipped_dim, shrinkage=shrinkage)
-        matrix = (whitening.apply(prepare(queries)) @ whitening.apply(prepare(originals)).T).numpy()
-        scores = score_similarities(name, np.asarray(matrix), copies)
+    similarities = whitened_similarities(
+        fit, queries, originals, dim=shipped_dim, shrinkage=shrinkage
+    )
+    for name, matrix in similarities.items():
+        scores = score_similarities(name, matrix, copies)
         retrieval[name] = {"map": scores.map, "micro_ap": scores.micro_ap}
-        print(name, retrieval[name], flush=True)
+    print(json.dumps(retrieval), flush=True)
     report = {
         "benchmark": "whitened_classification",
         "command": "benchmarks/whitened_classification.py --output "
