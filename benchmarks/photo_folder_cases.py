@@ -37,6 +37,10 @@ def cases() -> dict[str, tuple[list[str], int]]:
     }
 
 
+def _pairs(group: list[str]) -> list[tuple[str, str]]:
+    return [(a, b) for i, a in enumerate(group) for b in group[i + 1 :]]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for the cases")
@@ -62,11 +66,22 @@ def main(argv: list[str] | None = None) -> None:
         groups = [[Path(member.path).name for member in group.members] for group in report.groups]
         scores = score_groups(truth, groups)
         found = report_dict(report)
+        # matching points of the true pairs found (None: a pair not matched)
+        true_pair = {frozenset(pair) for group in truth["groups"] for pair in _pairs(group)}
+        points = [
+            pair.inliers
+            for group in report.groups
+            for pair in group.pairs
+            if frozenset((Path(pair.a).name, Path(pair.b).name)) in true_pair
+        ]
         results[name] = {
             "packages": packages,
             "images": report.num_images,
             "threshold": report.threshold,
             "calibration": found["calibration"],
+            "min_inliers": found["min_inliers"],
+            "verification": found["verification"],
+            "true_pairs_matching_points": sorted(points, key=lambda c: -1 if c is None else c),
             "seconds": round(seconds, 1),
             "true_groups": scores.true_groups,
             "found_exactly": len(scores.exact),

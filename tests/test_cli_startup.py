@@ -16,7 +16,7 @@ import pytest
 import multigrain
 
 #: What `multigrain --help`, `--version` and `multigrain COMMAND --help` must not import.
-HEAVY = ("torch", "torchvision", "faiss", "numpy", "PIL", "fastapi", "matplotlib")
+HEAVY = ("torch", "torchvision", "faiss", "numpy", "PIL", "fastapi", "matplotlib", "cv2")
 
 
 def imported_modules(stderr: str) -> set[str]:

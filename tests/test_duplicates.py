@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from multigrain.duplicates.calibration import CalibrationSample, folder_threshold, sample_links
 from multigrain.duplicates.exact import exact_groups
@@ -169,6 +169,24 @@ def test_find_duplicates_finds_every_copy_and_nothing_else(tmp_path: Path) -> No
             w, h = image.size
             image.crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(folder / "zz-crop.jpg")
             truth.append({name, "zz-crop.jpg"})
+        elif number == 5:  # a 70 % crop: the descriptors alone leave it apart
+            w, h = image.size
+            image.crop((w // 10, h // 5, w // 10 + 7 * w // 10, h // 5 + 7 * h // 10)).save(
+                folder / "zz-crop70.jpg", quality=85
+            )
+            truth.append({name, "zz-crop70.jpg"})
+        elif number == 6:  # a caption bar over the bottom sixth
+            captioned = image.copy()
+            draw = ImageDraw.Draw(captioned)
+            draw.rectangle((0, captioned.height * 5 // 6, captioned.width, captioned.height), 0)
+            draw.text((12, captioned.height * 5 // 6 + 10), "summer 2026", fill=(255, 255, 0))
+            captioned.save(folder / "zz-caption.jpg", quality=85)
+            truth.append({name, "zz-caption.jpg"})
+        elif number == 7:  # rotated 7 degrees, the corners cropped away
+            w, h = image.size
+            turned = image.rotate(7, resample=Image.Resampling.BILINEAR)
+            turned.crop((w // 8, h // 8, w - w // 8, h - h // 8)).save(folder / "zz-rotated.jpg")
+            truth.append({name, "zz-rotated.jpg"})
     out = tmp_path / "out"
     result = cli("find-duplicates", str(folder), "-o", str(out))
     assert "calibrated" in result.stdout
@@ -186,6 +204,16 @@ def test_find_duplicates_finds_every_copy_and_nothing_else(tmp_path: Path) -> No
     assert report["calibration"]["estimated_precision"] >= 0.9
     assert report["calibration"]["reached_target"] and report["score"] == "neighbourhood"
     assert -2 <= report["threshold"] <= 2
+    # the crop, the caption and the rotation are linked by matching points
+    assert report["min_inliers"] >= 15 and report["verification"]["recall"] > 0.3
+    linked_by_points = {
+        frozenset((Path(p["a"]).name, Path(p["b"]).name))
+        for g in report["groups"]
+        for p in g["pairs"]
+        if p["linked"] and p["inliers"] is not None and p["inliers"] >= report["min_inliers"]
+    }
+    for copy in ("zz-crop70.jpg", "zz-caption.jpg", "zz-rotated.jpg"):
+        assert any(copy in pair for pair in linked_by_points), copy
     assert (out / "contact-sheet.html").read_text().count("<section>") == len(truth)
     assert len((out / "groups.csv").read_text().splitlines()) == 1 + 2 * len(truth)
     # a rerun reuses the cached descriptors: nothing is embedded again

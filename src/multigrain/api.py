@@ -246,6 +246,8 @@ def find_duplicates(
     precision: float = 0.9,
     threshold: float | None = None,
     score: ScoreKind | str = ScoreKind.NEIGHBOURHOOD,
+    verify: bool = True,
+    min_inliers: int | None = None,
     device: str = "cpu",
     progress: bool = False,
 ) -> DuplicateReport:
@@ -254,7 +256,9 @@ def find_duplicates(
     Descriptors are cached in ``OUTPUT/embeddings`` (default OUTPUT: ``FOLDER-duplicates``
     beside the folder), where groups.json, groups.csv and contact-sheet.html are written.
     `score` is what pairs are linked by: "neighbourhood" (the cosine minus what both images
-    score with the rest of the folder) or "cosine"; `threshold` is in its units.
+    score with the rest of the folder) or "cosine"; `threshold` is in its units. `verify`
+    also matches each image point for point with its nearest and links the pairs with at
+    least `min_inliers` matching points (calibrated unless given).
     """
     source = Path(folder)
     target = Path(output) if output else default_output(source)
@@ -263,7 +267,7 @@ def find_duplicates(
     report = find_duplicates_in_folder(
         source, prepared, cache=target / "embeddings", context=context,
         target_precision=precision, threshold=threshold, score_kind=ScoreKind(score),
-        progress=progress,
+        verify=verify, min_inliers=min_inliers, progress=progress,
     )  # fmt: skip
     write_outputs(report, target)
     return report

@@ -62,6 +62,22 @@ def find_duplicates(
     samples: Annotated[
         int, typer.Option(min=10, help="images sampled to make synthetic copies of")
     ] = 100,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="also match each image point for point with its nearest (finds crops and "
+            "copies with text or bars)",
+        ),
+    ] = True,
+    min_inliers: Annotated[
+        int | None,
+        typer.Option(
+            min=3,
+            help="matching points that link a pair, instead of calibrating it "
+            "[default: 15, or more where unrelated pairs of FOLDER reach it]",
+        ),
+    ] = None,
     device: DeviceOption = "auto",
     seed: Annotated[int, typer.Option(min=0, help="seed of the calibration sample and copies")] = 0,
 ) -> None:
@@ -73,8 +89,9 @@ def find_duplicates(
     """
     from multigrain.cli.loading import prepare
     from multigrain.data.listing import printable_path
-    from multigrain.duplicates.folder import GroupKind, ScoreKind, find_duplicates_in_folder
-    from multigrain.duplicates.outputs import default_output, write_outputs
+    from multigrain.duplicates.folder import ScoreKind, find_duplicates_in_folder
+    from multigrain.duplicates.groups import GroupKind
+    from multigrain.duplicates.outputs import default_output, summary_lines, write_outputs
     from multigrain.runtime.distributed import init_distributed, shutdown_distributed
     from multigrain.runtime.errors import MultiGrainError
 
@@ -88,7 +105,7 @@ def find_duplicates(
         report = find_duplicates_in_folder(
             folder, prepared, cache=target / "embeddings", context=context,
             target_precision=precision, threshold=threshold, num_sources=samples, seed=seed,
-            score_kind=ScoreKind(score.value),
+            score_kind=ScoreKind(score.value), verify=verify, min_inliers=min_inliers,
         )  # fmt: skip
     except BaseException:
         remove_created(created, keep="*.npz")  # shards: work a rerun continues from
@@ -96,23 +113,8 @@ def find_duplicates(
     finally:
         shutdown_distributed()
     written = write_outputs(report, target)
-    calibration = report.calibration
-    if calibration is not None:
-        echo(
-            f"threshold {report.threshold:.3f} ({report.score_kind.value} score), calibrated on "
-            f"{calibration.num_sources} of the images: links estimated "
-            f"{calibration.estimated_precision:.0%} true ({calibration.expected_false_links:.1f} "
-            f"unrelated pairs expected among {calibration.folder_links}); recall "
-            f"{calibration.estimated_recall:.0%} on synthetic copies"
-        )
-        if not calibration.reached_target:
-            echo(
-                f"warning: the target precision {calibration.target_precision:g} was not "
-                "reached (too many look-alikes for this model): the threshold is where the "
-                "estimate is best; pass --threshold to choose another"
-            )
-    else:
-        echo(f"threshold {report.threshold:.3f} ({report.score_kind.value} score, given)")
+    for line in summary_lines(report):
+        echo(line)
     exact = sum(1 for group in report.groups if group.kind is GroupKind.EXACT)
     echo(
         f"{report.num_images} images: {len(report.groups)} groups ({exact} of identical files), "

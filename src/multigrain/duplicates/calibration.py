@@ -1,4 +1,6 @@
 """A threshold without labels: calibrated on the user's own collection.
+Over 300 lines because both operating points, the score's and point matching's, are
+measured on the same synthetic queries in one pass over the sample.
 
 A person with a folder of photos has no labelled copies, so we make some: a seeded sample
 of the folder's images goes through the training families of edits
@@ -6,7 +8,8 @@ of the folder's images goes through the training families of edits
 sampled original, is searched against the whole collection. A copy's link to its source
 is right; every other link a query makes is wrong, except links to an image closer to the
 source than every edited copy of it (a resized or re-saved file of it in the folder: a
-duplicate as far as the model can tell). Byte-identical files are one image here.
+duplicate as far as the model can tell), or to an image that point matching shows to be a
+copy of the source (:mod:`.verify`). Byte-identical files are one image here.
 
 What a user needs is the share of true links among the links *the folder* gets, and that
 depends on how many duplicates the folder holds, which the synthetic sample does not know
@@ -26,6 +29,13 @@ The report also gives the estimate's 95 % lower bound (the wrong-link count repl
 Poisson upper bound): with few duplicates in a folder it is far below the estimate, and
 choosing by it would leave most true duplicates apart. The recall reported is that of the
 synthetic copies at t.
+
+Geometric verification (:mod:`.verify`) is calibrated on the same queries: each copy is
+also made at the verification size (the same edits, drawn with the same seed) and matched
+point for point with its :data:`~.verify.NEIGHBOURS_VERIFIED` nearest images: the count of
+its source is a right one, the counts of the others wrong ones. The count that verifies a
+pair is :data:`~.verify.MIN_INLIERS`, or above every wrong count if one reached it
+(:func:`~.verify.verification_threshold`).
 """
 
 from __future__ import annotations
@@ -39,6 +49,14 @@ from PIL import Image
 from scipy.stats import chi2
 
 from multigrain.duplicates.synthetic import synthetic_copies
+from multigrain.duplicates.verify import (
+    NEIGHBOURS_VERIFIED,
+    VERIFY_SIDE,
+    FeatureCache,
+    inlier_count,
+    local_features,
+    verification_threshold,
+)
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.search.neighbourhood import Neighbourhoods, query_neighbourhoods
 
@@ -80,6 +98,26 @@ class CalibrationSample:
     num_queries: int
     num_sources: int
     copies_per_source: int
+    # geometric verification (when asked for): each copy's count with its source, -1 where
+    # the source was not among the copy's NEIGHBOURS_VERIFIED nearest (never verified) ...
+    right_inliers: np.ndarray | None = None
+    # ... and its counts with the other images among them
+    wrong_inliers: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class VerificationCalibration:
+    """Geometric verification's operating point, measured on the synthetic copies."""
+
+    min_inliers: int  # the count that verifies a pair
+    unrelated_pairs: int  # copies matched with a nearest image that is not their source
+    highest_unrelated: int  # the highest count among those
+    recall: float  # synthetic copies verified with their source
+    combined_recall: float  # synthetic copies linked by the score or verified
+    folder_pairs: int  # pairs of the folder matched (each image with its nearest)
+    folder_links: int  # of those, verified
+    closest_below: int  # the highest count of the folder's matched pairs that did not verify
+    expected_false_links: float  # 95 % upper bound, from the unrelated pairs' rate
 
 
 def sample_links(
@@ -92,6 +130,8 @@ def sample_links(
     num_sources: int = 100,
     copies_per_source: int = 8,
     seed: int = 0,
+    features: FeatureCache | None = None,
+    known_copies: np.ndarray | None = None,
 ) -> CalibrationSample:
     """Search synthetic copies of a seeded sample of the collection, and the sampled
     originals, against it; score every link with the collection's `neighbourhoods`
@@ -99,9 +139,13 @@ def sample_links(
 
     Args:
         descriptors: (N, d) L2-normalised descriptors of the collection's distinct images.
-        load_image: row -> the decoded image of that row (None when it cannot be read).
+        load_image: row -> the decoded image of that row (None when it cannot be read); at
+            least VERIFY_SIDE on its longest side (where the file has it) with `features`.
         embed_images: images -> (M, d) descriptors with the collection's model and settings.
         longest_side: the resolution s the descriptors were made at.
+        features: the collection's local features: verify each copy with its nearest too.
+        known_copies: (C, 2) pairs of the collection known to be copies of each other (point
+            matching verified them): a link from a copy of one to the other is not wrong.
     """
     collection = np.ascontiguousarray(descriptors, dtype=np.float32)
     size = len(collection)
@@ -111,7 +155,13 @@ def sample_links(
     copies_per_source = max(copies_per_source, -(-MIN_COPIES // len(sources)))
     k = min(NEIGHBOURS, size)
     right, wrong, queries, used = [], [], 0, 0
+    right_inliers: list[int] = []
+    wrong_inliers: list[int] = []
     sampled = set(sources.tolist())
+    copies_of: dict[int, set[int]] = {}
+    for i, j in np.asarray(known_copies if known_copies is not None else []).reshape(-1, 2):
+        copies_of.setdefault(int(i), set()).add(int(j))
+        copies_of.setdefault(int(j), set()).add(int(i))
     for number, row in enumerate(sources.tolist()):
         image = load_image(row)
         if image is None:
@@ -131,6 +181,7 @@ def sample_links(
         # closer to the original than every edited copy: a duplicate of it (a resized or
         # re-saved file of it in the folder), so a link to it is neither right nor wrong
         related = set(np.flatnonzero(similar >= copy_scores.max()).tolist()) | {row}
+        related |= copies_of.get(row, set())
         scores, neighbours = faiss.knn(query, collection, k, faiss.METRIC_INNER_PRODUCT)
         for q in range(len(copies)):
             keep = [i for i, j in enumerate(neighbours[q].tolist()) if j >= 0 and j not in related]
@@ -138,6 +189,22 @@ def sample_links(
             wrong.append(
                 _copy_scores(query_hood, hood, np.full(len(rows), q), rows, scores[q][keep])
             )
+        if features is not None:
+            side = min(VERIFY_SIDE, max(image.size))
+            large = synthetic_copies(
+                image, count=copies_per_source, longest_side=side, seed=seed + number
+            )  # the same edits at the verification size
+            for q, copy in enumerate(large):
+                mine = local_features(copy)
+                nearest = [j for j in neighbours[q][:NEIGHBOURS_VERIFIED].tolist() if j >= 0]
+                features.prepare(nearest)
+                found = -1
+                for j in nearest:
+                    if j == row:
+                        found = inlier_count(mine, features[j])
+                    elif j not in related:
+                        wrong_inliers.append(inlier_count(mine, features[j]))
+                right_inliers.append(found)
         # the original's own links (a pair of two sampled originals counted once)
         order = np.argsort(-similar)[:k]
         unrelated = [
@@ -148,9 +215,12 @@ def sample_links(
         used += 1
     if not right:
         raise MultiGrainError("none of the sampled images could be read to calibrate on")
+    verified = features is not None
     return CalibrationSample(
         right=np.concatenate(right), wrong=np.concatenate(wrong), num_queries=queries,
         num_sources=used, copies_per_source=copies_per_source,
+        right_inliers=np.array(right_inliers, dtype=np.int64) if verified else None,
+        wrong_inliers=np.array(wrong_inliers, dtype=np.int64) if verified else None,
     )  # fmt: skip
 
 
@@ -234,4 +304,42 @@ def folder_threshold(
         num_queries=sample.num_queries,
         collection_size=collection_size,
         seed=seed,
+    )
+
+
+def verification_calibration(
+    sample: CalibrationSample,
+    threshold: float,
+    folder_counts: np.ndarray | None = None,
+    *,
+    min_inliers: int | None = None,
+) -> VerificationCalibration:
+    """Geometric verification's operating point on the sample (module doc) and what it
+    gives on the folder.
+
+    Args:
+        sample: from :func:`sample_links` with `features`.
+        threshold: the score threshold in use (for the combined recall).
+        folder_counts: the counts of the folder's matched pairs, if matched yet.
+        min_inliers: the count to use instead of calibrating one.
+    """
+    if sample.right_inliers is None or sample.wrong_inliers is None:
+        raise MultiGrainError("the calibration sample was made without geometric verification")
+    wrong = sample.wrong_inliers
+    needed = verification_threshold(wrong) if min_inliers is None else int(min_inliers)
+    verified = sample.right_inliers >= needed
+    counts = np.zeros(0, np.int64) if folder_counts is None else np.asarray(folder_counts)
+    false_rate = float(poisson_upper(np.array(np.count_nonzero(wrong >= needed)))) / max(
+        1, len(wrong)
+    )
+    return VerificationCalibration(
+        min_inliers=needed,
+        unrelated_pairs=len(wrong),
+        highest_unrelated=int(wrong.max()) if len(wrong) else 0,
+        recall=round(float(np.mean(verified)), 4),
+        combined_recall=round(float(np.mean(verified | (sample.right >= threshold))), 4),
+        folder_pairs=len(counts),
+        folder_links=int(np.sum(counts >= needed)),
+        closest_below=int(counts[counts < needed].max()) if np.any(counts < needed) else 0,
+        expected_false_links=round(false_rate * len(counts), 3),
     )

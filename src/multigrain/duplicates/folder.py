@@ -6,8 +6,13 @@
 3. pair scores: the neighbourhood score (:mod:`multigrain.search.neighbourhood`) or the
    cosine, for each image and its :data:`CANDIDATES` nearest;
 4. the threshold: calibrated on the folder itself (:mod:`.calibration`) unless given;
-5. near-duplicate groups: connected components of the pairs scoring at or above it, with
-   every pair's score and a suggestion of which file to keep (:mod:`.keep`).
+5. geometric verification (:mod:`.verify`): each image is matched point for point with its
+   :data:`~.verify.NEIGHBOURS_VERIFIED` nearest, which links the crops and the copies with
+   a caption that the score leaves apart; its count is calibrated on the same synthetic
+   copies;
+6. near-duplicate groups: connected components of the pairs scoring at or above the
+   threshold or verified, with every pair's score and a suggestion of which file to keep
+   (:mod:`.keep`).
 """
 
 from __future__ import annotations
@@ -23,12 +28,27 @@ import faiss
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from multigrain.data.images import ImageDecodeError, decode_image
 from multigrain.data.listing import list_images
-from multigrain.duplicates.calibration import SelfCalibration, folder_threshold, sample_links
+from multigrain.duplicates.calibration import (
+    SelfCalibration,
+    VerificationCalibration,
+    folder_threshold,
+    sample_links,
+    verification_calibration,
+)
 from multigrain.duplicates.exact import exact_groups
-from multigrain.duplicates.keep import FileFacts, file_facts, rank_for_keeping
+from multigrain.duplicates.groups import DuplicateGroup, duplicate_groups
+from multigrain.duplicates.verify import (
+    MIN_INLIERS,
+    NEIGHBOURS_VERIFIED,
+    VERIFY_SIDE,
+    FeatureCache,
+    neighbour_pairs,
+    verify_pairs,
+)
 from multigrain.inference.embed import EmbedFailure, embed_collection
 from multigrain.inference.fast_trunk import fast_trunk_for
 from multigrain.inference.pil_images import embed_pil_images
@@ -37,7 +57,6 @@ from multigrain.inference.store import embedded_paths, list_shards, load_embeddi
 from multigrain.runtime.distributed import DistributedContext
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
-from multigrain.search.dedup import component_labels
 from multigrain.search.descriptors import EmbeddingMetadata
 from multigrain.search.neighbourhood import (
     NEIGHBOURS,
@@ -60,31 +79,6 @@ class ScoreKind(str, enum.Enum):
 CANDIDATES = 32
 
 
-class GroupKind(str, enum.Enum):
-    EXACT = "exact"  # every member has the same bytes
-    NEAR = "near"  # found by the descriptors
-
-
-@dataclass(frozen=True)
-class PairScore:
-    a: str
-    b: str
-    score: float  # what the threshold applies to (the report's `score_kind`)
-    cosine: float  # cosine similarity of the two descriptors
-    linked: bool  # score >= the threshold (what put them in one group)
-
-
-@dataclass
-class DuplicateGroup:
-    kind: GroupKind
-    members: list[FileFacts]  # best to keep first
-    pairs: list[PairScore]
-
-    @property
-    def keep(self) -> str:
-        return self.members[0].path
-
-
 @dataclass
 class DuplicateReport:
     folder: str
@@ -99,6 +93,8 @@ class DuplicateReport:
     whitened: bool
     groups: list[DuplicateGroup] = field(default_factory=list)
     failures: list[EmbedFailure] = field(default_factory=list)
+    min_inliers: int | None = None  # the count that verifies a pair (None: not verified)
+    verification: VerificationCalibration | None = None
 
     @property
     def num_duplicates(self) -> int:
@@ -118,6 +114,8 @@ def find_duplicates_in_folder(
     score_kind: ScoreKind = ScoreKind.NEIGHBOURHOOD,
     num_sources: int = 100,
     seed: int = 0,
+    verify: bool = True,
+    min_inliers: int | None = None,
     progress: bool = True,
 ) -> DuplicateReport:
     """Exact and near-duplicate groups of the images under `folder` (see the module doc).
@@ -132,6 +130,10 @@ def find_duplicates_in_folder(
         score_kind: what pairs are linked by: the neighbourhood score (default; the
             threshold is then relative to what each image scores with the rest of the
             folder) or the raw cosine.
+        verify: match each image point for point with its nearest (:mod:`.verify`) and
+            link the pairs that count enough inliers, whatever their score.
+        min_inliers: the count that verifies a pair, instead of calibrating it (with a
+            given `threshold`: :data:`~.verify.MIN_INLIERS` unless given).
     """
     if threshold is not None and not -2.0 <= threshold <= 2.0:
         raise MultiGrainError(f"--threshold is a score in [-2, 2], got {threshold}")
@@ -173,13 +175,26 @@ def find_duplicates_in_folder(
         neighbours=NEIGHBOURS if score_kind is ScoreKind.NEIGHBOURHOOD else 0,
     )  # fmt: skip
     pairs, scores = candidate_pairs(descriptors, nearest[1], hood)
-    if threshold is None and len(distinct) >= 2:
+    side = max(metadata.resolution, VERIFY_SIDE) if verify else metadata.resolution
 
-        def load_image(row: int) -> Image.Image | None:
-            try:
-                return decode_image(names[distinct[row]], longest_side=metadata.resolution)
-            except ImageDecodeError:
-                return None
+    def load_image(row: int, longest_side: int = side) -> Image.Image | None:
+        try:
+            return decode_image(names[distinct[row]], longest_side=longest_side)
+        except ImageDecodeError:
+            return None
+
+    threads = max(1, torch.get_num_threads())
+    features = FeatureCache(lambda row: load_image(row, VERIFY_SIDE), threads=threads)
+    matched, found = np.zeros((0, 2), np.int64), np.zeros(0, np.int64)
+    if verify:  # before calibrating: the pairs it verifies are copies, not wrong links
+        matched = neighbour_pairs(nearest[1], NEIGHBOURS_VERIFIED)
+        with tqdm(
+            total=len(matched), desc="matching points", unit="pair", disable=not progress
+        ) as bar:
+            found = verify_pairs(features, matched, threads=threads, progress=bar.update)
+    floor = MIN_INLIERS if min_inliers is None else int(min_inliers)
+    copies = matched[found >= floor]
+    if threshold is None and len(distinct) >= 2:
 
         def embed_images(images: Sequence[Image.Image]) -> np.ndarray:
             rows = embed_pil_images(
@@ -190,6 +205,7 @@ def find_duplicates_in_folder(
         sample = sample_links(
             descriptors, load_image, embed_images, longest_side=metadata.resolution,
             neighbourhoods=hood, num_sources=num_sources, seed=seed,
+            features=features if verify else None, known_copies=copies,
         )  # fmt: skip
         calibration = folder_threshold(
             sample, scores, collection_size=len(distinct), target_precision=target_precision,
@@ -197,17 +213,28 @@ def find_duplicates_in_folder(
         )  # fmt: skip
         chosen, source = calibration.threshold, "calibrated on this folder"
     else:
-        calibration, chosen = None, 1.0 if threshold is None else float(threshold)
+        sample, calibration = None, None
+        chosen = 1.0 if threshold is None else float(threshold)
         source = "given" if threshold is not None else "nothing to calibrate (one image)"
     linked = pairs[scores >= chosen]
+    needed, verification = None, None
+    if verify:
+        needed = floor
+        if sample is not None:
+            verification = verification_calibration(sample, chosen, found, min_inliers=min_inliers)
+            needed = verification.min_inliers
+        linked = np.concatenate([linked, matched[found >= needed]]).reshape(-1, 2)
+    counts = {(int(i), int(j)): int(c) for (i, j), c in zip(matched, found, strict=True)}
     files = [[names[r] for r in copies_of.get(row, [row])] for row in distinct]
-    groups = _groups(files, descriptors, hood, linked, chosen)
+    groups = duplicate_groups(
+        files, descriptors, hood, linked, chosen, inliers=counts, min_inliers=needed
+    )
     return DuplicateReport(
         folder=str(folder), num_images=len(names), threshold=chosen, threshold_source=source,
         score_kind=score_kind,
         calibration=calibration, model=metadata.model, resolution=metadata.resolution,
         exponent=metadata.exponent, whitened=metadata.whitened, groups=groups,
-        failures=list(report.failures),
+        failures=list(report.failures), min_inliers=needed, verification=verification,
     )  # fmt: skip
 
 
@@ -241,43 +268,3 @@ def candidate_pairs(
     pairs = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)[valid], axis=0)
     cosine = np.einsum("ij,ij->i", descriptors[pairs[:, 0]], descriptors[pairs[:, 1]])
     return pairs, hood.normalised(pairs[:, 0], pairs[:, 1], cosine)
-
-
-def _groups(
-    files: list[list[str]],
-    descriptors: np.ndarray,
-    hood: Neighbourhoods,
-    linked: np.ndarray,
-    threshold: float,
-) -> list[DuplicateGroup]:
-    """Groups, largest first, from the distinct images' linked pairs: the connected
-    components of the links, each image standing for its byte-identical files.
-
-    A group is EXACT when all its members share their bytes (a single distinct image)."""
-    labels = component_labels(len(files), linked)
-    groups = []
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label).tolist()
-        members = [name for row in rows for name in files[row]]
-        if len(members) < 2:
-            continue
-        kind = GroupKind.EXACT if len(rows) == 1 else GroupKind.NEAR
-        same = {row: round(1.0 - float(hood.mean_of_best(np.array([row]))[0]), 4) for row in rows}
-        pairs = [
-            PairScore(a, b, same[row], 1.0, True)  # identical files: cosine 1
-            for row in rows
-            for i, a in enumerate(files[row])
-            for b in files[row][i + 1 :]
-        ]
-        for i, row in enumerate(rows):
-            others = np.asarray(rows[i + 1 :], dtype=np.int64)
-            cosine = descriptors[others] @ descriptors[row]
-            score = hood.normalised(np.full(len(others), row), others, cosine)
-            for other, c, value in zip(
-                others.tolist(), cosine.tolist(), score.tolist(), strict=True
-            ):
-                pair = (files[row][0], files[other][0], round(value, 4), round(c, 4))
-                pairs.append(PairScore(*pair, linked=value >= threshold))
-        facts = rank_for_keeping([file_facts(name) for name in members])
-        groups.append(DuplicateGroup(kind=kind, members=facts, pairs=pairs))
-    return sorted(groups, key=lambda g: (-len(g.members), g.members[0].path))

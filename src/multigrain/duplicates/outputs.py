@@ -16,7 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from multigrain.data.images import ImageDecodeError, thumbnail_data_uri
-from multigrain.duplicates.folder import DuplicateGroup, DuplicateReport
+from multigrain.duplicates.folder import DuplicateReport
+from multigrain.duplicates.groups import DuplicateGroup
 from multigrain.runtime.atomic import atomic_write_text
 
 THUMBNAIL_SIDE = 180
@@ -39,6 +40,8 @@ def report_dict(report: DuplicateReport) -> dict[str, object]:
         "threshold_source": report.threshold_source,
         "score": report.score_kind.value,
         "calibration": asdict(report.calibration) if report.calibration else None,
+        "min_inliers": report.min_inliers,
+        "verification": asdict(report.verification) if report.verification else None,
         "model": {
             "identity": report.model,
             "resolution": report.resolution,
@@ -110,13 +113,67 @@ def _group_html(number: int, group: DuplicateGroup) -> str:
     rows = "".join(
         f"<tr class='{'linked' if pair.linked else ''}'><td>{html.escape(Path(pair.a).name)}</td>"
         f"<td>{html.escape(Path(pair.b).name)}</td><td>{pair.score:.3f}</td>"
-        f"<td>{pair.cosine:.3f}</td></tr>"
+        f"<td>{pair.cosine:.3f}</td><td>{'' if pair.inliers is None else pair.inliers}</td></tr>"
         for pair in group.pairs
     )
     parts.append(
-        f"<table><tr><th>a</th><th>b</th><th>score</th><th>cosine</th></tr>{rows}</table></section>"
+        "<table><tr><th>a</th><th>b</th><th>score</th><th>cosine</th><th>matching points</th>"
+        f"</tr>{rows}</table></section>"
     )
     return "".join(parts)
+
+
+def _verification_html(report: DuplicateReport) -> str:
+    if report.min_inliers is None:
+        return ""
+    text = (
+        "Each image was also matched point for point with its nearest images; a pair with at "
+        f"least <b>{report.min_inliers}</b> matching points in the same arrangement (one "
+        "shift, scale and rotation) is linked whatever its score: crops and copies with "
+        "text or bars are found this way."
+    )
+    found = report.verification
+    if found is not None:
+        text += html.escape(
+            f" On the synthetic copies, {found.recall:.0%} were verified with their original "
+            f"(score or points: {found.combined_recall:.0%}); of {found.unrelated_pairs} "
+            f"unrelated pairs matched, the highest count was {found.highest_unrelated}."
+        )
+    return f"<p>{text}</p>"
+
+
+def summary_lines(report: DuplicateReport) -> list[str]:
+    """What the command prints about how links were made (threshold, calibration,
+    verification), one line each."""
+    lines = []
+    calibration = report.calibration
+    if calibration is not None:
+        lines.append(
+            f"threshold {report.threshold:.3f} ({report.score_kind.value} score), calibrated on "
+            f"{calibration.num_sources} of the images: links estimated "
+            f"{calibration.estimated_precision:.0%} true ({calibration.expected_false_links:.1f} "
+            f"unrelated pairs expected among {calibration.folder_links}); recall "
+            f"{calibration.estimated_recall:.0%} on synthetic copies"
+        )
+        if not calibration.reached_target:
+            lines.append(
+                f"warning: the target precision {calibration.target_precision:g} was not "
+                "reached (too many look-alikes for this model): the threshold is where the "
+                "estimate is best; pass --threshold to choose another"
+            )
+    else:
+        lines.append(f"threshold {report.threshold:.3f} ({report.score_kind.value} score, given)")
+    found = report.verification
+    if found is not None:
+        lines.append(
+            f"point matching: {found.folder_links} pairs verified with >= "
+            f"{found.min_inliers} matching points (of {found.folder_pairs} matched; unrelated "
+            f"pairs reached {found.highest_unrelated}); recall on synthetic copies "
+            f"{found.combined_recall:.0%} with it"
+        )
+    elif report.min_inliers is not None:
+        lines.append(f"point matching: pairs with >= {report.min_inliers} matching points linked")
+    return lines
 
 
 def _page(report: DuplicateReport) -> str:
@@ -153,6 +210,7 @@ def _page(report: DuplicateReport) -> str:
         f"are linked when their score, {meaning}, is at least "
         f"<b>{report.threshold:.3f}</b>, {html.escape(how)}. Bold pairs are linked; the "
         "suggested file to keep (most pixels, then largest file) is outlined.</p>"
+        f"{_verification_html(report)}"
     )
     groups = "".join(_group_html(number, group) for number, group in enumerate(report.groups))
     return head + summary + groups + "</body></html>"
