@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from torch import Tensor
-from torchvision.models import ResNet50_Weights
 
 from multigrain.models.multigrain import MultiGrain
 from multigrain.models.state_architecture import architecture_of
@@ -200,5 +199,8 @@ def _check_keys(
 def _default_classes(num_classes: int, *, imagenet: bool) -> list[str]:
     """torchvision's bundled ImageNet-1k names for 1000 logits (no download), else class_i."""
     if imagenet and num_classes == 1000:
+        # imported here: only these files need torchvision (start-up of the other commands)
+        from torchvision.models import ResNet50_Weights
+
         return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
     return [f"class_{index}" for index in range(num_classes)]
