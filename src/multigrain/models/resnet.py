@@ -140,8 +140,18 @@ def resnet_layers(layout: ResNetLayout) -> OrderedDict[str, nn.Module]:
     for module in children.values():
         for sub in module.modules():
             if isinstance(sub, nn.Conv2d):
-                nn.init.kaiming_normal_(sub.weight, mode="fan_out", nonlinearity="relu")
+                init_conv(sub)
             elif isinstance(sub, nn.BatchNorm2d):
                 nn.init.constant_(sub.weight, 1)
                 nn.init.constant_(sub.bias, 0)
     return children
+
+
+def init_conv(conv: nn.Conv2d) -> None:
+    """He-normal weights (fan out, ReLU gain), as torchvision initialises a ResNet's.
+
+    Nothing on the meta device (a model built there to be filled from a file): torch's
+    ``normal_`` for meta tensors imports torch._dynamo, a second of `embed`'s start-up.
+    """
+    if not conv.weight.is_meta:
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")

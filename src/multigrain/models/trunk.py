@@ -6,7 +6,13 @@ from enum import Enum
 
 from torch import nn
 
-from multigrain.models.resnet import BasicBlock, Bottleneck, ResNetLayout, resnet_layers
+from multigrain.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResNetLayout,
+    init_conv,
+    resnet_layers,
+)
 from multigrain.runtime.errors import MultiGrainError
 
 
@@ -57,7 +63,7 @@ def build_trunk(name: str | TrunkName, *, small_input: bool = False) -> tuple[nn
     children = resnet_layers(layout)
     if small_input:
         conv = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        init_conv(conv)
         children["conv1"] = conv
         children["maxpool"] = nn.Identity()
     return nn.Sequential(children), layout.out_channels
