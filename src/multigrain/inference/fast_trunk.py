@@ -111,8 +111,10 @@ def inference_trunk(
     :func:`fast_trunk_for` instead. The model itself is left unchanged.
     """
     module = fold_batch_norm(model.features)
-    module = module.to(device=device, dtype=compute_dtype(precision))
-    module = module.to(memory_format=torch.channels_last)
+    # one pass over the weights: cast and made channels-last together
+    module = module.to(
+        device=device, dtype=compute_dtype(precision), memory_format=torch.channels_last
+    )
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     return TorchTrunk(module, device, precision)
