@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,14 @@ HEAVY_IMPORTS = (
 )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Tree:
+    """A source tree to time, and environment settings its runs get."""
+
+    source: Path
+    environment: dict[str, str]
+
+
 def make_images(folder: Path, count: int) -> Path:
     """`folder`, made to hold `count` seeded 320x240 JPEGs (colour ramps plus noise)."""
     folder.mkdir(parents=True)
@@ -134,12 +143,13 @@ def make_images(folder: Path, count: int) -> Path:
     return folder
 
 
-def run_embed(source: Path, images: Path, scratch: Path) -> dict[str, float]:
-    """One timed `multigrain embed` of folder `images` from tree `source`: phase -> seconds."""
+def run_embed(tree: Tree, images: Path, scratch: Path) -> dict[str, float]:
+    """One timed `multigrain embed` of folder `images` from `tree`: phase -> seconds."""
+    source = tree.source
     trace, output = scratch / "trace.tsv", scratch / "out"
     trace.unlink(missing_ok=True)
     shutil.rmtree(output, ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": str(source), TRACE: str(trace)}
+    env = {**os.environ, **tree.environment, "PYTHONPATH": str(source), TRACE: str(trace)}
     argv = [sys.executable, "-c", PROBE, "embed", str(images), "-o", str(output)]
     start = time.time()
     result = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -163,11 +173,13 @@ def time_torch_import() -> float:
     return time.perf_counter() - start
 
 
-def import_profile(source: Path, images: Path, scratch: Path) -> dict[str, float]:
+def import_profile(tree: Tree, images: Path, scratch: Path) -> dict[str, float]:
     """Cumulative import seconds of HEAVY_IMPORTS and all imports (-X importtime, untimed)."""
+    source = tree.source
     output = scratch / "out-importtime"
     shutil.rmtree(output, ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": str(source), "MULTIGRAIN_ALLOCATOR": "system"}
+    env = {**os.environ, **tree.environment, "PYTHONPATH": str(source)}
+    env["MULTIGRAIN_ALLOCATOR"] = "system"  # one process: the report holds each import once
     argv = [sys.executable, "-X", "importtime", "-m", "multigrain", "embed"]
     result = subprocess.run(
         [*argv, str(images), "-o", str(output)], env=env, capture_output=True, text=True
@@ -219,14 +231,23 @@ def main() -> None:
     here = Path(__file__).resolve().parents[1] / "src"
     parser.add_argument("--before", type=Path, help="source tree (src/) to compare against")
     parser.add_argument("--after", type=Path, default=here, help="source tree [this checkout]")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE",
+        help="also run every tree with this environment setting (repeatable: all together)",
+    )  # fmt: skip
     parser.add_argument("--images", default="1,8", help="images per command, comma-separated")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks/embed_startup.json"))
     args = parser.parse_args()
 
-    trees = {"after": args.after.resolve()}
+    sources = {"after": args.after.resolve()}
     if args.before is not None:
-        trees = {"before": args.before.resolve(), **trees}
+        sources = {"before": args.before.resolve(), **sources}
+    trees = {name: Tree(source, {}) for name, source in sources.items()}
+    if args.env:
+        extra = dict(setting.split("=", 1) for setting in args.env)
+        label = " ".join(args.env)
+        trees |= {f"{name} {label}": Tree(source, extra) for name, source in sources.items()}
     counts = [int(part) for part in args.images.split(",")]
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
@@ -247,8 +268,9 @@ def main() -> None:
         }
     results = {
         tree: {
-            "source": str(trees[tree]),
-            "commit": git_commit(trees[tree]),
+            "source": str(trees[tree].source),
+            "commit": git_commit(trees[tree].source),
+            "environment": trees[tree].environment,
             "imports_s": imports[tree],
             **{f"{count}_images": summarise(timed[tree, count]) for count in counts},
         }
@@ -265,14 +287,18 @@ def main() -> None:
         "machine": describe_machine(),
         "trees": results,
     }
-    if "before" in results:
-        report["after_over_before"] = {
-            f"{count}_images": round(
-                results["after"][f"{count}_images"]["first_embedded_min_s"]
-                / results["before"][f"{count}_images"]["first_embedded_min_s"],
-                3,
-            )
-            for count in counts
+    if "before" in results:  # every other tree against the code before, by the minimum
+        report["over_before"] = {
+            tree: {
+                f"{count}_images": round(
+                    results[tree][f"{count}_images"]["first_embedded_min_s"]
+                    / results["before"][f"{count}_images"]["first_embedded_min_s"],
+                    3,
+                )
+                for count in counts
+            }
+            for tree in results
+            if tree != "before"
         }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
@@ -281,7 +307,7 @@ def main() -> None:
         for count in counts:
             summary = row[f"{count}_images"]
             print(
-                f"{tree:<6} {count} images: first embedded min "
+                f"{tree:<12} {count} images: first embedded min "
                 f"{summary['first_embedded_min_s']:.3f} s, exit min {summary['exit_min_s']:.3f} s"
             )
     print(f"-> {args.output}")
