@@ -1,9 +1,9 @@
 """Start-up of `multigrain embed`: from the command's start to its first image embedded.
 
 Each timed run is a fresh `multigrain embed FOLDER -o OUT` with the built-in model on a
-folder of --images small JPEGs (320x240, seeded), as a subprocess of this script; every source tree
-given (``--before``: the code to compare against, ``--after``: this checkout's by default)
-runs the same cases, round-robin with ``python -c "import torch"`` (the floor of any
+folder of --images small JPEGs (320x240, seeded), as a subprocess of this script; every
+source tree given (``--before``: the code to compare against, ``--after``: this checkout's
+by default) runs the same cases, round-robin with ``python -c "import torch"`` (the floor of any
 command that loads torch), so that the machine's background load hits them alike. On a
 shared machine read the minimum.
 
@@ -23,12 +23,16 @@ is), ``imports_done`` (the embed command's body starts: init_distributed is call
 ``first_decode`` (the first image decoded, in whichever process), ``first_batch``
 (embed_batch's first call). One more run of each tree, untimed, under
 ``python -X importtime`` gives the cumulative import seconds of the heaviest packages.
+``--env KEY=VALUE`` adds, for every tree, one that runs with that environment setting
+(e.g. ``OMP_WAIT_POLICY=PASSIVE``, which the `multigrain` command sets itself from
+runtime/openmp.py on: the before tree with it separates that from the other changes).
 
-Rerun (the "before" tree: a worktree of the commit to compare against):
+Rerun (the "before" tree: a worktree of the commit to compare against, b04011e for
+docs/benchmarks/embed_startup.json; about 6 minutes on 2 cores):
 
-    git worktree add /tmp/multigrain-before b04011e
+    git worktree add --detach /tmp/multigrain-before b04011e
     .venv/bin/python benchmarks/embed_startup.py --before /tmp/multigrain-before/src \\
-        --repeats 7 --output docs/benchmarks/embed_startup.json
+        --env OMP_WAIT_POLICY=PASSIVE --repeats 7 --output docs/benchmarks/embed_startup.json
 """
 
 from __future__ import annotations
