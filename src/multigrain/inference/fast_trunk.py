@@ -94,12 +94,13 @@ def fold_batch_norm(module: nn.Module) -> nn.Module:
 def _copy_shared(module: nn.Module, originals: dict[int, torch.Tensor]) -> None:
     """Give `module` its own copy of every parameter or buffer found in `originals`."""
     for sub in module.modules():
-        for name, tensor in [*sub.named_parameters(recurse=False)]:
-            if id(tensor) in originals:
-                setattr(sub, name, nn.Parameter(tensor.detach().clone(), tensor.requires_grad))
-        for name, tensor in [*sub.named_buffers(recurse=False)]:
-            if id(tensor) in originals:
-                setattr(sub, name, tensor.clone())
+        for name, parameter in [*sub.named_parameters(recurse=False)]:
+            if id(parameter) in originals:
+                copied = nn.Parameter(parameter.detach().clone(), parameter.requires_grad)
+                setattr(sub, name, copied)
+        for name, buffer in [*sub.named_buffers(recurse=False)]:
+            if id(buffer) in originals:
+                setattr(sub, name, buffer.clone())
 
 
 def inference_trunk(
@@ -111,8 +112,9 @@ def inference_trunk(
     :func:`fast_trunk_for` instead. The model itself is left unchanged.
     """
     module = fold_batch_norm(model.features)
-    # one pass over the weights: cast and made channels-last together
-    module = module.to(
+    # one pass over the weights: cast and made channels-last together (Module.to takes the
+    # three at once; torch's type stubs list memory_format only alone)
+    module = module.to(  # type: ignore[call-overload]
         device=device, dtype=compute_dtype(precision), memory_format=torch.channels_last
     )
     for parameter in module.parameters():

@@ -3,16 +3,17 @@
 libgomp's default has a thread that finishes its share of a parallel region spin for a
 while before it sleeps. On a machine whose cores other processes also use (a shared
 2-core runner, several jobs at once), the spinning threads take turns away from the
-threads doing the work, and every parallel region waits for a descheduled thread: the
-first forward of the built-in model on 8 small images took 0.3-0.7 s instead of 0.06-0.1 s
-with passive waiting, and loading plus folding the model 0.5-1.3 s instead of 0.15 s
-(2-core AMD EPYC, load average 4-7; benchmarks/embed_startup.py --env
-OMP_WAIT_POLICY=PASSIVE measures both ways in one run). Waking a sleeping thread costs
-microseconds per parallel region, well under a percent of a batch's forward.
+threads doing the work, and every parallel region waits for a descheduled thread. In
+`multigrain embed` of 8 small images with the built-in model (2-core AMD EPYC, load
+average 3.4-5.3 from other jobs, docs/benchmarks/embed_startup.json, the code before
+these start-up changes), loading and folding the model took 1.09 s and the first batch
+0.67 s; with passive waiting 0.24 s and 0.07 s. Waking a sleeping thread costs a few
+microseconds per parallel region (an estimate, not measured on an idle machine: about
+150 regions in a ResNet-50 forward that takes 0.4 s at batch 16).
 
 The `multigrain` command sets ``OMP_WAIT_POLICY=PASSIVE`` before torch is loaded (libgomp
 reads it once, when torch loads it); a value the user set wins (``OMP_WAIT_POLICY=ACTIVE``
-for a machine of one's own).
+to have the threads spin).
 """
 
 from __future__ import annotations
