@@ -95,3 +95,21 @@ def test_every_command_help_loads_no_heavy_library():
     shown = {" ".join(path) for path in report["shown"]}
     assert {"", "embed", "find-duplicates", "index build", "train", "serve"} <= shown
     assert heavy(set(report["modules"])) == []
+
+
+#: What `multigrain embed` with the built-in model must not import: torchvision's import
+#: brings in torch._dynamo and sympy, together more than torch's own import.
+NOT_FOR_EMBEDDING = ("torchvision", "torch._dynamo", "torch._inductor", "sympy")
+
+
+def test_embed_with_the_builtin_model_loads_no_torchvision(tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "image.jpg"
+    Image.new("RGB", (40, 30), (200, 120, 40)).save(image)
+    result = run_cli("embed", str(image), "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    modules = imported_modules(result.stderr)
+    assert "multigrain.inference.embed" in modules  # the report is read as meant
+    assert sorted(name for name in modules if name.startswith(NOT_FOR_EMBEDDING)) == []
+    assert (tmp_path / "out" / "descriptors.npy").is_file()

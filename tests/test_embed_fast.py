@@ -77,6 +77,24 @@ def test_folded_trunk_computes_the_same_function(model):
         np.testing.assert_allclose(folded(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
 
 
+def test_folding_shares_no_tensor_with_the_model():
+    """Casting the folded trunk leaves the model alone, its unfolded layers included."""
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 1),
+        nn.Flatten(1),
+    ).eval()  # the second conv has no batch norm after it: not folded
+    before = {key: value.clone() for key, value in module.state_dict().items()}
+    folded = fold_batch_norm(module).to(torch.bfloat16)
+    originals = {tensor.data_ptr() for tensor in [*module.parameters(), *module.buffers()]}
+    assert not originals & {t.data_ptr() for t in [*folded.parameters(), *folded.buffers()]}
+    assert all(torch.equal(value, before[key]) for key, value in module.state_dict().items())
+    assert isinstance(module[1], nn.BatchNorm2d) and module[0].bias is None
+
+
 def test_uint8_batches_normalise_to_the_per_image_inputs(photos):
     images = [load_rgb(p) for p in photos[:3]]
     batch = normalise(torch.stack([to_uint8_tensor(i.resize((32, 24))) for i in images]))

@@ -67,6 +67,28 @@ def test_ddp_prefix_is_stripped(tmp_path: Path, torchvision_resnet: tv_models.Re
     assert load_model(path).source_format is WeightsFormat.TORCHVISION
 
 
+def test_half_precision_file_loads_into_float32_tensors_of_its_own(
+    tmp_path: Path, torchvision_resnet: tv_models.ResNet
+) -> None:
+    """The model is built without tensors (meta device) and takes the file's, cast and
+    made contiguous as copying them into a float32 model did; none is left on meta."""
+    state = torchvision_resnet.state_dict()
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    half["fc.weight"] = half["fc.weight"].t().contiguous().t()  # same values, strided
+    assert not half["fc.weight"].is_contiguous()
+    path = tmp_path / "half.pth"
+    torch.save(half, path)
+    model = load_model(path).model
+    tensors = [*model.parameters(), *model.buffers()]
+    assert all(t.device.type == "cpu" and t.is_contiguous() for t in tensors)
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
+    loaded = model.state_dict()
+    assert torch.equal(loaded["classifier.weight"], half["fc.weight"].float())
+    for key, value in half.items():
+        if not key.startswith("fc."):
+            assert torch.equal(loaded[f"features.{key}"], value.to(loaded[f"features.{key}"].dtype))
+
+
 def test_authors_checkpoint_round_trips(tmp_path: Path, images: torch.Tensor) -> None:
     source = random_multigrain(num_classes=1000, pooling_exponent=3.0)
     with torch.no_grad():

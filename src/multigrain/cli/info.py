@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from multigrain.cli.app import app, echo
+from multigrain.runtime import openmp
 from multigrain.runtime.allocator import SETTING, find_allocator, loaded_allocator
 
 
@@ -38,6 +40,7 @@ def info() -> None:
         ("device", str(device)),
         ("default precision", precision),
         ("torch threads", str(torch.get_num_threads())),
+        ("threads wait", f"{os.environ.get(openmp.SETTING, 'libgomp default')} ({openmp.SETTING})"),
         ("allocator", allocator),
     ):
         echo(f"{key}: {value}")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from multigrain.runtime.allocator import reexec_with_allocator
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.openmp import prefer_passive_waiting
 
 if TYPE_CHECKING:
     import typer
@@ -42,9 +43,11 @@ def main() -> None:
     """Entry point: run the app; a MultiGrainError or a usage error is one line, status 2.
 
     First re-executes itself under tcmalloc/jemalloc when one is installed (allocator.py),
-    unless it is only to print help or the version.
+    unless it is only to print help or the version; torch's threads will wait passively
+    unless OMP_WAIT_POLICY says otherwise (openmp.py).
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    prefer_passive_waiting()  # before torch loads libgomp
     reexec_for_jobs(sys.argv[1:])
     # imported after the re-exec, so that the process it replaces loads no more than the
     # interpreter and allocator.py (start-up time)

@@ -206,11 +206,6 @@ def embed_collection(
     undecodable = [path for path in todo if not is_utf8_name(path)]
     todo = [path for path in todo if is_utf8_name(path)]
     todo_paths = [Path(p) for p in todo]
-    if trunk is None and todo:
-        trunk = fast_trunk_for(
-            model, precision, device=context.device, calibration_paths=todo_paths,
-            resolution=metadata.resolution, max_pixels=max_pixels,
-        )  # fmt: skip
     writer = _ShardWriter(output_dir, metadata, context.rank, shard_size)
     failures_path = output_dir / store.failures_name(context.rank)
     with (
@@ -225,6 +220,13 @@ def embed_collection(
             num_workers=num_workers, max_pixels=max_pixels, device=context.device,
             on_failure=failures,
         )  # fmt: skip
+        # built once the decoding workers have started (decoded_batches starts them), so
+        # that the first images are decoded while the trunk is folded and cast
+        if trunk is None and todo:
+            trunk = fast_trunk_for(
+                model, precision, device=context.device, calibration_paths=todo_paths,
+                resolution=metadata.resolution, max_pixels=max_pixels,
+            )  # fmt: skip
         for indices, images in batches:
             assert trunk is not None  # built above whenever there is work to do
             descriptors = embed_batch(model, trunk, images, whitening=whitening)

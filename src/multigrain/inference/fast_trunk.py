@@ -72,16 +72,35 @@ def fold_batch_norm(module: nn.Module) -> nn.Module:
     """An eval-mode copy of `module` with each conv -> batch-norm pair folded into one conv.
 
     Uses torch.fx to find the pairs (a conv whose only user is a batch norm); a module fx
-    cannot trace is returned as an unfolded copy.
+    cannot trace is returned as an unfolded copy. `module` itself is left unchanged.
     """
     from torch.fx.experimental.optimization import fuse
 
-    module = copy.deepcopy(module).eval()
+    # The modules are copied but not their tensors: folding makes new weights for every
+    # folded pair, and copying all the tensors first took a tenth of a second of embed's
+    # start-up. A tensor still shared after folding is then copied (below), so that
+    # casting the result (.to(bfloat16)) cannot change `module`.
+    originals = {id(tensor): tensor for tensor in (*module.parameters(), *module.buffers())}
+    structure = copy.deepcopy(module, memo=dict(originals)).eval()
     try:
-        return fuse(module, inplace=True)
+        folded = fuse(structure, inplace=True)
     except Exception as error:  # noqa: BLE001 -- tracing can fail in many ways; folding is optional
         logger.warning("batch norm not folded (%s): running the trunk as it is", error)
-        return module
+        return copy.deepcopy(module).eval()
+    _copy_shared(folded, originals)
+    return folded
+
+
+def _copy_shared(module: nn.Module, originals: dict[int, torch.Tensor]) -> None:
+    """Give `module` its own copy of every parameter or buffer found in `originals`."""
+    for sub in module.modules():
+        for name, parameter in [*sub.named_parameters(recurse=False)]:
+            if id(parameter) in originals:
+                copied = nn.Parameter(parameter.detach().clone(), parameter.requires_grad)
+                setattr(sub, name, copied)
+        for name, buffer in [*sub.named_buffers(recurse=False)]:
+            if id(buffer) in originals:
+                setattr(sub, name, buffer.clone())
 
 
 def inference_trunk(
@@ -93,8 +112,11 @@ def inference_trunk(
     :func:`fast_trunk_for` instead. The model itself is left unchanged.
     """
     module = fold_batch_norm(model.features)
-    module = module.to(device=device, dtype=compute_dtype(precision))
-    module = module.to(memory_format=torch.channels_last)
+    # one pass over the weights: cast and made channels-last together (Module.to takes the
+    # three at once; torch's type stubs list memory_format only alone)
+    module = module.to(  # type: ignore[call-overload]
+        device=device, dtype=compute_dtype(precision), memory_format=torch.channels_last
+    )
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     return TorchTrunk(module, device, precision)

@@ -1,14 +1,18 @@
-"""Convolutional trunks: torchvision ResNets without their global pooling and classifier."""
+"""Convolutional trunks: ResNets (torchvision's, built by models/resnet.py) without head."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable
 from enum import Enum
 
 from torch import nn
-from torchvision import models as tv_models
 
+from multigrain.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResNetLayout,
+    init_conv,
+    resnet_layers,
+)
 from multigrain.runtime.errors import MultiGrainError
 
 
@@ -22,16 +26,14 @@ class TrunkName(str, Enum):
     resnet152 = "resnet152"
 
 
-# name -> (torchvision constructor, channels of the last feature map)
-_TRUNKS: dict[TrunkName, tuple[Callable[..., tv_models.ResNet], int]] = {
-    TrunkName.resnet18: (tv_models.resnet18, 512),
-    TrunkName.resnet34: (tv_models.resnet34, 512),
-    TrunkName.resnet50: (tv_models.resnet50, 2048),
-    TrunkName.resnet101: (tv_models.resnet101, 2048),
-    TrunkName.resnet152: (tv_models.resnet152, 2048),
+# name -> block type and blocks per stage, as torchvision's resnet18 ... resnet152
+_TRUNKS: dict[TrunkName, ResNetLayout] = {
+    TrunkName.resnet18: ResNetLayout(BasicBlock, (2, 2, 2, 2)),
+    TrunkName.resnet34: ResNetLayout(BasicBlock, (3, 4, 6, 3)),
+    TrunkName.resnet50: ResNetLayout(Bottleneck, (3, 4, 6, 3)),
+    TrunkName.resnet101: ResNetLayout(Bottleneck, (3, 4, 23, 3)),
+    TrunkName.resnet152: ResNetLayout(Bottleneck, (3, 8, 36, 3)),
 }
-
-_CHILDREN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
 
 
 def parse_trunk_name(name: str | TrunkName) -> TrunkName:
@@ -57,14 +59,11 @@ def build_trunk(name: str | TrunkName, *, small_input: bool = False) -> tuple[nn
         ``conv1, bn1, relu, maxpool, layer1..layer4`` (state-dict keys match torchvision's,
         e.g. ``layer1.0.conv1.weight``), and C = 512 (ResNet-18/34) or 2048 (ResNet-50+).
     """
-    constructor, out_channels = _TRUNKS[parse_trunk_name(name)]
-    resnet = constructor(weights=None)
-    children: OrderedDict[str, nn.Module] = OrderedDict(
-        (child, getattr(resnet, child)) for child in _CHILDREN
-    )
+    layout = _TRUNKS[parse_trunk_name(name)]
+    children = resnet_layers(layout)
     if small_input:
         conv = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        init_conv(conv)
         children["conv1"] = conv
         children["maxpool"] = nn.Identity()
-    return nn.Sequential(children), out_channels
+    return nn.Sequential(children), layout.out_channels

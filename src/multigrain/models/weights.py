@@ -26,8 +26,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
-from torchvision.models import ResNet50_Weights
 
 from multigrain.models.multigrain import MultiGrain
 from multigrain.models.state_architecture import architecture_of
@@ -103,14 +103,20 @@ def load_model(
     if not architecture:
         architecture = architecture_of(path, state)
     try:
-        model = MultiGrain(**architecture)
+        # on the meta device: no memory, no random initialisation (a second for a
+        # ResNet-50 on 2 cores); every tensor comes from the file
+        with torch.device("meta"):
+            model = MultiGrain(**architecture)
     except TypeError as error:
         raise MultiGrainError(
             f"weights file {path} records an architecture this multigrain cannot build "
             f"({error}): upgrade multigrain"
         ) from error
-    _check_keys(path, source_format, model.state_dict(), state)
-    model.load_state_dict(state)
+    expected = model.state_dict()
+    _check_keys(path, source_format, expected, state)
+    # in the model's dtypes and contiguous, as copying into its own tensors gave them
+    state = {key: value.to(expected[key].dtype).contiguous() for key, value in state.items()}
+    model.load_state_dict(state, assign=True)
     if pooling_exponent is not None:
         model.pool.set_p(pooling_exponent)
         model.pooling_exponent = float(pooling_exponent)
@@ -200,5 +206,8 @@ def _check_keys(
 def _default_classes(num_classes: int, *, imagenet: bool) -> list[str]:
     """torchvision's bundled ImageNet-1k names for 1000 logits (no download), else class_i."""
     if imagenet and num_classes == 1000:
+        # imported here: only these files need torchvision (start-up of the other commands)
+        from torchvision.models import ResNet50_Weights
+
         return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
     return [f"class_{index}" for index in range(num_classes)]
