@@ -150,9 +150,15 @@ def test_experiments_quick_answers_every_question_and_resumes(
     assert outcome.exit_code == 0, outcome.output
     assert json.loads((folder / "experiments.json").read_text())["runs"] == saved["runs"]
 
-    # a run without its result resumes from its checkpoint and gives the same figures
+    # --finished-only reports on the finished runs and trains nothing
     run_folder = folder / "runs" / "retrieval-only" / "seed0"
     (run_folder / "result.json").unlink()
+    outcome = CliRunner().invoke(app, [*args, "--finished-only"])
+    assert outcome.exit_code == 0, outcome.output
+    partial = json.loads((folder / "experiments.json").read_text())
+    assert len(partial["runs"]) == 4 and len(partial["comparisons"]) == 6
+
+    # a run without its result resumes from its checkpoint and gives the same figures
     from multigrain.training.loop import train
 
     calls: list[bool] = []

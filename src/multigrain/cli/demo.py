@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -94,6 +95,9 @@ def experiments(
     fashion_mnist_root: Annotated[
         str, typer.Option(help="folder of Fashion-MNIST's four .gz files")
     ] = "/usr/share/datasets/fashion-mnist",
+    finished_only: Annotated[
+        bool, typer.Option(help="train nothing: report on the runs finished so far")
+    ] = False,
 ) -> None:
     """The paper's research questions on Fashion-MNIST (RQ1-RQ4, whitening): tables + plots.
 
@@ -101,10 +105,20 @@ def experiments(
     one from its checkpoint.
     """
     from multigrain.experiments.research import FULL, QUICK, run_experiments
+    from multigrain.training.interrupt import TrainingInterrupted
 
-    run_experiments(
-        output_dir=Path(output_dir),
-        scale=QUICK if quick else FULL,
-        fashion_mnist_root=Path(fashion_mnist_root),
-    )
+    try:
+        run_experiments(
+            output_dir=Path(output_dir),
+            scale=QUICK if quick else FULL,
+            fashion_mnist_root=Path(fashion_mnist_root),
+            finished_only=finished_only,
+        )
+    except TrainingInterrupted as stop:
+        typer.echo(
+            f"interrupted: {stop}; run the same `multigrain experiments` command to go on",
+            err=True,
+        )
+        # sys.exit, not typer.Exit: main() adds its generic line to a returned 130
+        sys.exit(stop.exit_status)
     echo(f"report: {Path(output_dir) / 'experiments.html'} (and experiments.md, .json)")

@@ -59,7 +59,7 @@ from pathlib import Path
 
 from multigrain.data.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT, FashionMNISTImages
 from multigrain.experiments.research_report import write_report
-from multigrain.experiments.results import RunResult, RunScores
+from multigrain.experiments.results import RESULT_NAME, RunResult, RunScores
 from multigrain.experiments.study_analysis import Analysis, analyse
 from multigrain.experiments.study_runs import run_one
 from multigrain.experiments.study_sets import study_sets
@@ -74,8 +74,13 @@ def run_experiments(
     output_dir: Path,
     scale: Scale = FULL,
     fashion_mnist_root: Path = DEFAULT_FASHION_MNIST_ROOT,
+    finished_only: bool = False,
 ) -> Analysis:
-    """Train and score every variant x seed (skipping finished runs), write the report."""
+    """Train and score every variant x seed (skipping finished runs), write the report.
+
+    ``finished_only``: train nothing; report on the runs finished so far (a comparison
+    appears once both of its variants have a run).
+    """
     if scale.steps % scale.curve_points:
         raise MultiGrainError(
             f"{scale.steps} steps do not split into {scale.curve_points} curve points"
@@ -92,8 +97,10 @@ def run_experiments(
     scores: dict[Variant, list[RunScores]] = {}
     for seed in scale.seeds:
         for variant in VARIANTS:
-            print(f"{variant.name}, seed {seed}", flush=True)
             folder = output_dir / "runs" / variant.slug / f"seed{seed}"
+            if finished_only and not (folder / RESULT_NAME).exists():
+                continue
+            print(f"{variant.name}, seed {seed}", flush=True)
             reference = variant is VARIANTS[0]
             result, run_scores = run_one(variant, seed, scale, sets, folder, reference=reference)
             print(

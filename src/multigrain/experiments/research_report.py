@@ -61,11 +61,12 @@ def _answers(analysis: Analysis) -> list[str]:
         )
         lines.append(
             f"| RQ4 | p*(s) | {g.metric.value} | p* by s: {best} | | p*(largest s) − p*(training "
-            f"s) {_interval(g.exponent_shift)} | {RQ4_BEST_EXPONENT} | {g.exponent_verdict.value} |"
+            f"s) {_interval(g.exponent_shift)} | {RQ4_BEST_EXPONENT[g.metric]} "
+            f"| {g.exponent_verdict.value} |"
         )
         lines.append(
             f"| RQ4 | s={analysis.scale.resolutions[0]}, p=3 | {g.metric.value} | best s > "
-            f"training: {g.best_resolution} | | {_interval(g.gain)} | {RQ4_GAIN} "
+            f"training: {g.best_resolution} | | {_interval(g.gain)} | {RQ4_GAIN[g.metric]} "
             f"| {g.gain_verdict.value} |"
         )
     w = analysis.whitening
@@ -107,15 +108,16 @@ def _convergence_table(analysis: Analysis) -> list[str]:
         f"quarter of training ≤ {analysis.scale.convergence_tolerance} (first "
         f"{analysis.scale.curve_images} test images).",
         "",
-        "| run | top-1 change | flat | copy mAP change | flat | training s |",
-        "|---|---|---|---|---|---|",
+        "| run | top-1 change | flat | copy mAP change | flat | training s | scoring s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run in analysis.runs:
         top1 = analysis.convergence(run, Metric.TOP1)
         copy = analysis.convergence(run, Metric.COPY_MAP)
         lines.append(
             f"| {run.variant} seed {run.seed} | {top1.change:.3f} | {'yes' if top1.flat else 'no'}"
-            f" | {copy.change:.3f} | {'yes' if copy.flat else 'no'} | {run.train_seconds:.0f} |"
+            f" | {copy.change:.3f} | {'yes' if copy.flat else 'no'} | {run.train_seconds:.0f} | "
+            f"{run.score_seconds or float('nan'):.0f} |"
         )
     return lines
 

@@ -79,6 +79,7 @@ class RunResult:
     copy_map: float
     curve: list[CurvePoint] = field(default_factory=list)
     same_prediction_whitened: float | None = None  # reference variant only
+    score_seconds: float | None = None  # the curve, test, grid and whitening scoring
 
     def save(self, folder: Path) -> Path:
         return atomic_write_text(folder / RESULT_NAME, json.dumps(asdict(self), indent=1))

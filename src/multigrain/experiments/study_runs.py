@@ -161,6 +161,7 @@ def run_one(
     finally:  # training time survives a kill between checkpoints only approximately
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(timing, f"{spent + time.perf_counter() - start:.1f}")
+    scoring_start = time.perf_counter()
     curve = _curve(folder, sets, scale)
     model = _load(folder / CHECKPOINT_NAME)
     scores, same = _score(model, sets, scale, reference=reference)
@@ -174,6 +175,7 @@ def run_one(
         copy_map=float(scores.reciprocal_rank.mean()),
         curve=curve,
         same_prediction_whitened=same,
+        score_seconds=time.perf_counter() - scoring_start,
     )
     result.save(folder)
     logger.info(
