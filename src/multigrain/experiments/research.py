@@ -41,9 +41,12 @@ labelled set seen many times, and a last feature map where pooling matters.
   the interval excludes 0 on the paper's / the other side, else "not separated at this
   scale".
 
-Cost, measured on this 2-core machine (2026-12, alone on it): training 33 images/s at
-56 px (bf16 autocast), i.e. ~370 s a run; held-out scoring ~110 s a run; the RQ4 grid
-and whitening ~210 s per joint run: 15 x 480 + 3 x 210 = ~7,800 s, ~2.2 h of 2 cores.
+Cost on this 2-core machine: training measured at 1.45 s a step (33 images/s at 56 px,
+bf16 autocast) with the machine otherwise idle, so ~380 s a run with its checkpoints;
+scoring estimated from its CPU time relative to training's (an image embedded at 56 px
+costs 1/5.6 of a training image): ~65 s a run (curves and test images), ~115 s more per
+joint run (RQ4 grid, whitening fit). 15 x 445 + 3 x 115 = ~7,000 s, ~2 h of 2 idle cores.
+Shared with other workers at nice 19 the first runs went 8x slower (3.5-4.5 images/s).
 
 Resuming: every run lives in ``<output>/runs/<variant>/seed<k>/`` and is resumable
 stage by stage (study_runs.py); a rerun with the same output folder skips finished runs
