@@ -116,7 +116,8 @@ def experiments(
         )
     except TrainingInterrupted as stop:
         typer.echo(
-            f"interrupted: {stop}; run the same `multigrain experiments` command to go on",
+            f"interrupted: {stop}. The study goes on when the same `multigrain experiments` "
+            "command runs again (it resumes by itself)",
             err=True,
         )
         # sys.exit, not typer.Exit: main() adds its generic line to a returned 130
