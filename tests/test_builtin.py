@@ -276,40 +276,6 @@ def test_demo_pipeline_on_the_built_benchmark(built, tmp_path: Path) -> None:
     assert (folder / "index" / "index.faiss").exists() or any((folder / "index").iterdir())
 
 
-def test_experiments_quick_report_structure(built, tmp_path: Path, fashion_mnist_root) -> None:
-    """`multigrain experiments --quick`: every question answered in the report."""
-    import json
-
-    from typer.testing import CliRunner
-
-    import multigrain.cli.demo  # noqa: F401  (registers experiments)
-    from multigrain.cli.app import app
-
-    output, _ = built
-    folder = tmp_path / "experiments"
-    args = ["experiments", "--quick", "-o", str(folder), "--data-root", str(output)]
-    outcome = CliRunner().invoke(app, args)
-    assert outcome.exit_code == 0, outcome.output
-    saved = json.loads((folder / "experiments.json").read_text())
-    assert [r["dataset"] for r in saved["results"]] == ["builtin", "fashion-mnist"]
-    for result in saved["results"]:
-        variants = {m["variant"] for m in result["measurements"]}
-        assert len(variants) == 5
-        assert {m["question"] for m in result["measurements"]} == {"all", "RQ1", "RQ2", "RQ3"}
-        assert len(result["grid"]) == 4  # 2 resolutions x 2 exponents
-        for point in result["grid"]:
-            assert 0 <= point["top1"] <= 1 and 0 < point["retrieval_map"] <= 1
-    whitening = saved["results"][0]["whitening"]
-    assert set(whitening) == {
-        "copy mAP", "copy mAP, whitened", "held-out top-1", "held-out top-1, whitening folded"
-    }  # fmt: skip
-    markdown = (folder / "experiments.md").read_text()
-    for heading in ("## builtin", "## fashion-mnist", "RQ1:", "RQ2:", "RQ3:", "RQ4:", "Whitening:"):
-        assert heading in markdown, heading
-    page = (folder / "experiments.html").read_text()
-    assert page.count("data:image/png;base64,") == 2
-
-
 def test_cli_report_plots_the_stored_calibration(built, tmp_path: Path) -> None:
     """`evaluate --benchmark builtin --report` adds the p*/s plot when the checkpoint has one."""
     import torch

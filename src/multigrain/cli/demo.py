@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from multigrain.cli.app import app, comma_list, echo
+from multigrain.cli.app import app, echo
 from multigrain.cli.outputs import folder_option
 
 
@@ -90,25 +90,36 @@ def experiments(
         ),
     ] = "runs/experiments",
     quick: Annotated[
-        bool, typer.Option(help="toy size: checks the pipeline in a few minutes, not the claims")
+        bool, typer.Option(help="toy size: checks the pipeline in seconds, not the claims")
     ] = False,
-    datasets: Annotated[
-        Sequence[DemoData],
-        typer.Option(
-            parser=comma_list(DemoData),
-            metavar="DATA,...",
-            help="comma-separated: builtin, fashion-mnist",
-        ),
-    ] = (DemoData.BUILTIN, DemoData.FASHION_MNIST),
-    data_root: Annotated[str, typer.Option(help="the built-in benchmark")] = "data/builtin",
+    fashion_mnist_root: Annotated[
+        str, typer.Option(help="folder of Fashion-MNIST's four .gz files")
+    ] = "/usr/share/datasets/fashion-mnist",
+    finished_only: Annotated[
+        bool, typer.Option(help="train nothing: report on the runs finished so far")
+    ] = False,
 ) -> None:
-    """The paper's research questions at small scale (RQ1-RQ4, whitening): tables + plots."""
-    from multigrain.experiments.research import FULL, QUICK, run_experiments
+    """The paper's research questions on Fashion-MNIST (RQ1-RQ4, whitening): tables + plots.
 
-    run_experiments(
-        output_dir=Path(output_dir),
-        data_root=Path(data_root),
-        scale=QUICK if quick else FULL,
-        datasets=[dataset.value for dataset in datasets],
-    )
+    Resumable: run it again with the same -o to skip finished runs and continue a half-done
+    one from its checkpoint.
+    """
+    from multigrain.experiments.research import FULL, QUICK, run_experiments
+    from multigrain.training.interrupt import TrainingInterrupted
+
+    try:
+        run_experiments(
+            output_dir=Path(output_dir),
+            scale=QUICK if quick else FULL,
+            fashion_mnist_root=Path(fashion_mnist_root),
+            finished_only=finished_only,
+        )
+    except TrainingInterrupted as stop:
+        typer.echo(
+            f"interrupted: {stop}. The study goes on when the same `multigrain experiments` "
+            "command runs again (it resumes by itself)",
+            err=True,
+        )
+        # sys.exit, not typer.Exit: main() adds its generic line to a returned 130
+        sys.exit(stop.exit_status)
     echo(f"report: {Path(output_dir) / 'experiments.html'} (and experiments.md, .json)")

@@ -1,138 +1,193 @@
-"""The research experiments' report: experiments.json, .md (tables, verdicts), plots, .html."""
+"""The study's report: experiments.json, experiments.md, two plots, experiments.html."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from multigrain.evaluation.plots import Bar, plot_experiment
 from multigrain.evaluation.report import write_html
-from multigrain.experiments.results import DatasetResults, GridPoint, Metric
-from multigrain.experiments.variants import VARIANTS, Question, Scale
+from multigrain.experiments.claims import (
+    RQ4_BEST_EXPONENT,
+    RQ4_GAIN,
+    WHITENING_RETRIEVAL,
+    WHITENING_TOP1,
+)
+from multigrain.experiments.research_plots import plot_curves, plot_grid
+from multigrain.experiments.results import Metric
+from multigrain.experiments.statistics import Interval
+from multigrain.experiments.study_analysis import Analysis
+from multigrain.experiments.variants import VARIANTS
 from multigrain.runtime.atomic import atomic_write_text
 
-PAPER = {
-    Question.RQ1: "Paper (ImageNet, ResNet-50): the joint loss keeps top-1 close to "
-    "classification only and gives retrieval far better than classification only.",
-    Question.RQ2: "Paper: repeated augmentations (m=3) improve both top-1 and retrieval at the "
-    "same number of images seen.",
-    Question.RQ3: "Paper: training with GeM p=3 gives better retrieval than average pooling "
-    "(p=1) at a similar top-1.",
-    Question.RQ4: "Paper: at a larger test resolution s the best p* grows; top-1 at s=500 with "
-    "p* beats s=224 with the training p.",
-}
+
+def _interval(i: Interval) -> str:
+    return f"{i.difference:+.3f} [{i.low:+.3f}, {i.high:+.3f}]"
 
 
-def verdicts(result: DatasetResults) -> list[str]:
-    """Plain statements of what this run measured, question by question."""
-    summary = result.summary()
-    joint = summary[VARIANTS[0]]
-    lines = []
-    for variant in VARIANTS[1:]:
-        values = summary[variant]
-        parts = []
-        for metric in (result.dataset.top1, Metric.COPY_MAP):
-            ours, theirs = joint[metric], values[metric]
-            delta = ours.mean - theirs.mean
-            spread = max(ours.spread, theirs.spread)
-            verdict = (
-                "within the seed spread"
-                if abs(delta) <= spread
-                else ("higher" if delta > 0 else "lower")
-            )
-            parts.append(
-                f"{metric.value} {ours.mean:.3f} vs {theirs.mean:.3f} ({verdict} "
-                f"for the joint model)"
-            )
-        question = variant.question.value
-        lines.append(f"{question}: joint vs {variant.name}: " + "; ".join(parts) + ".")
-    if result.grid:
-        best: dict[int, GridPoint] = {}
-        for point in result.grid:
-            if point.resolution not in best or point.top1 > best[point.resolution].top1:
-                best[point.resolution] = point
+def _variants_table(analysis: Analysis) -> list[str]:
+    lines = [
+        "| variant | seeds | test top-1 (mean ± spread) | copy mAP (mean ± spread) |",
+        "|---|---|---|---|",
+    ]
+    for variant in VARIANTS:
+        runs = [r for r in analysis.runs if r.variant == variant.slug]
+        if not runs:
+            continue
+        cells = []
+        for values in ([r.top1 for r in runs], [r.copy_map for r in runs]):
+            mean = sum(values) / len(values)
+            cells.append(f"{mean:.3f} ± {max(values) - min(values):.3f}")
+        lines.append(f"| {variant.name} | {len(runs)} | {cells[0]} | {cells[1]} |")
+    return lines
+
+
+def _answers(analysis: Analysis) -> list[str]:
+    lines = [
+        "| question | joint vs | figure | joint | other | joint − other [95 % CI] | paper "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in analysis.comparisons:
         lines.append(
-            "RQ4: best p by top-1 per s: "
-            + ", ".join(
-                f"s={s}: p*={pt.exponent:g} (top-1 {pt.top1:.3f})" for s, pt in best.items()
-            )
-            + "."
+            f"| {c.claim.question.value} | {c.claim.other.short_name} | {c.claim.metric.value} "
+            f"| {c.joint:.3f} | {c.other:.3f} | {_interval(c.interval)} | {c.claim.paper} "
+            f"| {c.verdict.value} |"
         )
-    if result.whitening is not None:
-        w = result.whitening
+    for g in analysis.grid:
+        best = ", ".join(
+            f"{s}: {p:g}" for s, p in zip(analysis.scale.resolutions, g.best_exponents, strict=True)
+        )
         lines.append(
-            f"Whitening: copy mAP {w.copy_map:.3f} -> {w.copy_map_whitened:.3f}; "
-            f"top-1 {w.top1:.3f} -> {w.top1_folded:.3f} after folding."
+            f"| RQ4 | p*(s) | {g.metric.value} | p* by s: {best} | | p*(largest s) − p*(training "
+            f"s) {_interval(g.exponent_shift)} | {RQ4_BEST_EXPONENT[g.metric]} "
+            f"| {g.exponent_verdict.value} |"
+        )
+        lines.append(
+            f"| RQ4 | s={analysis.scale.resolutions[0]}, p=3 | {g.metric.value} | best s > "
+            f"training: {g.best_resolution} | | {_interval(g.gain)} | {RQ4_GAIN[g.metric]} "
+            f"| {g.gain_verdict.value} |"
+        )
+    w = analysis.whitening
+    if w is not None:
+        lines.append(
+            f"| whitening | raw descriptor | copy mAP | {w.copy_map_whitened:.3f} | "
+            f"{w.copy_map:.3f} | {_interval(w.retrieval)} | {WHITENING_RETRIEVAL} "
+            f"| {w.retrieval_verdict.value} |"
+        )
+        lines.append(
+            f"| whitening | model's top-1 | top-1 from the stored vector | {w.top1_stored:.3f} | "
+            f"{w.top1:.3f} | {_interval(w.top1_difference)}; same prediction on "
+            f"{w.same_prediction:.2%} of images (worst seed) | {WHITENING_TOP1} "
+            f"| {w.top1_verdict.value} |"
         )
     return lines
 
 
-def tables(result: DatasetResults, scale: Scale) -> str:
-    """The markdown section of one dataset: variants, the RQ4 grid, whitening, verdicts."""
-    summary = result.summary()
-    metrics = list(next(iter(summary.values())))
-    lines = [
-        f"## {result.dataset.value}",
-        "",
-        f"Seeds {list(scale.seeds)}; mean ± spread (max − min over seeds).",
-        "",
-        "| question | variant | " + " | ".join(m.value for m in metrics) + " |",
-        "|---|---|" + "---|" * len(metrics),
-    ]
-    for variant, values in summary.items():
-        cells = " | ".join(f"{values[m].mean:.3f} ± {values[m].spread:.3f}" for m in metrics)
-        lines.append(f"| {variant.question.value} | {variant.name} | {cells} |")
-    if result.grid:
-        lines += ["", "RQ4 (joint model, seed 0): top-1 / copy mAP per test s and p", ""]
-        exponents = sorted({pt.exponent for pt in result.grid})
-        lines.append("| s | " + " | ".join(f"p={p:g}" for p in exponents) + " |")
-        lines.append("|---|" + "---|" * len(exponents))
-        for s in sorted({pt.resolution for pt in result.grid}):
-            row = {pt.exponent: pt for pt in result.grid if pt.resolution == s}
-            lines.append(
-                f"| {s} | "
-                + " | ".join(f"{row[p].top1:.3f} / {row[p].retrieval_map:.3f}" for p in exponents)
-                + " |"
-            )
-    if result.whitening is not None:
-        lines += ["", "| whitening | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.3f} |" for k, v in result.whitening.labelled().items()]
-    lines += ["", "Measured:", ""] + [f"- {line}" for line in verdicts(result)]
-    return "\n".join(lines)
-
-
-def _plot(result: DatasetResults, path: Path) -> Path:
-    summary = result.summary()
-    metrics = list(next(iter(summary.values())))
-    bars = {
-        metric.value: [
-            Bar(variant.short_name, values[metric].mean, values[metric].spread)
-            for variant, values in summary.items()
+def _grid_tables(analysis: Analysis) -> list[str]:
+    lines: list[str] = []
+    exponents = analysis.scale.exponents
+    for g in analysis.grid:
+        lines += [
+            "",
+            f"RQ4, {g.metric.value} (joint models, mean over seeds, first "
+            f"{analysis.scale.grid_images} test images):",
+            "",
+            "| s | " + " | ".join(f"p={p:g}" for p in exponents) + " |",
+            "|---|" + "---|" * len(exponents),
         ]
-        for metric in metrics
+        for s, row in zip(analysis.scale.resolutions, g.means, strict=True):
+            lines.append(f"| {s} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    return lines
+
+
+def _convergence_table(analysis: Analysis) -> list[str]:
+    lines = [
+        f"Convergence: max − min of each held-out figure over the checkpoints of the last "
+        f"quarter of training ≤ {analysis.scale.convergence_tolerance} (first "
+        f"{analysis.scale.curve_images} test images).",
+        "",
+        "| run | top-1 change | flat | copy mAP change | flat | training s | scoring s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in analysis.runs:
+        top1 = analysis.convergence(run, Metric.TOP1)
+        copy = analysis.convergence(run, Metric.COPY_MAP)
+        lines.append(
+            f"| {run.variant} seed {run.seed} | {top1.change:.3f} | {'yes' if top1.flat else 'no'}"
+            f" | {copy.change:.3f} | {'yes' if copy.flat else 'no'} | {run.train_seconds:.0f} | "
+            f"{run.score_seconds or float('nan'):.0f} |"
+        )
+    return lines
+
+
+def _document(analysis: Analysis) -> dict[str, Any]:
+    return {
+        "scale": asdict(analysis.scale),
+        "runs": [asdict(run) for run in analysis.runs],
+        "comparisons": [
+            {
+                "question": c.claim.question.value,
+                "other": c.claim.other.name,
+                "metric": c.claim.metric.value,
+                "joint": c.joint,
+                "other_value": c.other,
+                "difference": asdict(c.interval),
+                "paper": c.claim.paper,
+                "verdict": c.verdict.value,
+            }
+            for c in analysis.comparisons
+        ],
+        "rq4": [
+            {
+                "metric": g.metric.value,
+                "means": g.means.tolist(),
+                "best_exponents": list(g.best_exponents),
+                "exponent_shift": asdict(g.exponent_shift),
+                "exponent_verdict": g.exponent_verdict.value,
+                "best_resolution": g.best_resolution,
+                "gain": asdict(g.gain),
+                "gain_verdict": g.gain_verdict.value,
+            }
+            for g in analysis.grid
+        ],
+        "whitening": (
+            {
+                key: (
+                    asdict(value) if isinstance(value, Interval) else getattr(value, "value", value)
+                )
+                for key, value in vars(analysis.whitening).items()
+            }
+            if analysis.whitening is not None
+            else None
+        ),
     }
-    curves: dict[float, list[tuple[int, float]]] = {}
-    for point in result.grid:
-        curves.setdefault(point.exponent, []).append((point.resolution, point.top1))
-    return plot_experiment(path, dataset=result.dataset.value, bars=bars, top1_curves=curves)
 
 
-def write_report(results: list[DatasetResults], folder: Path, scale: Scale) -> Path:
-    """folder/experiments.json, experiments.md, one PNG per dataset and experiments.html."""
+def write_report(analysis: Analysis, folder: Path) -> Path:
+    """folder/experiments.json, experiments.md, curves.png, rq4.png and experiments.html."""
     folder.mkdir(parents=True, exist_ok=True)
-    document = {"scale": asdict(scale), "results": [r.to_dict() for r in results]}
-    atomic_write_text(folder / "experiments.json", json.dumps(document, indent=2))
-    sections = [tables(result, scale) for result in results]
-    claims = "\n".join(f"- {q.value}: {text}" for q, text in PAPER.items())
-    markdown = "# multigrain experiments\n\n" + "\n\n".join(sections)
-    markdown += "\n\n## What the paper reports\n\n" + claims + "\n"
-    atomic_write_text(folder / "experiments.md", markdown)
-    plots = [_plot(result, folder / f"{result.dataset.value}.png") for result in results]
+    atomic_write_text(folder / "experiments.json", json.dumps(_document(analysis), indent=1))
+    scale = analysis.scale
+    intro = (
+        f"Seeds {list(scale.seeds)}; {scale.train_per_class * 10} training images seen for "
+        f"{scale.steps} steps x {scale.batch_size}; {scale.test_per_class * 10} test images; "
+        "95 % intervals: two-level bootstrap over seeds and test images (paired)."
+    )
+    sections = [
+        "\n".join(["# multigrain experiments", "", intro, "", *_variants_table(analysis)]),
+        "\n".join(["## Answers", "", *_answers(analysis), *_grid_tables(analysis)]),
+        "\n".join(["## Convergence", "", *_convergence_table(analysis)]),
+    ]
+    atomic_write_text(folder / "experiments.md", "\n\n".join(sections) + "\n")
+    plots = [plot_curves(analysis, folder / "curves.png")]
+    if analysis.grid:
+        plots.append(plot_grid(analysis, folder / "rq4.png"))
     return write_html(
         folder / "experiments.html",
         title="multigrain experiments",
-        markdown_tables=sections + [claims],
+        markdown_tables=sections,
         plots=plots,
         grid=[],
     )

@@ -1,111 +1,91 @@
-"""What the research experiments measured, per dataset, and its form in experiments.json."""
+"""What one run of the research study measured, stored beside its checkpoint.
+
+``result.json`` (figures, curve, convergence) is written last, so its presence marks a
+finished run; ``scores.npz`` holds the per-image scores the intervals are drawn from.
+"""
 
 from __future__ import annotations
 
-import statistics
+import io
+import json
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
-from multigrain.experiments.variants import Variant
+import numpy as np
+
+from multigrain.runtime.atomic import atomic_write_bytes, atomic_write_text
+
+RESULT_NAME = "result.json"
+SCORES_NAME = "scores.npz"
 
 
 class Metric(str, Enum):
-    """A figure measured for every variant and seed; the value is its name in the report."""
+    """A figure measured for every run; the value is its name in the report."""
 
-    HELDOUT_TOP1 = "held-out top-1"  # the built-in photos' held-out labelled photos
-    TEST_TOP1 = "test top-1"  # Fashion-MNIST's test split
+    TOP1 = "test top-1"
     COPY_MAP = "copy mAP"
 
 
-class ExperimentDataset(str, Enum):
-    BUILTIN = "builtin"
-    FASHION_MNIST = "fashion-mnist"
+@dataclass(frozen=True)
+class CurvePoint:
+    """The held-out figures (on the curve images) of the checkpoint after `step` steps."""
 
-    @property
-    def top1(self) -> Metric:
-        """The classification figure measured on this dataset."""
-        return Metric.HELDOUT_TOP1 if self is ExperimentDataset.BUILTIN else Metric.TEST_TOP1
-
-
-@dataclass
-class Measurement:
-    variant: Variant
-    seed: int
-    metrics: dict[Metric, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "variant": self.variant.name,
-            "question": self.variant.question.value,
-            "seed": self.seed,
-            "metrics": {metric.value: value for metric, value in self.metrics.items()},
-        }
-
-
-@dataclass
-class GridPoint:
-    """RQ4: the joint model tested at resolution s with GeM exponent p."""
-
-    resolution: int
-    exponent: float
+    step: int
     top1: float
-    retrieval_map: float
-
-
-@dataclass(frozen=True)
-class SeedSpread:
-    """A figure over seeds: the mean and the spread (max - min)."""
-
-    mean: float
-    spread: float
-
-
-@dataclass(frozen=True)
-class WhiteningCheck:
-    """Copy mAP without/with whitening; top-1 before/after folding it into the classifier."""
-
     copy_map: float
-    copy_map_whitened: float
-    top1: float
-    top1_folded: float  # must equal top1: folding is exact
 
-    def labelled(self) -> dict[str, float]:
-        """The figures by their names in the report (and experiments.json)."""
-        return {
-            "copy mAP": self.copy_map,
-            "copy mAP, whitened": self.copy_map_whitened,
-            "held-out top-1": self.top1,
-            "held-out top-1, whitening folded": self.top1_folded,
-        }
+    def value(self, metric: Metric) -> float:
+        return self.top1 if metric is Metric.TOP1 else self.copy_map
 
 
 @dataclass
-class DatasetResults:
-    dataset: ExperimentDataset
-    measurements: list[Measurement] = field(default_factory=list)
-    grid: list[GridPoint] = field(default_factory=list)
-    whitening: WhiteningCheck | None = None
+class RunScores:
+    """Per-image scores on the test images at the training s and p (and, for the reference
+    variant, the RQ4 grid and the whitening check)."""
 
-    def summary(self) -> dict[Variant, dict[Metric, SeedSpread]]:
-        """variant -> metric -> mean and spread over seeds, variants in measurement order."""
-        table: dict[Variant, dict[Metric, list[float]]] = {}
-        for m in self.measurements:
-            for metric, value in m.metrics.items():
-                table.setdefault(m.variant, {}).setdefault(metric, []).append(value)
-        return {
-            variant: {
-                metric: SeedSpread(statistics.fmean(values), max(values) - min(values))
-                for metric, values in metrics.items()
-            }
-            for variant, metrics in table.items()
-        }
+    correct: np.ndarray  # (N,)
+    reciprocal_rank: np.ndarray  # (N,)
+    grid_correct: np.ndarray | None = None  # (R, P, N_grid)
+    grid_reciprocal_rank: np.ndarray | None = None  # (R, P, N_grid)
+    whitened_correct: np.ndarray | None = None  # (N,) top-1 of the stored whitened vector
+    whitened_reciprocal_rank: np.ndarray | None = None  # (N,)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The object stored for this dataset in experiments.json."""
-        return {
-            "dataset": self.dataset.value,
-            "measurements": [m.to_dict() for m in self.measurements],
-            "grid": [asdict(point) for point in self.grid],
-            "whitening": self.whitening.labelled() if self.whitening is not None else {},
-        }
+    def metric(self, metric: Metric) -> np.ndarray:
+        return self.correct if metric is Metric.TOP1 else self.reciprocal_rank
+
+    def save(self, path: Path) -> Path:
+        arrays = {name: value for name, value in vars(self).items() if value is not None}
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return atomic_write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> RunScores:
+        with np.load(path) as stored:
+            return cls(**{name: stored[name] for name in stored.files})
+
+
+@dataclass
+class RunResult:
+    """One variant x seed: its summary figures, learning curve and training cost."""
+
+    variant: str  # Variant.slug
+    seed: int
+    steps: int
+    train_seconds: float
+    top1: float
+    copy_map: float
+    curve: list[CurvePoint] = field(default_factory=list)
+    same_prediction_whitened: float | None = None  # reference variant only
+    score_seconds: float | None = None  # the curve, test, grid and whitening scoring
+
+    def save(self, folder: Path) -> Path:
+        return atomic_write_text(folder / RESULT_NAME, json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, folder: Path) -> RunResult:
+        values: dict[str, Any] = json.loads((folder / RESULT_NAME).read_text())
+        values["curve"] = [CurvePoint(**point) for point in values["curve"]]
+        return cls(**values)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from multigrain.experiments.demo_settings import DemoSettings
-
 
 class Question(str, Enum):
     """The paper's research question a variant answers (``ALL``: the reference)."""
@@ -50,37 +48,59 @@ VARIANTS: tuple[Variant, ...] = (
 
 @dataclass(frozen=True)
 class Scale:
-    """How big each run is."""
+    """How big the study is (research.py's docstring gives the reasons for FULL)."""
 
     seeds: tuple[int, ...]
-    builtin: DemoSettings
-    fashion_steps: int
-    fashion_batch: int
-    fashion_images: int
-    resolutions: tuple[int, ...]  # RQ4, built-in photos
-    fashion_resolutions: tuple[int, ...]  # RQ4, Fashion-MNIST
-    exponents: tuple[float, ...]
+    train_per_class: int  # Fashion-MNIST training images per class (10 classes)
+    test_per_class: int
+    whitening_per_class: int  # the whitening's fit set, disjoint from the training images
+    input_size: int  # training resolution s (56 px: a 7x7 last map with the small stem)
+    batch_size: int
+    steps: int  # optimiser steps: the same images processed for every variant
+    warmup_steps: int
+    lr: float
+    curve_points: int  # held-out checkpoints per run, evenly spaced
+    curve_images: int  # the curves read the first test images
+    grid_images: int  # RQ4 reads the first test images
+    resolutions: tuple[int, ...]  # RQ4 test resolutions, the training one first
+    exponents: tuple[float, ...]  # RQ4 test exponents, including the training p = 3
+    bootstrap_samples: int
+    convergence_tolerance: float  # max - min over the last quarter's checkpoints
 
 
 FULL = Scale(
-    seeds=(0, 1),
-    builtin=DemoSettings(steps=300, batch_size=48, train_resolution=128, test_resolution=224),
-    fashion_steps=250,
-    fashion_batch=60,
-    fashion_images=1000,
-    resolutions=(128, 224, 320),
-    fashion_resolutions=(32, 48, 64),
-    exponents=(1.0, 2.0, 3.0, 4.0, 6.0),
+    seeds=(0, 1, 2),
+    train_per_class=80,
+    test_per_class=200,
+    whitening_per_class=200,
+    input_size=56,
+    batch_size=48,
+    steps=256,
+    warmup_steps=64,
+    lr=0.02,
+    curve_points=8,
+    curve_images=500,
+    grid_images=1000,
+    resolutions=(56, 72, 96, 112),
+    exponents=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0),
+    bootstrap_samples=2000,
+    convergence_tolerance=0.02,
 )
 QUICK = Scale(
     seeds=(0,),
-    builtin=DemoSettings(
-        steps=2, batch_size=12, train_resolution=48, test_resolution=64, workers=0
-    ),
-    fashion_steps=2,
-    fashion_batch=12,
-    fashion_images=60,
-    resolutions=(48, 64),
-    fashion_resolutions=(28, 40),
+    train_per_class=3,
+    test_per_class=2,
+    whitening_per_class=3,
+    input_size=16,
+    batch_size=6,
+    steps=4,
+    warmup_steps=1,
+    lr=0.02,
+    curve_points=2,
+    curve_images=10,
+    grid_images=10,
+    resolutions=(16, 24),
     exponents=(1.0, 3.0),
+    bootstrap_samples=200,
+    convergence_tolerance=0.02,
 )

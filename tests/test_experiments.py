@@ -1,0 +1,180 @@
+"""The research study: its statistics against hand computations, its image sets, and
+`multigrain experiments --quick` end to end, including skipping and resuming runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from multigrain.experiments.statistics import (
+    Interval,
+    Verdict,
+    best_exponent_interval,
+    convergence,
+    difference_interval,
+    verdict,
+)
+from multigrain.experiments.study_sets import balanced_indices
+
+
+def test_interval_of_a_constant_difference_is_that_constant() -> None:
+    """Every seed alike (seeds are resampled per variant, unpaired), a constant per image."""
+    a = np.array([[0.7, 0.2, 0.9], [0.7, 0.2, 0.9]])
+    interval = difference_interval(a, a - 0.25, samples=500)
+    assert interval.difference == pytest.approx(0.25)
+    assert interval.low == pytest.approx(0.25) and interval.high == pytest.approx(0.25)
+
+
+def test_interval_over_images_matches_the_enumerated_bootstrap() -> None:
+    """One seed, two images, A - B per image = (1, 0): a resample of 2 images has mean 1,
+    1/2 or 0 with probabilities 1/4, 1/2, 1/4, so the 95 % interval is [0, 1]."""
+    interval = difference_interval([[1.0, 0.0]], [[0.0, 0.0]], samples=4000, seed=3)
+    assert interval.difference == 0.5
+    assert (interval.low, interval.high) == (0.0, 1.0)
+
+
+def test_interval_over_seeds_matches_the_enumerated_bootstrap() -> None:
+    """Seeds 0.6 and 0.8 on every image vs 0.5: resampled seed means 0.6, 0.7, 0.8 with
+    probabilities 1/4, 1/2, 1/4, so the interval of the difference is [0.1, 0.3]."""
+    a = np.array([[0.6] * 5, [0.8] * 5])
+    interval = difference_interval(a, np.full((2, 5), 0.5), samples=4000, seed=1)
+    assert interval.difference == pytest.approx(0.2)
+    assert interval.low == pytest.approx(0.1) and interval.high == pytest.approx(0.3)
+
+
+def test_interval_over_many_images_has_the_normal_width() -> None:
+    """Paired 0/1 differences on 4000 images: half-width ~ 1.96 sd / sqrt(N)."""
+    rng = np.random.default_rng(0)
+    a = (rng.random((1, 4000)) < 0.8).astype(float)
+    b = (rng.random((1, 4000)) < 0.7).astype(float)
+    interval = difference_interval(a, b, samples=3000)
+    half = 1.96 * (a - b).std() / np.sqrt(4000)
+    assert (interval.high - interval.low) / 2 == pytest.approx(half, rel=0.1)
+    assert interval.low < interval.difference < interval.high
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "sign", "expected"),
+    [
+        (0.01, 0.05, +1, Verdict.AGREES),
+        (0.01, 0.05, -1, Verdict.DISAGREES),
+        (-0.05, -0.01, -1, Verdict.AGREES),
+        (-0.05, -0.01, +1, Verdict.DISAGREES),
+        (-0.01, 0.05, +1, Verdict.NOT_SEPARATED),
+        (0.0, 0.0, +1, Verdict.NOT_SEPARATED),
+    ],
+)
+def test_verdict(low: float, high: float, sign: int, expected: Verdict) -> None:
+    assert verdict(Interval((low + high) / 2, low, high), sign) is expected
+
+
+def test_verdict_words() -> None:
+    assert [v.value for v in Verdict] == ["agrees", "disagrees", "not separated at this scale"]
+
+
+def test_best_exponent_shift_of_a_clear_grid() -> None:
+    """p* = 1 at the first resolution and 4 at the second on every image and seed."""
+    scores = np.zeros((3, 2, 3, 50))  # seeds, resolutions, exponents (1, 3, 4), images
+    scores[:, 0, 0] = 1.0
+    scores[:, 1, 2] = 1.0
+    shift = best_exponent_interval(scores, (1.0, 3.0, 4.0), low_index=0, high_index=1, samples=300)
+    assert (shift.difference, shift.low, shift.high) == (3.0, 3.0, 3.0)
+
+
+def test_convergence_reads_the_last_quarter_only() -> None:
+    steps = [25, 50, 75, 100]
+    flat = convergence(steps, [0.1, 0.5, 0.80, 0.81], total_steps=100, tolerance=0.02)
+    assert flat.flat and flat.change == pytest.approx(0.01)
+    moving = convergence(steps, [0.1, 0.5, 0.70, 0.81], total_steps=100, tolerance=0.02)
+    assert not moving.flat and moving.change == pytest.approx(0.11)
+    assert not convergence([50, 100], [0.8, 0.8], total_steps=100, tolerance=0.02).flat
+
+
+def test_balanced_indices_are_balanced_seeded_and_disjoint() -> None:
+    labels = [i % 3 for i in range(60)]
+    first = balanced_indices(labels, 4, seed=0)
+    assert first == balanced_indices(labels, 4, seed=0) != balanced_indices(labels, 4, seed=1)
+    assert [labels[i] for i in first[:3]] == [0, 1, 2]  # every prefix is balanced
+    assert sorted(labels[i] for i in first) == [0] * 4 + [1] * 4 + [2] * 4
+    other = balanced_indices(labels, 16, seed=5, exclude=first)
+    assert not set(other) & set(first)
+    with pytest.raises(ValueError):
+        balanced_indices(labels, 17, seed=5, exclude=first)
+
+
+@pytest.mark.slow
+def test_experiments_quick_answers_every_question_and_resumes(
+    tmp_path: Path, fashion_mnist_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import multigrain.cli.demo  # noqa: F401  (registers experiments)
+    import multigrain.experiments.study_runs as study_runs
+    from multigrain.cli.app import app
+
+    folder = tmp_path / "experiments"
+    args = ["experiments", "--quick", "-o", str(folder)]
+    args += ["--fashion-mnist-root", str(fashion_mnist_root)]
+    outcome = CliRunner().invoke(app, args)
+    assert outcome.exit_code == 0, outcome.output
+    saved = json.loads((folder / "experiments.json").read_text())
+    assert len(saved["runs"]) == 5
+    assert {(c["question"], c["metric"]) for c in saved["comparisons"]} == {
+        (q, m) for q in ("RQ1", "RQ2", "RQ3") for m in ("test top-1", "copy mAP")
+    }
+    assert len(saved["comparisons"]) == 8
+    verdicts = {"agrees", "disagrees", "not separated at this scale"}
+    for comparison in saved["comparisons"]:
+        difference = comparison["difference"]
+        assert difference["low"] <= difference["difference"] <= difference["high"]
+        assert comparison["verdict"] in verdicts
+    assert [g["metric"] for g in saved["rq4"]] == ["test top-1", "copy mAP"]
+    assert np.array(saved["rq4"][0]["means"]).shape == (2, 2)  # resolutions x exponents
+    assert saved["whitening"]["top1_verdict"] == "agrees"  # the fold is exact
+    for run in saved["runs"]:
+        assert [p["step"] for p in run["curve"]] == [2, 4]
+    markdown = (folder / "experiments.md").read_text()
+    for text in ("## Answers", "## Convergence", "RQ1", "RQ4", "whitening"):
+        assert text in markdown, text
+    assert (folder / "experiments.html").read_text().count("data:image/png;base64,") == 2
+
+    # a rerun trains nothing: every run is finished
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(study_runs, "train", refuse)
+    outcome = CliRunner().invoke(app, args)
+    assert outcome.exit_code == 0, outcome.output
+    assert json.loads((folder / "experiments.json").read_text())["runs"] == saved["runs"]
+
+    # --finished-only reports on the finished runs and trains nothing
+    run_folder = folder / "runs" / "retrieval-only" / "seed0"
+    (run_folder / "result.json").unlink()
+    outcome = CliRunner().invoke(app, [*args, "--finished-only"])
+    assert outcome.exit_code == 0, outcome.output
+    partial = json.loads((folder / "experiments.json").read_text())
+    assert len(partial["runs"]) == 4 and len(partial["comparisons"]) == 6
+
+    # a run without its result resumes from its checkpoint and gives the same figures
+    from multigrain.training.loop import train
+
+    calls: list[bool] = []
+
+    def counted(config: object, *, resume: bool) -> object:
+        calls.append(resume)
+        return train(config, resume=resume)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(study_runs, "train", counted)
+
+    outcome = CliRunner().invoke(app, args)
+    assert outcome.exit_code == 0, outcome.output
+    assert calls == [True]
+    again = json.loads((folder / "experiments.json").read_text())["runs"]
+    (before,) = [r for r in saved["runs"] if r["variant"] == "retrieval-only"]
+    (after,) = [r for r in again if r["variant"] == "retrieval-only"]
+    assert (after["top1"], after["copy_map"], after["curve"]) == (
+        before["top1"], before["copy_map"], before["curve"]
+    )  # fmt: skip
