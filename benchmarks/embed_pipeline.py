@@ -1,0 +1,445 @@
+"""Is `embed` bounded by its slowest stage? Camera photos and small ones, stage by stage.
+
+Over 300 lines because: it builds three photo sets, runs four kinds of child process
+(baseline, default, decoding alone, an instrumented default) and reads their profiles;
+each piece is short, and they share one report.
+
+Sets (each of `--images` files, cycling through its distinct photos by hard link):
+
+- ``small``: the built-in benchmark's photos (data/builtin, longest side <= 512, many
+  shapes: batches are often partial);
+- ``camera``: camera-size JPEGs (>= 3 MP) from the Debian wallpaper packages the set-up
+  installs (mate-backgrounds, lomiri-wallpapers*, ukui-wallpapers; the JSON lists each
+  file with its package and size), mixed shapes;
+- ``camera-same``: the same photos centre-cropped to 4:3 and resized to 4032 x 3024 (a
+  12 MP phone photo), JPEG quality 92: one shape, so every batch is full.
+
+For each set and resolution s, every measurement in its own child process, one after
+another on the same files:
+
+- ``baseline``: a user's plain script (embed_throughput.run_baseline): PIL full decode,
+  bicubic resize, fp32, one image at a time;
+- ``default``: ``multigrain embed``'s defaults (embed_collection), timed from the list of
+  files to the descriptors on disk, pipeline start-up included (``setup_seconds``: trunk
+  folding and cast; ``first_batch_seconds``: to the first descriptor), and the model alone
+  on a batch of the set's most common shape (``forward``: images/s and share of the bf16
+  matmul rate, from embed_throughput.forward_rate);
+- ``decode``: decoding + resizing alone, through the same DataLoader with the default
+  number of workers at the default priority (the cores the default run leaves to it);
+- ``profile``: the default run again with every stage timed: in the workers ``decode``
+  (file -> RGB at the draft scale), ``resize`` (to longest side s) and ``to_tensor``;
+  in the main process ``wait`` (next batch: queue transfer through shared memory,
+  bucketing, stacking, and any stall for decoding), ``forward`` (normalise, trunk, GeM,
+  L2), ``write`` (shards, merge). Worker stages overlap the main process's.
+
+Headline per set and s: ``bound`` = min(forward alone, decoding alone) images/s, and
+``e2e_over_bound`` = default / bound; ``speedup_vs_baseline`` = default / baseline.
+
+    .venv/bin/python benchmarks/embed_pipeline.py --trunk resnet50 --resolutions 224,500 \\
+        --images 96 --output docs/benchmarks/embed_pipeline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from embed_throughput import (
+    describe_set,
+    find_photos,
+    forward_batch,
+    forward_rate,
+    make_set,
+    run_baseline,
+)
+from PIL import Image
+
+from multigrain.data import inference_loading
+from multigrain.data.inference_loading import (
+    decoded_batches,
+    default_batch_size,
+    default_num_workers,
+)
+from multigrain.inference import embed as embed_module
+from multigrain.inference.embed import DEFAULT_PRECISION, embed_collection
+from multigrain.inference.fast_trunk import fast_trunk_for
+from multigrain.inference.store import EmbeddingMetadata
+from multigrain.models import MultiGrain
+from multigrain.models.checkpoint import save_checkpoint
+from multigrain.models.weights import load_model
+from multigrain.runtime.atomic import atomic_write_text
+from multigrain.runtime.distributed import DistributedContext, resolve_device
+from multigrain.runtime.machine import describe_machine
+from multigrain.runtime.precision import resolve_inference_precision
+
+CAMERA_ROOTS = (Path("/usr/share/backgrounds"), Path("/usr/share/wallpapers"))
+CAMERA_MIN_PIXELS = 3_000_000
+CAMERA_SHAPE = (4032, 3024)
+KINDS = ("baseline", "default", "decode", "profile")
+
+
+# --- the photo sets --------------------------------------------------------------------------
+def package_of(path: Path) -> str:
+    """The Debian package that installed `path` (dpkg -S), or '?'."""
+    found = subprocess.run(["dpkg", "-S", str(path)], capture_output=True, text=True)
+    return found.stdout.split(":")[0] if found.returncode == 0 else "?"
+
+
+def camera_photos(roots: tuple[Path, ...] = CAMERA_ROOTS) -> list[Path]:
+    """Distinct JPEGs of >= 3 MP under `roots`, sorted."""
+    found = []
+    for root in roots:
+        if root.is_dir():
+            found += find_photos(root, 0)
+    chosen = []
+    for path in found:
+        with Image.open(path) as image:
+            if image.width * image.height >= CAMERA_MIN_PIXELS:
+                chosen.append(path)
+    if not chosen:
+        raise SystemExit(
+            "no camera-size JPEG found: sudo apt-get install mate-backgrounds "
+            "lomiri-wallpapers ukui-wallpapers (scripts/setup-system.sh installs them)"
+        )
+    return chosen
+
+
+def same_shape_copies(photos: list[Path], folder: Path) -> list[Path]:
+    """Each photo centre-cropped to 4:3 and resized to CAMERA_SHAPE, JPEG q92 in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    width, height = CAMERA_SHAPE
+    made = []
+    for index, path in enumerate(photos):
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        scale = max(width / image.width, height / image.height)
+        resized = image.resize((round(image.width * scale), round(image.height * scale)))
+        left, top = (resized.width - width) // 2, (resized.height - height) // 2
+        target = folder / f"camera-{index:03d}.jpg"
+        resized.crop((left, top, left + width, top + height)).save(target, quality=92)
+        made.append(target)
+    return made
+
+
+def camera_manifest(photos: list[Path]) -> list[dict[str, Any]]:
+    rows = []
+    for path in photos:
+        with Image.open(path) as image:
+            size = image.size
+        rows.append(
+            {"file": str(path), "package": package_of(path), "size": list(size),
+             "megabytes": round(path.stat().st_size / 2**20, 2)}
+        )  # fmt: skip
+    return rows
+
+
+# --- the profile -----------------------------------------------------------------------------
+class _StageLog:
+    """Appends "stage seconds" lines to one file per process (workers are forked)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def add(self, stage: str, seconds: float) -> None:
+        with open(self.folder / f"stages-{os.getpid()}.txt", "a") as file:
+            file.write(f"{stage} {seconds}\n")
+
+    def timed(self, stage: str, function: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.add(stage, time.perf_counter() - start)
+
+        return wrapper
+
+    def timed_iterator(self, stage: str, function: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            iterator = iter(function(*args, **kwargs))
+            while True:
+                start = time.perf_counter()
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    self.add(stage, time.perf_counter() - start)
+                    return
+                self.add(stage, time.perf_counter() - start)
+                yield item
+
+        return wrapper
+
+    def totals(self) -> dict[str, Any]:
+        main, workers = defaultdict(float), defaultdict(float)
+        calls: dict[str, int] = defaultdict(int)
+        for file in self.folder.glob("stages-*.txt"):
+            is_main = file.name == f"stages-{os.getpid()}.txt"
+            for line in file.read_text().splitlines():
+                stage, seconds = line.split()
+                (main if is_main else workers)[stage] += float(seconds)
+                calls[stage] += 1
+        return {
+            "main_process_seconds": {k: round(v, 3) for k, v in sorted(main.items())},
+            "worker_seconds": {k: round(v, 3) for k, v in sorted(workers.items())},
+            "calls": dict(sorted(calls.items())),
+        }
+
+
+def instrument(log: _StageLog) -> None:
+    """Wrap the pipeline's stage functions where embed_collection and its workers call them."""
+    inference_loading.decode_image = log.timed("decode", inference_loading.decode_image)  # type: ignore[assignment]
+    inference_loading.resize_longest_side = log.timed(  # type: ignore[assignment]
+        "resize", inference_loading.resize_longest_side
+    )
+    inference_loading.to_uint8_tensor = log.timed("to_tensor", inference_loading.to_uint8_tensor)  # type: ignore[assignment]
+    embed_module.decoded_batches = log.timed_iterator("wait", embed_module.decoded_batches)  # type: ignore[assignment]
+    embed_module.embed_batch = log.timed("forward", embed_module.embed_batch)  # type: ignore[assignment]
+    embed_module._ShardWriter.flush = log.timed("write", embed_module._ShardWriter.flush)  # type: ignore[method-assign]
+    embed_module.store.merge_shards = log.timed("write", embed_module.store.merge_shards)  # type: ignore[assignment]
+
+
+# --- one child -------------------------------------------------------------------------------
+def decode_workers(device: torch.device) -> int:
+    """The decoding processes: embed's default, or --decode-workers (MULTIGRAIN_BENCH_WORKERS)."""
+    chosen = os.environ.get("MULTIGRAIN_BENCH_WORKERS")
+    return int(chosen) if chosen else default_num_workers(device)
+
+
+def run_default(
+    model: MultiGrain, paths: list[Path], output: Path, resolution: int, device: torch.device
+) -> dict[str, Any]:
+    """embed_collection with its defaults; seconds include the trunk's set-up."""
+    context = DistributedContext(rank=0, world_size=1, local_rank=0, device=device)
+    used = resolve_inference_precision(DEFAULT_PRECISION, device)
+    metadata = EmbeddingMetadata(
+        model="benchmark", resolution=resolution, exponent=float(model.pool.p),
+        whitened=False, dim=model.embedding_dim, precision=used.value,
+    )  # fmt: skip
+    first: list[float] = []
+    forward = embed_module.embed_batch
+
+    def noting_first(*args: Any, **kwargs: Any) -> Any:
+        result = forward(*args, **kwargs)
+        if not first:
+            first.append(time.perf_counter())
+        return result
+
+    embed_module.embed_batch = noting_first  # type: ignore[assignment]
+    start = time.perf_counter()
+    embed_collection(
+        model, paths, output_dir=output, metadata=metadata, precision=used, context=context,
+        batch_size=default_batch_size(device), num_workers=decode_workers(device),
+        progress=False,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    embed_module.embed_batch = forward  # type: ignore[assignment]
+    return {
+        "precision": used.value,
+        "workers": decode_workers(device),
+        "batch": default_batch_size(device),
+        "seconds": round(seconds, 3),
+        "first_batch_seconds": round(first[0] - start, 3) if first else None,
+        "images_per_second": round(len(paths) / seconds, 2),
+    }
+
+
+def run_decode(paths: list[Path], resolution: int, device: torch.device) -> dict[str, Any]:
+    """The default DataLoader decoding and batching, no model."""
+    workers = decode_workers(device)
+    start = time.perf_counter()
+    count = 0
+    for indices, _ in decoded_batches(
+        paths, resolution=resolution, batch_size=default_batch_size(device),
+        num_workers=workers, max_pixels=10**9, on_failure=lambda i, r: None, device=device,
+    ):  # fmt: skip
+        count += len(indices)
+    seconds = time.perf_counter() - start
+    return {
+        "workers": workers,
+        "images": count,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(count / seconds, 2),
+    }
+
+
+def child(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    output = Path(args.child_output)
+    output.mkdir(parents=True, exist_ok=True)
+    paths = sorted(Path(args.child_folder).glob("*.jpg"))
+    resolution, kind = args.child_resolution, args.child_kind
+    if kind == "decode":
+        result = run_decode(paths, resolution, device)
+    else:
+        model = load_model(args.checkpoint).model.to(device).eval()
+        if kind == "baseline":
+            start = time.perf_counter()
+            run_baseline(model, paths, resolution, output)
+            seconds = time.perf_counter() - start
+            result = {
+                "seconds": round(seconds, 3),
+                "images_per_second": round(len(paths) / seconds, 2),
+            }
+        elif kind == "default":
+            result = run_default(model, paths, output, resolution, device)
+            batch = forward_batch(paths, resolution, default_batch_size(device))
+            trunk = fast_trunk_for(model, result["precision"], device=device)
+            result["forward"] = forward_rate(model, "default", trunk, batch, device)
+        else:  # profile
+            log = _StageLog(output)
+            instrument(log)
+            result = run_default(model, paths, output / "descriptors", resolution, device)
+            result["stages"] = log.totals()
+    (output / "result.json").write_text(json.dumps(result))
+
+
+def run_child(
+    kind: str, folder: Path, output: Path, resolution: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    command = [
+        sys.executable, __file__, "--child-kind", kind, "--child-folder", str(folder),
+        "--child-output", str(output), "--child-resolution", str(resolution),
+        "--checkpoint", str(args.checkpoint), "--device", args.device,
+    ]  # fmt: skip
+    environment = dict(os.environ)
+    if args.decode_workers is not None:
+        environment["MULTIGRAIN_BENCH_WORKERS"] = str(args.decode_workers)
+    done = subprocess.run(command, capture_output=True, text=True, env=environment)
+    if done.returncode != 0:
+        raise SystemExit(f"{kind} on {folder} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads((output / "result.json").read_text())
+    return result
+
+
+# --- the run ---------------------------------------------------------------------------------
+def headline(measured: dict[str, Any]) -> dict[str, Any]:
+    default, decode = measured["default"], measured["decode"]
+    forward = default["forward"]["images_per_second"]
+    bound = min(forward, decode["images_per_second"])
+    return {
+        "baseline_images_per_second": measured["baseline"]["images_per_second"],
+        "default_images_per_second": default["images_per_second"],
+        "forward_alone_images_per_second": forward,
+        "decode_alone_images_per_second": decode["images_per_second"],
+        "bound": round(bound, 2),
+        # the rate if the two stages did not overlap at all (one after the other)
+        "no_overlap": round(1 / (1 / forward + 1 / decode["images_per_second"]), 2),
+        "e2e_over_bound": round(default["images_per_second"] / bound, 3),
+        "speedup_vs_baseline": round(
+            default["images_per_second"] / measured["baseline"]["images_per_second"], 2
+        ),
+        "forward_fraction_of_bf16_matmul": default["forward"]["fraction_of_bf16_matmul"],
+    }
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    lines = [
+        "| set | s | baseline | default e2e | × baseline | forward alone | decode alone "
+        "| e2e / min(forward, decode) | forward / bf16 matmul |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["results"]:
+        h = row["headline"]
+        lines.append(
+            f"| {row['set']} | {row['resolution']} | {h['baseline_images_per_second']:.1f} | "
+            f"{h['default_images_per_second']:.1f} | {h['speedup_vs_baseline']:.2f} | "
+            f"{h['forward_alone_images_per_second']:.1f} | "
+            f"{h['decode_alone_images_per_second']:.1f} | {h['e2e_over_bound']:.0%} | "
+            f"{h['forward_fraction_of_bf16_matmul']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--trunk", default="resnet50")
+    parser.add_argument("--checkpoint", type=Path, help="default: a seeded untrained model")
+    parser.add_argument("--resolutions", default="224,500")
+    parser.add_argument("--images", type=int, default=96, help="files per set")
+    parser.add_argument("--sets", default="small,camera,camera-same")
+    parser.add_argument("--small-photos", type=Path, default=Path("data/builtin"))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--decode-workers", type=int, help="decoding processes (default: embed's default)"
+    )
+    parser.add_argument("--output", type=Path, default=Path("runs/bench/embed_pipeline.json"))
+    parser.add_argument("--table", type=Path, help="print the markdown table of a JSON report")
+    parser.add_argument("--child-kind", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--child-folder", help=argparse.SUPPRESS)
+    parser.add_argument("--child-output", help=argparse.SUPPRESS)
+    parser.add_argument("--child-resolution", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_kind:
+        child(args)
+        return
+    if args.table:
+        print(markdown_table(json.loads(args.table.read_text())))
+        return
+    device = resolve_device(args.device)
+    report: dict[str, Any] = {
+        "benchmark": "embed_pipeline",
+        "command": " ".join(["benchmarks/embed_pipeline.py", *sys.argv[1:]]),
+        "machine": describe_machine(),
+        "device": str(device),
+        "trunk": args.trunk,
+        "torch": torch.__version__,
+        "decode_workers": args.decode_workers or default_num_workers(device),
+        "results": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="embed-pipeline-") as tmp:
+        root = Path(tmp)
+        if args.checkpoint is None:
+            torch.manual_seed(0)
+            model = MultiGrain(trunk=args.trunk, num_classes=1000)
+            args.checkpoint = save_checkpoint(
+                root / "model.pt",
+                {"model_state": model.state_dict(), "architecture": model.architecture()},
+            )
+            report["checkpoint"] = "untrained, seeded (speed does not depend on the weights)"
+        else:
+            report["checkpoint"] = str(args.checkpoint)
+        wanted = [s for s in args.sets.split(",") if s]
+        camera = camera_photos() if {"camera", "camera-same"} & set(wanted) else []
+        if camera:
+            report["camera_photos"] = camera_manifest(camera)
+        sources = {
+            "small": lambda: find_photos(args.small_photos, 0),
+            "camera": lambda: camera,
+            "camera-same": lambda: same_shape_copies(camera, root / "camera-same-sources"),
+        }
+        for name in wanted:
+            photos = sources[name]()
+            if not photos:
+                raise SystemExit(f"no photos for set {name}: run make setup (data/builtin)")
+            folder = root / f"set-{name}"
+            paths = make_set(photos, args.images, folder)
+            for resolution in (int(v) for v in args.resolutions.split(",") if v):
+                row: dict[str, Any] = {
+                    "set": name, "resolution": resolution, "photos": describe_set(photos, paths)
+                }  # fmt: skip
+                measured = {}
+                for kind in KINDS:
+                    output = root / f"out-{name}-{resolution}-{kind}"
+                    measured[kind] = run_child(kind, folder, output, resolution, args)
+                    print(
+                        json.dumps({"set": name, "s": resolution, kind: measured[kind]}), flush=True
+                    )
+                row.update(measured)
+                row["headline"] = headline(measured)
+                report["results"].append(row)
+    text = json.dumps(report, indent=2)
+    print(markdown_table(report))
+    atomic_write_text(args.output, text + "\n")
+
+
+if __name__ == "__main__":
+    main()
