@@ -36,11 +36,18 @@ def index_build(
         ),
     ],
     factory: Annotated[
-        str, typer.Option(help="faiss factory: Flat, IVF1024,PQ32, HNSW32 ...")
-    ] = "Flat",
+        str | None,
+        typer.Option(
+            help="faiss factory: Flat, IVF1024,PQ32, HNSW32 ... [default: Flat below 250,000 "
+            "images, above IVF{nlist},PQ32x4fs,Refine(PCAR160,SQ8), no float32 copy]"
+        ),
+    ] = None,
     train_size: Annotated[
-        int, typer.Option(min=1, help="descriptors sampled to train IVF/PQ")
-    ] = 100_000,
+        int | None,
+        typer.Option(
+            min=1, help="descriptors sampled to train IVF/PQ [default: 100,000 or 40 a list]"
+        ),
+    ] = None,
 ) -> None:
     """Index the descriptors of an `embed` output (inner product = cosine)."""
     import numpy as np
@@ -60,7 +67,7 @@ def index_build(
             train_size=train_size,
         )  # fmt: skip
         save_index(index, output)
-    echo(f"indexed {index.ntotal} images ({factory}, {data.metadata.dim}-d) -> {output}")
+    echo(f"indexed {index.ntotal} images ({index.factory}, {data.metadata.dim}-d) -> {output}")
 
 
 @index_app.command("add")

@@ -25,6 +25,8 @@ from multigrain.runtime.errors import MultiGrainError
 from multigrain.search import refine
 from multigrain.search.index import ImageIndex
 
+DECODE_CHUNK = 10_000  # decoded queries at a time (20 MB for 512-d)
+
 
 def component_labels(size: int, pairs: np.ndarray) -> np.ndarray:
     """pairs (P, 2) of node indices -> (size,) label of each node's connected component."""
@@ -39,13 +41,24 @@ def _neighbour_rows(index: ImageIndex, threshold: float) -> list[np.ndarray]:
 
     The stored descriptors are already prepared (whitened if the index whitens), so they
     are searched in the faiss part directly: in the base index, or, for a whitened index,
-    exactly in the stored copy (as before the whitening moved out of faiss).
+    exactly in the stored copy (as before the whitening moved out of faiss). An index
+    without the float32 copy searches with its descriptors decoded from the refine codes,
+    in its refine codes (approximate scores), `DECODE_CHUNK` rows at a time.
     """
-    stored = refine.stored_vectors(index.faiss_index)
-    hits = refine.range_search(
-        index.faiss_index, stored, threshold, exact=index.whitening is not None
-    )
-    return [rows for rows, _ in hits]
+    if index.has_exact_copy:
+        stored = refine.stored_vectors(index.faiss_index)
+        hits = refine.range_search(
+            index.faiss_index, stored, threshold, exact=index.whitening is not None
+        )
+        return [rows for rows, _ in hits]
+    found: list[np.ndarray] = []
+    for start in range(0, index.ntotal, DECODE_CHUNK):
+        decoded = refine.decoded_vectors(
+            index.faiss_index, start, min(start + DECODE_CHUNK, index.ntotal)
+        )
+        hits = refine.range_search(index.faiss_index, decoded, threshold, exact=True)
+        found += [rows for rows, _ in hits]
+    return found
 
 
 def find_duplicate_groups(

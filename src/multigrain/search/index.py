@@ -4,7 +4,9 @@ An :class:`ImageIndex` holds things that always agree, row for row:
 
 * the faiss part (:mod:`multigrain.search.refine`): an index built from a factory string
   ("Flat", "IVF1024,PQ32", "HNSW32", ...) inside an ``IndexRefineFlat`` whose exact float32
-  copy of every vector re-ranks a compressed index's shortlist; faiss labels are rows;
+  copy of every vector re-ranks a compressed index's shortlist -- or, for a factory with
+  its own ``Refine(...)`` stage (the default from :data:`~multigrain.search.factories.
+  COMPRESSED_FROM` vectors), that index alone, with no float32 copy; faiss labels are rows;
 * one stable int64 id per image, ascending with the rows (ids are never reused, so a saved
   id stays meaningful), the image paths and the times they were added;
 * an optional :class:`~multigrain.search.whitening.Whitening` applied to every descriptor
@@ -28,11 +30,13 @@ import numpy as np
 import torch
 
 from multigrain.runtime.errors import MultiGrainError
-from multigrain.search import refine
+from multigrain.search import factories, refine
 from multigrain.search.descriptors import EmbeddingMetadata
 from multigrain.search.whitening import Whitening
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_TRAIN_SIZE = 100_000
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,10 @@ class ImageIndex:
         descriptors: np.ndarray,
         paths: Sequence[str],
         *,
-        factory: str = "Flat",
+        factory: str | None = None,
         whitening: Whitening | None = None,
         metadata: EmbeddingMetadata | None = None,
-        train_size: int = 100_000,
+        train_size: int | None = None,
         seed: int = 0,
     ) -> ImageIndex:
         """Train (if the factory needs it) and fill an index.
@@ -80,13 +84,19 @@ class ImageIndex:
         Args:
             descriptors: (N, D) float32 L2-normalised descriptors.
             paths: N distinct image paths.
-            factory: faiss index_factory string, metric inner product.
+            factory: faiss index_factory string, metric inner product; None:
+                :func:`~multigrain.search.factories.default_factory` for N vectors ("Flat"
+                below ``COMPRESSED_FROM``, a compressed index with no float32 copy above).
             whitening: applied to every descriptor added or searched (``Whitening.apply``:
                 whiten, then L2-normalise); pass it only for descriptors not whitened yet.
             metadata: how the descriptors were made (model identity, s, p, whitened, ...).
-            train_size: IVF/PQ/OPQ are trained on at most this many rows, drawn with `seed`.
+            train_size: IVF/PQ/OPQ are trained on at most this many rows, drawn with `seed`;
+                None: 100,000, or 40 per IVF list if more (faiss wants >= 39).
         """
         x = _as_matrix(descriptors, None)
+        if factory is None:
+            stored_dim = x.shape[1] if whitening is None else whitening.output_dim
+            factory = factories.default_factory(x.shape[0], stored_dim)
         result = cls.trained(
             x, factory=factory, whitening=whitening, metadata=metadata,
             train_size=train_size, seed=seed,
@@ -102,7 +112,7 @@ class ImageIndex:
         factory: str = "Flat",
         whitening: Whitening | None = None,
         metadata: EmbeddingMetadata | None = None,
-        train_size: int = 100_000,
+        train_size: int | None = None,
         seed: int = 0,
     ) -> ImageIndex:
         """An empty index, trained if the factory needs it on at most `train_size` of the
@@ -116,12 +126,15 @@ class ImageIndex:
             )
         base = refine.new_base_index(dim if whitening is None else whitening.output_dim, factory)
         if not base.is_trained:
+            if train_size is None:
+                ivf = faiss.try_extract_index_ivf(base)
+                train_size = max(DEFAULT_TRAIN_SIZE, 40 * (0 if ivf is None else int(ivf.nlist)))
             sample = x
             if x.shape[0] > train_size:
                 rng = np.random.default_rng(seed)
                 sample = x[np.sort(rng.choice(x.shape[0], train_size, replace=False))]
             logger.info("training %s on %d descriptors", factory, sample.shape[0])
-            base.train(_prepared(sample, whitening))
+            refine.train(base, _prepared(sample, whitening))
         return cls(
             faiss_index=refine.refined(base),
             factory=factory,
@@ -142,8 +155,15 @@ class ImageIndex:
         return len(self.paths)
 
     @property
+    def has_exact_copy(self) -> bool:
+        """Whether the index keeps a float32 copy of every descriptor (not an own-refine
+        factory): what :attr:`descriptors`, :meth:`descriptors_of` and exact re-ranking need."""
+        return not refine.has_own_refine(self.faiss_index)
+
+    @property
     def descriptors(self) -> np.ndarray:
-        """(N, d) float32 copy of the stored prepared descriptors, row i <-> ids[i]."""
+        """(N, d) float32 copy of the stored prepared descriptors, row i <-> ids[i]
+        (MultiGrainError for an index without the copy, see :attr:`has_exact_copy`)."""
         return refine.stored_vectors(self.faiss_index).copy()
 
     def prepare(self, descriptors: np.ndarray) -> np.ndarray:
@@ -233,6 +253,9 @@ class ImageIndex:
 
         With ``rerank``, faiss takes ``rerank_factor * k`` candidates from the base index and
         rescores them exactly from the stored float32 copy (undoes PQ quantisation error).
+        An index without the copy (:attr:`has_exact_copy`) always rescores its shortlist
+        from its refine codes: ``rerank`` then only sets the shortlist to
+        ``rerank_factor * k`` instead of the index's own ``OWN_REFINE_K_FACTOR * k``.
         """
         x = self.prepare(queries)
         if k < 1:

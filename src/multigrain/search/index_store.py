@@ -8,7 +8,9 @@ Layout of an index folder ROOT:
         meta.sqlite               tables info(key, value) and images(id, path, added_at)
         descriptors.npy           (N, d) float32 prepared descriptors, row i <-> i-th id
                                   in `SELECT id FROM images ORDER BY id`: the exact copy
-                                  that re-ranks (refine.py)
+                                  that re-ranks (refine.py); absent for an index without
+                                  it (own Refine stage), whose index.faiss is the whole
+                                  IndexRefine, shortlist and refine codes
         whitening.pt              the Whitening, in its own file format (Whitening.save);
                                   only when whitened
 
@@ -66,10 +68,13 @@ def save_index(index: ImageIndex, folder: str | os.PathLike[str]) -> Path:
     name = f"v-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     version = root / name
     version.mkdir()
+    exact_copy = index.has_exact_copy
     with atomic_path(version / INDEX_FILE) as tmp:
-        faiss.write_index(index.faiss_index.base_index, str(tmp))
-    exact = refine.stored_vectors(index.faiss_index)
-    atomic_write(version / DESCRIPTORS_FILE, lambda h: np.save(h, exact))
+        written = index.faiss_index.base_index if exact_copy else index.faiss_index
+        faiss.write_index(written, str(tmp))
+    if exact_copy:
+        exact = refine.stored_vectors(index.faiss_index)
+        atomic_write(version / DESCRIPTORS_FILE, lambda h: np.save(h, exact))
     if index.whitening is not None:
         index.whitening.save(version / WHITENING_FILE)
     info = {
@@ -120,19 +125,16 @@ def load_index(folder: str | os.PathLike[str]) -> ImageIndex:
             f"{index_file} holds {faiss_index.ntotal} vectors but {version / META_FILE} lists "
             f"{len(ids)} images: {REBUILD}"
         )
-    try:  # memory-mapped: faiss copies it into the index once
-        descriptors = np.load(version / DESCRIPTORS_FILE, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise MultiGrainError(f"cannot read {version / DESCRIPTORS_FILE}: {REBUILD}") from error
-    if descriptors.ndim != 2 or descriptors.shape[0] != len(ids) or descriptors.dtype != np.float32:
-        raise MultiGrainError(f"{version / DESCRIPTORS_FILE} does not match the images: {REBUILD}")
     whitening = _read_whitening(version)
-    if int(info["format_version"]) == 1:
-        faiss_index = _base_of_format_1(faiss_index, info, ids, whitened=whitening is not None)
-    if int(faiss_index.d) != descriptors.shape[1]:
-        raise MultiGrainError(f"{index_file} does not match {DESCRIPTORS_FILE}: {REBUILD}")
+    if not refine.has_own_refine(faiss_index):  # an own-refine index keeps no float32 copy
+        descriptors = _read_descriptors(version, len(ids))
+        if int(info["format_version"]) == 1:
+            faiss_index = _base_of_format_1(faiss_index, info, ids, whitened=whitening is not None)
+        if int(faiss_index.d) != descriptors.shape[1]:
+            raise MultiGrainError(f"{index_file} does not match {DESCRIPTORS_FILE}: {REBUILD}")
+        faiss_index = refine.refined(faiss_index, descriptors)
     return ImageIndex(
-        faiss_index=refine.refined(faiss_index, descriptors),
+        faiss_index=faiss_index,
         factory=str(info["factory"]),
         dim=int(info["dim"]),
         ids=ids,
@@ -142,6 +144,17 @@ def load_index(folder: str | os.PathLike[str]) -> ImageIndex:
         whitening=whitening,
         next_id=int(info["next_id"]),
     )
+
+
+def _read_descriptors(version: Path, count: int) -> np.ndarray:
+    """The (count, d) float32 exact copy, memory-mapped: faiss copies it into the index once."""
+    try:
+        descriptors = np.load(version / DESCRIPTORS_FILE, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise MultiGrainError(f"cannot read {version / DESCRIPTORS_FILE}: {REBUILD}") from error
+    if descriptors.ndim != 2 or descriptors.shape[0] != count or descriptors.dtype != np.float32:
+        raise MultiGrainError(f"{version / DESCRIPTORS_FILE} does not match the images: {REBUILD}")
+    return descriptors
 
 
 def _read_whitening(version: Path) -> Whitening | None:
