@@ -23,6 +23,14 @@ lists and 163,840 training rows at 1M, 2048 lists at 100k, 256 at 10k. IVF-PQ is
 without faiss' polysemous code ordering (see multigrain.search.index). Search settings (nprobe,
 efSearch; HNSW efConstruction is faiss' default, recorded) are in each result.
 
+With --compressed FACTORY[;FACTORY...] (e.g. the default above the size threshold,
+``multigrain.search.factories.default_factory``; "{nlist}" is replaced), also indexes
+with their own Refine(...) stage and *no* float32 copy: for each of --compressed-nprobes
+x --compressed-k-factors, the shortlist of k_factor x k from the base index is rescored
+from the compressed refine codes (`k_factor` in the result; `rerank_copy_mb` is 0 and
+`index_mb` is the whole IndexRefine as written). `--only-compressed` skips the others
+except Flat (the ground truth).
+
 Timings: `train_s` (ImageIndex.trained: k-means, PQ codebooks), `add_s` (ImageIndex.add:
 assignment / encoding / graph insertion, plus the IndexRefineFlat's float32 re-ranking
 copy), `queries_per_s` (1000 queries in one call, k = 10). Memory: `index_mb` is the faiss
@@ -60,6 +68,8 @@ import faiss
 import numpy as np
 
 from multigrain.runtime.atomic import atomic_write_text
+from multigrain.runtime.machine import describe_machine
+from multigrain.runtime.openblas import faiss_openblas_core
 from multigrain.search.index import ImageIndex
 
 DIM = 512
@@ -75,6 +85,7 @@ class Config:
     nprobe: int | None = None
     ef_search: int | None = None
     rerank: bool = False
+    k_factor: int | None = None  # own-refine shortlist / k (None: the index's own)
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,8 @@ class Measurement:
     queries_per_s: float
     recall_at_1: float
     recall_at_10: float
+    k_factor: int | None = None  # own-refine indexes: shortlist of k_factor x k
+    exact_copy: bool = True  # False: the index keeps no float32 copy (own Refine stage)
 
 
 @dataclass(frozen=True)
@@ -179,6 +192,18 @@ def synthetic(
     return data, queries, sources
 
 
+def compressed_configs(nlist: int, args: argparse.Namespace) -> list[Config]:
+    """The --compressed factories at every (nprobe, k_factor) asked for."""
+    result = []
+    for pattern in [p for p in args.compressed.split(";") if p]:
+        factory = pattern.format(nlist=nlist)
+        for nprobe in (int(n) for n in args.compressed_nprobes.split(",")):
+            for k_factor in (int(f) for f in args.compressed_k_factors.split(",")):
+                name = f"{factory} nprobe{nprobe} k_factor{k_factor}"
+                result.append(Config(name, factory, nprobe=nprobe, k_factor=k_factor))
+    return result
+
+
 def configs(nlist: int, *, opq: bool) -> list[Config]:
     ivf_flat, ivf_pq = f"IVF{nlist},Flat", f"IVF{nlist},PQ64"
     result = [
@@ -212,9 +237,11 @@ def _inner(index: ImageIndex) -> Any:
 
 
 def _index_mb(index: ImageIndex, folder: Path) -> float:
-    """The base index as index_store writes it (index.faiss; the exact copy is separate)."""
+    """The base index as index_store writes it (index.faiss; the exact copy is separate), or
+    the whole IndexRefine of an index without the copy."""
     path = folder / "index.faiss"
-    faiss.write_index(index.faiss_index.base_index, str(path))
+    written = index.faiss_index.base_index if index.has_exact_copy else index.faiss_index
+    faiss.write_index(written, str(path))
     size = path.stat().st_size / 2**20
     path.unlink()
     return size
@@ -234,7 +261,10 @@ def run_size(size: int, args: argparse.Namespace) -> tuple[Difficulty, list[Meas
     index: ImageIndex | None = None
     built = ""
     train_s = add_s = rss_delta = build_peak = index_mb = 0.0
-    for config in configs(nlist, opq=args.opq):
+    chosen = configs(nlist, opq=args.opq)
+    if args.only_compressed:
+        chosen = chosen[:1]  # Flat: the ground truth
+    for config in chosen + compressed_configs(nlist, args):
         if config.factory.startswith("HNSW") and size > args.hnsw_max_size:
             print(f"  skip {config.name} at {size} (> --hnsw-max-size)", file=sys.stderr)
             continue
@@ -257,7 +287,10 @@ def run_size(size: int, args: argparse.Namespace) -> tuple[Difficulty, list[Meas
         assert index is not None
         index.set_search_parameters(nprobe=config.nprobe, ef_search=config.ef_search)
         start = time.perf_counter()
-        found = index.search(queries, K, rerank=config.rerank)
+        if config.k_factor is not None:  # own refine stage: its shortlist size
+            found = index.search(queries, K, rerank=True, rerank_factor=config.k_factor)
+        else:
+            found = index.search(queries, K, rerank=config.rerank)
         elapsed = time.perf_counter() - start
         if truth is None:  # Flat comes first
             truth = found.ids
@@ -284,13 +317,17 @@ def run_size(size: int, args: argparse.Namespace) -> tuple[Difficulty, list[Meas
             train_s=round(train_s, 2),
             add_s=round(add_s, 2),
             index_mb=round(index_mb, 1),
-            rerank_copy_mb=round(index.ntotal * index.faiss_index.d * 4 / 2**20, 1),
+            rerank_copy_mb=round(index.ntotal * index.faiss_index.d * 4 / 2**20, 1)
+            if index.has_exact_copy
+            else 0.0,
             rss_delta_mb=round(rss_delta, 1),
             build_peak_mb=round(build_peak, 1),
             peak_rss_mb=round(peak_rss_mb(), 1),
             queries_per_s=round(NUM_QUERIES / elapsed, 1),
             recall_at_1=float(np.mean(found.ids[:, 0] == truth[:, 0])),
             recall_at_10=round(float(np.mean(overlap)) / K, 4),
+            k_factor=config.k_factor,
+            exact_copy=index.has_exact_copy,
         )
         print(f"  {measurement}", file=sys.stderr)
         results.append(measurement)
@@ -309,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spread", type=float, default=0.8, help="cluster width / centre norm")
     parser.add_argument("--decay", type=float, default=1.0, help="std of axis i ~ i^-decay")
     parser.add_argument("--query-noise", type=float, default=0.5)
+    parser.add_argument("--compressed", default="", help="';'-separated own-refine factories")
+    parser.add_argument("--compressed-nprobes", default="32,64")
+    parser.add_argument("--compressed-k-factors", default="10,25")
+    parser.add_argument("--only-compressed", action="store_true", help="and Flat, no others")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("search_scale.json"))
@@ -341,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
         "faiss_threads": args.threads,
         "cpu_count": os.cpu_count(),
         "faiss_version": faiss.__version__,
+        "faiss_openblas_core": faiss_openblas_core(),  # OPENBLAS_CORETYPE, runtime/openblas.py
+        "command": " ".join(["python", *sys.argv]),
+        "machine": describe_machine(),
+        "load_average_at_end": os.getloadavg(),
         "total_s": round(time.perf_counter() - started, 1),
         "difficulty": [asdict(d) for d in difficulties],
         "results": [asdict(r) for r in results],

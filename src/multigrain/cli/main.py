@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from multigrain.runtime.allocator import reexec_with_allocator
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.openblas import prefer_native_kernel
 from multigrain.runtime.openmp import prefer_passive_waiting
 
 if TYPE_CHECKING:
@@ -44,10 +45,12 @@ def main() -> None:
 
     First re-executes itself under tcmalloc/jemalloc when one is installed (allocator.py),
     unless it is only to print help or the version; torch's threads will wait passively
-    unless OMP_WAIT_POLICY says otherwise (openmp.py).
+    unless OMP_WAIT_POLICY says otherwise (openmp.py), and faiss' OpenBLAS runs the kernel
+    for this CPU unless OPENBLAS_CORETYPE says otherwise (openblas.py).
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     prefer_passive_waiting()  # before torch loads libgomp
+    prefer_native_kernel()  # before faiss loads its OpenBLAS (openblas.py)
     reexec_for_jobs(sys.argv[1:])
     # imported after the re-exec, so that the process it replaces loads no more than the
     # interpreter and allocator.py (start-up time)

@@ -33,6 +33,7 @@ from multigrain.runtime.errors import MultiGrainError
 # Shortlist size of an own-refine index, as a multiple of k: 10 x k candidates from the
 # fast-scan codes reach ~the refine codes' own recall (docs/benchmarks/search_compressed_*.json)
 OWN_REFINE_K_FACTOR = 10
+OWN_REFINE_NPROBE = 64  # IVF lists visited by default (saved with the index)
 FACTORY_EXAMPLES = "'Flat', 'IVF1024,Flat', 'IVF1024,PQ32', 'OPQ32,IVF1024,PQ32' or 'HNSW32'"
 
 
@@ -52,9 +53,12 @@ def new_base_index(dim: int, factory: str) -> Any:
             f"invalid faiss factory string {factory!r}: try {FACTORY_EXAMPLES}"
         ) from error
     _skip_polysemous_training(base)
-    if has_own_refine(base):
+    if has_own_refine(base):  # its defaults (k_factor 1, nprobe 1) would waste the codes
         own: Any = base  # an IndexRefine
         own.k_factor = float(OWN_REFINE_K_FACTOR)
+        ivf = faiss.try_extract_index_ivf(base)
+        if ivf is not None:
+            ivf.nprobe = OWN_REFINE_NPROBE
     return base
 
 
