@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from multigrain.runtime.errors import MultiGrainError
-from multigrain.search import factories
+from multigrain.search import refine
 from multigrain.search.dedup import find_duplicate_groups
 from multigrain.search.descriptors import EmbeddingMetadata
 from multigrain.search.index import ImageIndex
@@ -372,23 +372,12 @@ def low_rank(num: int, dim: int, *, rank: int, seed: int = 0) -> np.ndarray:
     return normalise(points @ rotation)
 
 
-def test_default_factory_switches_at_the_threshold() -> None:
-    threshold = factories.COMPRESSED_FROM
-    assert factories.default_factory(threshold - 1, 512) == "Flat"
-    assert factories.default_factory(threshold, 512) == "IVF2048,PQ32x4fs,Refine(PCAR160,SQ8)"
-    assert factories.default_factory(1_000_000, 512).startswith("IVF4096,PQ32x4fs,")
-    assert factories.default_factory(10**8, 512).startswith("IVF4096,")
-    assert factories.default_factory(1_000_000, 513) == "Flat"  # whitened: d + 1
-
-
-def test_build_without_factory_keeps_no_float_copy_above_the_threshold(monkeypatch) -> None:
-    monkeypatch.setattr(factories, "COMPRESSED_FROM", 2000)
+def test_an_own_refine_factory_keeps_no_float_copy() -> None:
     data = low_rank(2000, 512, rank=64)
-    small = ImageIndex.build(data[:1999], paths(1999))
-    assert small.factory == "Flat" and small.has_exact_copy
-    index = ImageIndex.build(data, paths(2000))
-    assert index.factory == "IVF32,PQ32x4fs,Refine(PCAR160,SQ8)"
-    assert not index.has_exact_copy
+    index = ImageIndex.build(
+        data, paths(2000), factory="IVF32,PQ32x4fs,Refine(PCAR160,SQ8)", train_size=2000
+    )
+    assert not index.has_exact_copy and ImageIndex.build(data[:10], paths(10)).has_exact_copy
     assert not isinstance(index.faiss_index, faiss.IndexRefineFlat)
     # what faiss holds per vector, serialised: 16 + 160 bytes of codes and an 8-byte id
     # (fast-scan blocks pad small lists a little); a float32 copy alone would be 2048 bytes
@@ -398,6 +387,17 @@ def test_build_without_factory_keeps_no_float_copy_above_the_threshold(monkeypat
     assert grown / 2000 < 200
     with pytest.raises(MultiGrainError, match="no float32 copy"):
         _ = index.descriptors
+    with pytest.raises(MultiGrainError, match="no float32 copy"):
+        index.descriptors_of(index.ids[:1])
+
+
+def test_own_refine_search_defaults() -> None:
+    """An own-refine index searches 64 lists and a 10 x k shortlist unless told otherwise
+    (faiss' own defaults, 1 and 1, would waste its refine codes); others keep faiss'."""
+    index = refine.new_base_index(64, "IVF16,PQ32x4fs,Refine(SQ8)")
+    assert faiss.extract_index_ivf(index).nprobe == refine.OWN_REFINE_NPROBE
+    assert faiss.downcast_index(index).k_factor == refine.OWN_REFINE_K_FACTOR
+    assert faiss.extract_index_ivf(refine.new_base_index(64, "IVF16,PQ32")).nprobe == 1
 
 
 def test_own_refine_index_agrees_with_flat_on_easy_data(tmp_path) -> None:

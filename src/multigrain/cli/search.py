@@ -36,12 +36,12 @@ def index_build(
         ),
     ],
     factory: Annotated[
-        str | None,
+        str,
         typer.Option(
-            help="faiss factory: Flat, IVF1024,PQ32, HNSW32 ... [default: Flat below 250,000 "
-            "images, above IVF{nlist},PQ32x4fs,Refine(PCAR160,SQ8), no float32 copy]"
+            help="faiss factory: Flat, IVF1024,PQ32, HNSW32 ...; one with its own "
+            "Refine(...) stage keeps no float32 copy"
         ),
-    ] = None,
+    ] = "Flat",
     train_size: Annotated[
         int | None,
         typer.Option(

@@ -5,8 +5,8 @@ An :class:`ImageIndex` holds things that always agree, row for row:
 * the faiss part (:mod:`multigrain.search.refine`): an index built from a factory string
   ("Flat", "IVF1024,PQ32", "HNSW32", ...) inside an ``IndexRefineFlat`` whose exact float32
   copy of every vector re-ranks a compressed index's shortlist -- or, for a factory with
-  its own ``Refine(...)`` stage (the default from :data:`~multigrain.search.factories.
-  COMPRESSED_FROM` vectors), that index alone, with no float32 copy; faiss labels are rows;
+  its own ``Refine(...)`` stage (e.g. "IVF4096,PQ32,Refine(PCAR144,SQ8)"), that index
+  alone, with no float32 copy (:attr:`ImageIndex.has_exact_copy`); faiss labels are rows;
 * one stable int64 id per image, ascending with the rows (ids are never reused, so a saved
   id stays meaningful), the image paths and the times they were added;
 * an optional :class:`~multigrain.search.whitening.Whitening` applied to every descriptor
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from multigrain.runtime.errors import MultiGrainError
-from multigrain.search import factories, refine
+from multigrain.search import refine
 from multigrain.search.descriptors import EmbeddingMetadata
 from multigrain.search.whitening import Whitening
 
@@ -73,7 +73,7 @@ class ImageIndex:
         descriptors: np.ndarray,
         paths: Sequence[str],
         *,
-        factory: str | None = None,
+        factory: str = "Flat",
         whitening: Whitening | None = None,
         metadata: EmbeddingMetadata | None = None,
         train_size: int | None = None,
@@ -84,9 +84,8 @@ class ImageIndex:
         Args:
             descriptors: (N, D) float32 L2-normalised descriptors.
             paths: N distinct image paths.
-            factory: faiss index_factory string, metric inner product; None:
-                :func:`~multigrain.search.factories.default_factory` for N vectors ("Flat"
-                below ``COMPRESSED_FROM``, a compressed index with no float32 copy above).
+            factory: faiss index_factory string, metric inner product. One with its own
+                ``Refine(...)`` stage keeps no float32 copy (see :mod:`.refine`).
             whitening: applied to every descriptor added or searched (``Whitening.apply``:
                 whiten, then L2-normalise); pass it only for descriptors not whitened yet.
             metadata: how the descriptors were made (model identity, s, p, whitened, ...).
@@ -94,9 +93,6 @@ class ImageIndex:
                 None: 100,000, or 40 per IVF list if more (faiss wants >= 39).
         """
         x = _as_matrix(descriptors, None)
-        if factory is None:
-            stored_dim = x.shape[1] if whitening is None else whitening.output_dim
-            factory = factories.default_factory(x.shape[0], stored_dim)
         result = cls.trained(
             x, factory=factory, whitening=whitening, metadata=metadata,
             train_size=train_size, seed=seed,
