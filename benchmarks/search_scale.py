@@ -23,9 +23,9 @@ lists and 163,840 training rows at 1M, 2048 lists at 100k, 256 at 10k. IVF-PQ is
 without faiss' polysemous code ordering (see multigrain.search.index). Search settings (nprobe,
 efSearch; HNSW efConstruction is faiss' default, recorded) are in each result.
 
-With --compressed FACTORY[;FACTORY...] (e.g. the default above the size threshold,
-``multigrain.search.factories.default_factory``; "{nlist}" is replaced), also indexes
-with their own Refine(...) stage and *no* float32 copy: for each of --compressed-nprobes
+With --compressed FACTORY[;FACTORY...] (e.g. "IVF{nlist},PQ32,Refine(PCAR144,SQ8)";
+"{nlist}" is replaced), also indexes with their own Refine(...) stage and *no* float32
+copy (multigrain.search.refine): for each of --compressed-nprobes
 x --compressed-k-factors, the shortlist of k_factor x k from the base index is rescored
 from the compressed refine codes (`k_factor` in the result; `rerank_copy_mb` is 0 and
 `index_mb` is the whole IndexRefine as written). `--only-compressed` skips the others

@@ -30,9 +30,11 @@ import numpy as np
 
 from multigrain.runtime.errors import MultiGrainError
 
-# Shortlist size of an own-refine index, as a multiple of k: 10 x k candidates from the
-# fast-scan codes reach ~the refine codes' own recall (docs/benchmarks/search_compressed_*.json)
-OWN_REFINE_K_FACTOR = 10
+# Search defaults of an own-refine index (faiss' own, nprobe 1 and k_factor 1, would rank
+# by the shortlist codes alone). At 1M x 512 (docs/benchmarks/search_compressed_1m.json)
+# IVF4096,PQ32,Refine(PCAR144,SQ8) reached R@1 0.768 / 0.834 / 0.852 at k_factor 10 / 25 /
+# 50 with nprobe 64: 25 x k is most of the gain for 6 % fewer queries/s than 10 x k.
+OWN_REFINE_K_FACTOR = 25
 OWN_REFINE_NPROBE = 64  # IVF lists visited by default (saved with the index)
 FACTORY_EXAMPLES = "'Flat', 'IVF1024,Flat', 'IVF1024,PQ32', 'OPQ32,IVF1024,PQ32' or 'HNSW32'"
 
@@ -91,7 +93,7 @@ def stored_vectors(index: Any) -> np.ndarray:
     if has_own_refine(index):
         raise MultiGrainError(
             "this index keeps no float32 copy of its descriptors (its factory has its own "
-            "Refine stage, e.g. the default above a size threshold): use the descriptors of "
+            "Refine(...) stage): use the descriptors of "
             "the `embed` output, or rebuild the index with --factory Flat (or another factory "
             "without Refine) to keep them"
         )
