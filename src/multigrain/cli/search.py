@@ -128,7 +128,13 @@ def search(
         Path | None, typer.Option("--checkpoint", "-c", help="embed image queries with it")
     ] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="neighbours per query")] = 10,
-    rerank: Annotated[bool, typer.Option(help="re-score the shortlist exactly")] = False,
+    rerank: Annotated[
+        bool,
+        typer.Option(
+            help="re-score the shortlist exactly (an index with its own Refine stage "
+            "always re-scores, from its codes)"
+        ),
+    ] = False,
     background: Annotated[
         Path | None,
         typer.Option(help="`embed` output of unrelated images: normalise scores against it"),
