@@ -1,5 +1,9 @@
 """Nearest-neighbour search over MultiGrain descriptors with faiss (inner product = cosine).
 
+Over 300 lines because: one class whose every method keeps its parts in agreement row for
+row (faiss part, ids, paths, times, whitening); the faiss mechanics are in refine.py and
+the file format in index_store.py already.
+
 An :class:`ImageIndex` holds things that always agree, row for row:
 
 * the faiss part (:mod:`multigrain.search.refine`): an index built from a factory string
