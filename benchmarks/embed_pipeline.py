@@ -367,6 +367,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=96, help="files per set")
     parser.add_argument("--sets", default="small,camera,camera-same")
     parser.add_argument("--small-photos", type=Path, default=Path("data/builtin"))
+    parser.add_argument(
+        "--camera-roots", help="folders searched for camera-size JPEGs (comma-separated)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--decode-workers", type=int, help="decoding processes (default: embed's default)"
@@ -408,7 +411,12 @@ def main() -> None:
         else:
             report["checkpoint"] = str(args.checkpoint)
         wanted = [s for s in args.sets.split(",") if s]
-        camera = camera_photos() if {"camera", "camera-same"} & set(wanted) else []
+        roots = (
+            tuple(Path(r) for r in args.camera_roots.split(","))
+            if args.camera_roots
+            else CAMERA_ROOTS
+        )
+        camera = camera_photos(roots) if {"camera", "camera-same"} & set(wanted) else []
         if camera:
             report["camera_photos"] = camera_manifest(camera)
         sources = {

@@ -192,3 +192,16 @@ def test_shape_batches_hold_at_most_max_pending_images():
     assert max(sizes[:-7]) >= 14
     few = list(shape_batches(iter([]), batch_size=32, on_failure=print, max_pending=100))
     assert few == []
+
+
+def test_default_decoding_workers_follow_the_cores_this_process_may_use(monkeypatch):
+    """CPU: one low-priority worker per core (up to 8), none on one core; CUDA: cores - 1."""
+    from multigrain.data import inference_loading
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for cores, on_cpu, on_cuda in [(1, 0, 1), (2, 2, 1), (4, 4, 3), (16, 8, 8)]:
+        monkeypatch.setattr(
+            inference_loading.os, "sched_getaffinity", lambda _, n=cores: set(range(n))
+        )
+        assert inference_loading.default_num_workers(cpu) == on_cpu
+        assert inference_loading.default_num_workers(cuda) == on_cuda

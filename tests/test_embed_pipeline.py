@@ -1,0 +1,57 @@
+"""benchmarks/embed_pipeline.py: a tiny run reports every set, stage and bound."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "embed_pipeline.py"
+
+
+def _gradient(width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    channels = [(x * a + y * b) % 256 for a, b in rng.uniform(0.01, 0.2, (3, 2))]
+    return Image.fromarray(np.stack(channels, axis=2).astype(np.uint8))
+
+
+def test_smoke_run_reports_every_set_stage_and_bound(tmp_path):
+    small, camera = tmp_path / "small", tmp_path / "camera"
+    small.mkdir()
+    camera.mkdir()
+    for index, size in enumerate([(96, 72), (72, 96)]):
+        _gradient(*size, index).save(small / f"{index}.jpg", quality=90)
+    _gradient(2400, 1500, 2).save(camera / "big.jpg", quality=85)  # 3.6 MP
+    _gradient(1600, 1200, 3).save(camera / "too-small.jpg", quality=85)  # 1.9 MP: left out
+    output = tmp_path / "out.json"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--trunk", "resnet18", "--resolutions", "48",
+         "--images", "3", "--small-photos", str(small), "--camera-roots", str(camera),
+         "--output", str(output)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["machine"]["cpu_model"] and "cpu_flags" in report["machine"]
+    assert [Path(row["file"]).name for row in report["camera_photos"]] == ["big.jpg"]
+    rows = {row["set"]: row for row in report["results"]}
+    assert set(rows) == {"small", "camera", "camera-same"}
+    for row in rows.values():
+        assert row["resolution"] == 48 and row["photos"]["images"] == 3
+        head = row["headline"]
+        rates = head["forward_alone_images_per_second"], head["decode_alone_images_per_second"]
+        assert head["bound"] == round(min(rates), 2)
+        assert head["no_overlap"] < min(rates)
+        assert row["decode"]["images"] == 3
+        stages = row["profile"]["stages"]
+        assert stages["calls"]["decode"] == stages["calls"]["resize"] == 3  # in the workers
+        assert set(stages["worker_seconds"]) == {"decode", "resize", "to_tensor"}
+        assert {"forward", "wait", "write"} <= set(stages["main_process_seconds"])
+        assert row["default"]["first_batch_seconds"] <= row["default"]["seconds"]
+    # the one-shape set is the camera photo remade as a 4032 x 3024 phone photo
+    assert rows["camera-same"]["photos"]["longest_side_min_median_max"] == [4032] * 3
