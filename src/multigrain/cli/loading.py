@@ -20,7 +20,7 @@ PRECISION_HELP = (
     "auto (bf16 where the CPU/GPU runs it natively, else fp32) | fp32 | bf16 | fp16 (CUDA) | "
     "int8 (CPU, onnxruntime, calibrated on the images; opt-in: costs accuracy)"
 )
-WORKERS_HELP = "decoding processes (default: one per core, up to 8, none on one core)"
+WORKERS_HELP = "decoding processes [default: one per core, at most 8; CUDA: cores - 1]"
 MODEL_HELP = "model bundle folder or weights file [default: the built-in model]"
 RESOLUTION_HELP = "longest image side s [default: the bundle's, or 500 for a weights file]"
 
