@@ -21,10 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scorer
 
-from score_duplicate_groups import score_groups  # noqa: E402
+from score_duplicate_groups import folder_summary, summary_line  # noqa: E402
 
 import multigrain  # noqa: E402
-from multigrain.duplicates.outputs import report_dict  # noqa: E402
 from multigrain.runtime.atomic import atomic_write_text  # noqa: E402
 from multigrain.runtime.errors import MultiGrainError  # noqa: E402
 from multigrain.runtime.machine import describe_machine  # noqa: E402
@@ -74,32 +73,8 @@ def main(argv: list[str] | None = None) -> None:
             output=args.work / f"out-{'points' if verify else 'score'}",
         )
         seconds = time.perf_counter() - started
-        groups = [[Path(m.path).name for m in group.members] for group in report.groups]
-        scores = score_groups(truth, groups)
-        found = report_dict(report)
-        results[name] = {
-            "images": report.num_images,
-            "threshold": report.threshold,
-            "calibration": found["calibration"],
-            "min_inliers": found["min_inliers"],
-            "verification": found["verification"],
-            "seconds": round(seconds, 1),
-            "true_groups": scores.true_groups,
-            "found_exactly": len(scores.exact),
-            "merged": len(scores.merged),
-            "split": len(scores.split),
-            "missed": len(scores.missed),
-            "unrelated_images": len(scores.unrelated),
-            "pair_precision": scores.precision,
-            "pair_recall": scores.recall,
-            "copies_with_original_per_family": scores.kinds,
-        }
-        print(
-            f"{name}: threshold {report.threshold:.3f}, {len(scores.exact)}/{scores.true_groups}"
-            f" groups exact, {len(scores.unrelated)} unrelated images, pair precision "
-            f"{scores.precision}, recall {scores.recall}",
-            flush=True,
-        )
+        results[name] = folder_summary(truth, report, seconds)
+        print(summary_line(name, results[name]), flush=True)
     payload = {
         "benchmark": "builtin_copy_folder",
         "command": "benchmarks/builtin_copy_folder.py " + " ".join(argv or sys.argv[1:]),

@@ -13,16 +13,14 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the two sibling benchmarks
 
 from photo_folder_case import PHOTO_PATHS, build_case  # noqa: E402
-from score_duplicate_groups import score_groups  # noqa: E402
+from score_duplicate_groups import folder_summary, summary_line  # noqa: E402
 
 import multigrain  # noqa: E402
-from multigrain.duplicates.outputs import report_dict  # noqa: E402
 from multigrain.runtime.atomic import atomic_write_text  # noqa: E402
 from multigrain.runtime.machine import describe_machine  # noqa: E402
 
@@ -35,10 +33,6 @@ def cases() -> dict[str, tuple[list[str], int]]:
         "half-a": (packages[0::2], 100),
         "half-b": (packages[1::2], 100),
     }
-
-
-def _pairs(group: list[str]) -> list[tuple[str, str]]:
-    return [(a, b) for i, a in enumerate(group) for b in group[i + 1 :]]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,43 +57,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         seconds = time.perf_counter() - started
         truth = json.loads((folder / "truth.json").read_text())
-        groups = [[Path(member.path).name for member in group.members] for group in report.groups]
-        scores = score_groups(truth, groups)
-        found = report_dict(report)
-        # matching points of the true pairs found (None: a pair not matched)
-        true_pair = {frozenset(pair) for group in truth["groups"] for pair in _pairs(group)}
-        points = [
-            pair.inliers
-            for group in report.groups
-            for pair in group.pairs
-            if frozenset((Path(pair.a).name, Path(pair.b).name)) in true_pair
-        ]
-        results[name] = {
-            "packages": packages,
-            "images": report.num_images,
-            "threshold": report.threshold,
-            "calibration": found["calibration"],
-            "min_inliers": found["min_inliers"],
-            "verification": found["verification"],
-            "true_pairs_matching_points": sorted(points, key=lambda c: -1 if c is None else c),
-            "seconds": round(seconds, 1),
-            "true_groups": scores.true_groups,
-            "found_exactly": len(scores.exact),
-            "merged": len(scores.merged),
-            "split": len(scores.split),
-            "missed": len(scores.missed),
-            "unrelated_images": len(scores.unrelated),
-            "pair_precision": scores.precision,
-            "pair_recall": scores.recall,
-            "copy_kinds": scores.kinds,
-            "unrelated": [asdict(u) for u in scores.unrelated],
-        }
-        print(
-            f"{name}: threshold {report.threshold:.3f}, {len(scores.exact)}/{scores.true_groups}"
-            f" groups exact, {len(scores.unrelated)} unrelated images, pairs precision "
-            f"{scores.precision}, recall {scores.recall}",
-            flush=True,
-        )
+        results[name] = {"packages": packages, **folder_summary(truth, report, seconds)}
+        print(summary_line(name, results[name]), flush=True)
     model = multigrain.load(args.model)
     payload = {
         "benchmark": "photo_folder_cases",

@@ -131,6 +131,55 @@ def score_groups(truth: dict[str, Any], predicted: list[list[str]]) -> GroupScor
     return scores
 
 
+def folder_summary(truth: dict[str, Any], report: Any, seconds: float) -> dict[str, Any]:
+    """The JSON summary of one find-duplicates run on a folder with a truth.json.
+
+    One shape for every benchmark that scores a folder (builtin_copy_folder.py,
+    photo_folder_cases.py): the settings the run chose, the group and pair scores, the
+    matching points of each true pair it found (None: found by score, not matched), and
+    the unrelated images it grouped.
+    """
+    from multigrain.duplicates.outputs import report_dict
+
+    groups = [[Path(member.path).name for member in group.members] for group in report.groups]
+    scores = score_groups(truth, groups)
+    found = report_dict(report)
+    true_pairs = _pairs(read_groups(truth))
+    points = [
+        pair.inliers
+        for group in report.groups
+        for pair in group.pairs
+        if frozenset((Path(pair.a).name, Path(pair.b).name)) in true_pairs
+    ]
+    return {
+        "images": report.num_images,
+        "threshold": report.threshold,
+        "calibration": found["calibration"],
+        "min_inliers": found["min_inliers"],
+        "verification": found["verification"],
+        "seconds": round(seconds, 1),
+        "true_groups": scores.true_groups,
+        "found_exactly": len(scores.exact),
+        "merged": len(scores.merged),
+        "split": len(scores.split),
+        "missed": len(scores.missed),
+        "unrelated_images": len(scores.unrelated),
+        "pair_precision": scores.precision,
+        "pair_recall": scores.recall,
+        "copy_kinds": scores.kinds,  # kind -> [copies grouped with their original, all]
+        "true_pairs_matching_points": sorted(points, key=lambda c: -1 if c is None else c),
+        "unrelated": [asdict(u) for u in scores.unrelated],
+    }
+
+
+def summary_line(name: str, summary: dict[str, Any]) -> str:
+    return (
+        f"{name}: threshold {summary['threshold']:.3f}, {summary['found_exactly']}/"
+        f"{summary['true_groups']} groups exact, {summary['unrelated_images']} unrelated "
+        f"images, pair precision {summary['pair_precision']}, recall {summary['pair_recall']}"
+    )
+
+
 def _fraction(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
