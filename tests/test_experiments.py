@@ -45,6 +45,18 @@ def test_interval_over_seeds_matches_the_enumerated_bootstrap() -> None:
     assert interval.low == pytest.approx(0.1) and interval.high == pytest.approx(0.3)
 
 
+def test_paired_seeds_cancel_the_seed_spread_of_two_readings_of_one_run() -> None:
+    """Two readings of the same models (whitened vs raw) that differ by 0.1 on every image:
+    paired, the seeds' spread cancels ([0.1, 0.1]); unpaired it would not."""
+    a = np.array([[0.6] * 5, [0.8] * 5])
+    paired = difference_interval(a, a - 0.1, samples=2000, seed=1, paired_seeds=True)
+    assert paired.low == pytest.approx(0.1) and paired.high == pytest.approx(0.1)
+    unpaired = difference_interval(a, a - 0.1, samples=2000, seed=1)
+    assert unpaired.low == pytest.approx(-0.1) and unpaired.high == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="paired seeds"):
+        difference_interval(a, a[:1], paired_seeds=True)
+
+
 def test_interval_over_many_images_has_the_normal_width() -> None:
     """Paired 0/1 differences on 4000 images: half-width ~ 1.96 sd / sqrt(N)."""
     rng = np.random.default_rng(0)

@@ -73,15 +73,25 @@ def difference_interval(
     samples: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    paired_seeds: bool = False,
 ) -> Interval:
     """a, b: (S_a, N), (S_b, N) per-seed, per-image scores on the same N test images ->
-    the difference of their means with a two-level bootstrap interval (module docstring)."""
+    the difference of their means with a two-level bootstrap interval (module docstring).
+
+    `paired_seeds`: row k of `a` and of `b` come from the same trained model (two readings
+    of one run: whitened vs raw, another test resolution), so each replicate draws one set
+    of seeds for both; two readings that agree on every image then get [0, 0]."""
     a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"a and b score different images: {a.shape} vs {b.shape}")
     rng = np.random.default_rng(seed)
     weights = image_weights(a.shape[1], samples, rng)
-    replicates = ((seed_means(a, samples, rng) - seed_means(b, samples, rng)) * weights).sum(1)
+    if paired_seeds:
+        if a.shape != b.shape:
+            raise ValueError(f"paired seeds need one row per seed in both: {a.shape} vs {b.shape}")
+        replicates = (seed_means(a - b, samples, rng) * weights).sum(1)
+    else:
+        replicates = ((seed_means(a, samples, rng) - seed_means(b, samples, rng)) * weights).sum(1)
     low, high = np.quantile(replicates, [(1 - level) / 2, (1 + level) / 2])
     return Interval(float(a.mean() - b.mean()), float(low), float(high))
 

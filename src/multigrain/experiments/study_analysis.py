@@ -118,8 +118,11 @@ def _grid(scale: Scale, joint: list[RunScores], metric: Metric) -> GridAnswer:
     r_best, p_best = np.unravel_index(larger.argmax(), larger.shape)
     r_best += 1
     trained = exponents.index(JOINT.pooling_exponent)
-    gain = difference_interval(
-        grid[:, r_best, p_best], grid[:, 0, trained], samples=scale.bootstrap_samples
+    gain = difference_interval(  # both readings of the same joint models
+        grid[:, r_best, p_best],
+        grid[:, 0, trained],
+        samples=scale.bootstrap_samples,
+        paired_seeds=True,
     )
     return GridAnswer(
         metric, means, best, shift, verdict(shift, +1), scale.resolutions[int(r_best)],
@@ -131,15 +134,17 @@ def _whitening(scale: Scale, joint: list[RunScores], runs: list[RunResult]) -> W
     samples = scale.bootstrap_samples
     raw, whitened = _stack(joint, "reciprocal_rank"), _stack(joint, "whitened_reciprocal_rank")
     top1, stored = _stack(joint, "correct"), _stack(joint, "whitened_correct")
-    retrieval = difference_interval(whitened, raw, samples=samples)
+    # two readings of the same joint models: seeds paired
+    retrieval = difference_interval(whitened, raw, samples=samples, paired_seeds=True)
     same = min(
         r.same_prediction_whitened for r in runs
         if r.variant == JOINT.slug and r.same_prediction_whitened is not None
     )  # fmt: skip
+    top1_difference = difference_interval(stored, top1, samples=samples, paired_seeds=True)
     return WhiteningAnswer(
         float(raw.mean()), float(whitened.mean()), retrieval, verdict(retrieval, +1),
-        float(top1.mean()), float(stored.mean()), difference_interval(stored, top1,
-        samples=samples), same, Verdict.AGREES if same == 1.0 else Verdict.DISAGREES,
+        float(top1.mean()), float(stored.mean()), top1_difference, same,
+        Verdict.AGREES if same == 1.0 else Verdict.DISAGREES,
     )  # fmt: skip
 
 
