@@ -80,7 +80,7 @@ from multigrain.runtime.allocator import loaded_allocator, preload_environment
 from multigrain.runtime.atomic import atomic_write_text
 from multigrain.runtime.distributed import DistributedContext, resolve_device
 from multigrain.runtime.machine import describe_machine
-from multigrain.runtime.openmp import prefer_passive_waiting
+from multigrain.runtime.openmp import choose_wait_policy
 from multigrain.runtime.precision import resolve_inference_precision
 
 CAMERA_ROOTS = (Path("/usr/share/backgrounds"), Path("/usr/share/wallpapers"))
@@ -309,9 +309,9 @@ def child(args: argparse.Namespace) -> None:
 def child_environment(kind: str) -> dict[str, str]:
     """The environment `multigrain embed` runs in, for every kind but the baseline.
 
-    The command preloads tcmalloc/jemalloc when installed (runtime/allocator.py) and lets
-    torch's threads wait passively (runtime/openmp.py); a child started with
-    sys.executable gets neither unless given here (on the 2-core EPYC the forward at
+    The command preloads tcmalloc/jemalloc when installed (runtime/allocator.py) and
+    chooses how torch's threads wait from the machine's load (runtime/openmp.py); a child
+    started with sys.executable gets neither unless given here (on the 2-core EPYC the forward at
     s = 500 reached 0.63-0.67 of the bf16 matmul rate on glibc malloc, against 0.88-0.93
     under tcmalloc in embed_throughput.json). The baseline is a user's plain script: the
     system allocator and the caller's environment.
@@ -319,7 +319,7 @@ def child_environment(kind: str) -> dict[str, str]:
     if kind == "baseline":
         return preload_environment(setting="system")
     environment = preload_environment(setting="auto")
-    prefer_passive_waiting(environment)
+    choose_wait_policy(environment)
     return environment
 
 

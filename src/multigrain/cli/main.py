@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from multigrain.runtime.allocator import reexec_with_allocator
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.openblas import prefer_native_kernel
-from multigrain.runtime.openmp import prefer_passive_waiting
+from multigrain.runtime.openmp import choose_wait_policy
 
 if TYPE_CHECKING:
     import typer
@@ -44,12 +44,12 @@ def main() -> None:
     """Entry point: run the app; a MultiGrainError or a usage error is one line, status 2.
 
     First re-executes itself under tcmalloc/jemalloc when one is installed (allocator.py),
-    unless it is only to print help or the version; torch's threads will wait passively
-    unless OMP_WAIT_POLICY says otherwise (openmp.py), and faiss' OpenBLAS runs the kernel
-    for this CPU unless OPENBLAS_CORETYPE says otherwise (openblas.py).
+    unless it is only to print help or the version; torch's threads wait passively on a
+    busy machine unless OMP_WAIT_POLICY says otherwise (openmp.py), and faiss' OpenBLAS runs
+    the kernel for this CPU unless OPENBLAS_CORETYPE says otherwise (openblas.py).
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    prefer_passive_waiting()  # before torch loads libgomp
+    choose_wait_policy()  # before torch loads libgomp
     prefer_native_kernel()  # before faiss loads its OpenBLAS (openblas.py)
     reexec_for_jobs(sys.argv[1:])
     # imported after the re-exec, so that the process it replaces loads no more than the
