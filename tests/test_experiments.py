@@ -190,3 +190,23 @@ def test_experiments_quick_answers_every_question_and_resumes(
     assert (after["top1"], after["copy_map"], after["curve"]) == (
         before["top1"], before["copy_map"], before["curve"]
     )  # fmt: skip
+
+    # finished runs of another schedule are refused, not mixed into this study's report
+    from dataclasses import replace
+
+    from multigrain.experiments.research import QUICK, run_experiments
+    from multigrain.runtime.errors import MultiGrainError
+
+    with pytest.raises(MultiGrainError, match="finished with 4 training steps, this study runs 8"):
+        run_experiments(
+            output_dir=folder, scale=replace(QUICK, steps=8),
+            fashion_mnist_root=fashion_mnist_root, finished_only=True,
+        )  # fmt: skip
+
+
+def test_long_is_full_on_twice_the_steps_with_curves_on_every_test_image() -> None:
+    from multigrain.experiments.variants import FULL, LONG
+
+    assert LONG.steps == 2 * FULL.steps and LONG.curve_images == 10 * LONG.test_per_class
+    assert LONG.steps % LONG.curve_points == 0
+    assert (LONG.seeds, LONG.lr, LONG.batch_size) == (FULL.seeds, FULL.lr, FULL.batch_size)

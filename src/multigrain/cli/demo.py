@@ -92,6 +92,13 @@ def experiments(
     quick: Annotated[
         bool, typer.Option(help="toy size: checks the pipeline in seconds, not the claims")
     ] = False,
+    long: Annotated[
+        bool,
+        typer.Option(
+            help="twice the training steps (512) and learning curves on every test image; "
+            "give it its own -o"
+        ),
+    ] = False,
     fashion_mnist_root: Annotated[
         str, typer.Option(help="folder of Fashion-MNIST's four .gz files")
     ] = "/usr/share/datasets/fashion-mnist",
@@ -104,13 +111,13 @@ def experiments(
     Resumable: run it again with the same -o to skip finished runs and continue a half-done
     one from its checkpoint.
     """
-    from multigrain.experiments.research import FULL, QUICK, run_experiments
+    from multigrain.experiments.research import FULL, LONG, QUICK, run_experiments
     from multigrain.training.interrupt import TrainingInterrupted
 
     try:
         run_experiments(
             output_dir=Path(output_dir),
-            scale=QUICK if quick else FULL,
+            scale=QUICK if quick else LONG if long else FULL,
             fashion_mnist_root=Path(fashion_mnist_root),
             finished_only=finished_only,
         )

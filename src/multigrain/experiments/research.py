@@ -56,7 +56,10 @@ Resuming: every run lives in ``<output>/runs/<variant>/seed<k>/`` and is resumab
 stage by stage (study_runs.py); a rerun with the same output folder skips finished runs
 and continues a half-done one from its checkpoint. Runs go seed by seed (all variants
 with seed 0 first), so a partial study already compares every variant. ``--quick``
-runs the whole pipeline at toy size (QUICK): it checks the code, not the claims.
+runs the whole pipeline at toy size (QUICK): it checks the code, not the claims. ``--long``
+(LONG) is FULL with 512 steps and the curves on all 2,000 test images, for the runs of FULL
+that were still moving in their last quarter; a finished run of another step count in the
+output folder is refused.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ from multigrain.experiments.results import RESULT_NAME, RunResult, RunScores
 from multigrain.experiments.study_analysis import Analysis, analyse
 from multigrain.experiments.study_runs import run_one
 from multigrain.experiments.study_sets import study_sets
-from multigrain.experiments.variants import FULL, QUICK, VARIANTS, Scale, Variant
+from multigrain.experiments.variants import FULL, LONG, QUICK, VARIANTS, Scale, Variant
 from multigrain.runtime.errors import MultiGrainError
 
 logger = logging.getLogger(__name__)
@@ -122,4 +125,4 @@ def run_experiments(
     return analysis
 
 
-__all__ = ["FULL", "QUICK", "Scale", "Variant", "VARIANTS", "run_experiments"]
+__all__ = ["FULL", "LONG", "QUICK", "Scale", "Variant", "VARIANTS", "run_experiments"]

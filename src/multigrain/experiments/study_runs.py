@@ -38,6 +38,7 @@ from multigrain.inference.fast_trunk import fast_trunk_for
 from multigrain.models import MultiGrain
 from multigrain.models.checkpoint import model_from_checkpoint
 from multigrain.runtime.atomic import atomic_write_text
+from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import InferencePrecision
 from multigrain.training.config import Precision, Schedule, TrainConfig
 from multigrain.training.loop import train
@@ -151,7 +152,13 @@ def run_one(
 ) -> tuple[RunResult, RunScores]:
     """Train and measure `variant` with `seed` in `folder`, or read its finished result."""
     if (folder / RESULT_NAME).exists():
-        return RunResult.load(folder), RunScores.load(folder / SCORES_NAME)
+        finished = RunResult.load(folder)
+        if finished.steps != scale.steps:
+            raise MultiGrainError(
+                f"{folder}: finished with {finished.steps} training steps, this study runs "
+                f"{scale.steps}; report it with its own settings or use a new --output-dir"
+            )
+        return finished, RunScores.load(folder / SCORES_NAME)
     config = train_config(variant, seed, scale, sets, folder)
     timing = folder / TIMING_NAME
     spent = float(timing.read_text()) if timing.exists() else 0.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 
@@ -86,6 +86,10 @@ FULL = Scale(
     bootstrap_samples=2000,
     convergence_tolerance=0.02,
 )
+#: FULL on a schedule twice as long (each training image ~30 times) with the learning
+#: curves read on all test images: the follow-up for runs of FULL that still moved in their
+#: last quarter (docs/results/research-questions.md). ~4 h of 2 idle cores.
+LONG = replace(FULL, steps=512, curve_images=2000)
 QUICK = Scale(
     seeds=(0,),
     train_per_class=3,
