@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from multigrain.data.images import ImageDecodeError, decode_image
 from multigrain.data.resize import resize_longest_side, to_uint8_tensor
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.machine import usable_cores
 
 Item = tuple[int, torch.Tensor | None, str]  # (index, (3, H, W) uint8 or None, failure reason)
 
@@ -100,8 +101,7 @@ def default_num_workers(device: torch.device) -> int:
     CUDA: the model is rarely the bottleneck there, so up to 8, leaving one core for the
     main process.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
+    cores = usable_cores()
     if device.type == "cuda":
         return max(1, min(8, cores - 1))
     return min(8, cores) if cores >= 2 else 0

@@ -1,4 +1,5 @@
-"""What machine a benchmark ran on: CPU model and the flags that choose fast paths."""
+"""What machine this is: the cores this process may use, the CPU model and the flags that
+choose fast paths."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ from typing import Any
 
 #: CPU flags that decide which kernels run fast (bf16 and int8 matmul paths).
 INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity on Linux, else the CPU count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def describe_machine() -> dict[str, Any]:

@@ -29,16 +29,11 @@ from __future__ import annotations
 import os
 from collections.abc import MutableMapping
 
+from multigrain.runtime.machine import usable_cores
+
 SETTING = "OMP_WAIT_POLICY"
 BUSY_POLICY = "PASSIVE"
 LIBGOMP_DEFAULT = "libgomp default"
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
 
 
 def choose_wait_policy(
