@@ -244,6 +244,12 @@ def test_evaluate_lists_builtin(tmp_path: Path) -> None:
     assert_one_line_error(code, err, "'nope' is not one of", "'disc21', 'builtin'")
 
 
+def test_experiments_with_two_sizes_is_refused(tmp_path: Path) -> None:
+    code, err = run_main("experiments", "--quick", "--long", "-o", str(tmp_path / "study"))
+    assert_one_line_error(code, err, "--quick and --long", "give one")
+    assert not (tmp_path / "study" / "runs").exists()  # nothing trained
+
+
 def test_train_help_at_80_columns() -> None:
     result = run_cli("train", "--help", env={**os.environ, "COLUMNS": "80"})
     assert result.returncode == 0, result.stderr

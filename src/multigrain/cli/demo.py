@@ -11,6 +11,7 @@ import typer
 
 from multigrain.cli.app import app, echo
 from multigrain.cli.outputs import folder_option
+from multigrain.runtime.errors import MultiGrainError
 
 
 class DemoData(str, Enum):
@@ -111,6 +112,8 @@ def experiments(
     Resumable: run it again with the same -o to skip finished runs and continue a half-done
     one from its checkpoint.
     """
+    if quick and long:
+        raise MultiGrainError("--quick and --long choose two sizes of the study: give one")
     from multigrain.experiments.research import FULL, LONG, QUICK, run_experiments
     from multigrain.training.interrupt import TrainingInterrupted
 
