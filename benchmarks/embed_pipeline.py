@@ -26,14 +26,21 @@ another on the same files:
   matmul rate, from embed_throughput.forward_rate);
 - ``decode``: decoding + resizing alone, through the same DataLoader with the default
   number of workers at the default priority (the cores the default run leaves to it);
+- ``split``: each stage alone on its share of the cores, for a split of the machine's n
+  usable cores into k for the model (torch threads) and n - k for decoding (workers), k in
+  {1, n/4, n/2, 3n/4, n - 1}: the bound of the issue's reading "decoding on the cores left
+  to it", min(forward on k, decoding on n - k), best over k (none on one core);
 - ``profile``: the default run again with every stage timed: in the workers ``decode``
   (file -> RGB at the draft scale), ``resize`` (to longest side s) and ``to_tensor``;
   in the main process ``wait`` (next batch: queue transfer through shared memory,
   bucketing, stacking, and any stall for decoding), ``forward`` (normalise, trunk, GeM,
   L2), ``write`` (shards, merge). Worker stages overlap the main process's.
 
-Headline per set and s: ``bound`` = min(forward alone, decoding alone) images/s, and
-``e2e_over_bound`` = default / bound; ``speedup_vs_baseline`` = default / baseline.
+Headline per set and s: ``bound`` = min(forward alone, decoding alone) images/s, each on
+all cores, and ``e2e_over_bound`` = default / bound; ``no_overlap`` = 1 / (1/forward +
+1/decoding), the rate of the two stages one after the other on all cores (the ceiling when
+both need every core); ``split_bound`` = the best split's min(forward on k cores, decoding
+on n - k) and ``e2e_over_split_bound``; ``speedup_vs_baseline`` = default / baseline.
 
     .venv/bin/python benchmarks/embed_pipeline.py --trunk resnet50 --resolutions 224,500 \\
         --images 96 --output docs/benchmarks/embed_pipeline.json
@@ -79,14 +86,14 @@ from multigrain.models.weights import load_model
 from multigrain.runtime.allocator import loaded_allocator, preload_environment
 from multigrain.runtime.atomic import atomic_write_text
 from multigrain.runtime.distributed import DistributedContext, resolve_device
-from multigrain.runtime.machine import describe_machine
+from multigrain.runtime.machine import describe_machine, usable_cores
 from multigrain.runtime.openmp import choose_wait_policy
 from multigrain.runtime.precision import resolve_inference_precision
 
 CAMERA_ROOTS = (Path("/usr/share/backgrounds"), Path("/usr/share/wallpapers"))
 CAMERA_MIN_PIXELS = 3_000_000
 CAMERA_SHAPE = (4032, 3024)
-KINDS = ("baseline", "default", "decode", "profile")
+KINDS = ("baseline", "default", "decode", "profile", "split")
 
 
 # --- the photo sets --------------------------------------------------------------------------
@@ -254,9 +261,11 @@ def run_default(
     }
 
 
-def run_decode(paths: list[Path], resolution: int, device: torch.device) -> dict[str, Any]:
-    """The default DataLoader decoding and batching, no model."""
-    workers = decode_workers(device)
+def run_decode(
+    paths: list[Path], resolution: int, device: torch.device, workers: int | None = None
+) -> dict[str, Any]:
+    """The default DataLoader decoding and batching (default workers), no model."""
+    workers = decode_workers(device) if workers is None else workers
     start = time.perf_counter()
     count = 0
     for indices, _ in decoded_batches(
@@ -271,6 +280,38 @@ def run_decode(paths: list[Path], resolution: int, device: torch.device) -> dict
         "seconds": round(seconds, 3),
         "images_per_second": round(count / seconds, 2),
     }
+
+
+def split_threads(cores: int) -> list[int]:
+    """The model's share k of `cores` tried by the split measurement (decoding: cores - k)."""
+    return sorted(
+        {k for k in (1, cores // 4, cores // 2, 3 * cores // 4, cores - 1) if 0 < k < cores}
+    )
+
+
+def run_split(
+    model: MultiGrain, paths: list[Path], resolution: int, device: torch.device
+) -> dict[str, Any]:
+    """Forward alone on k threads and decoding alone on cores - k workers, per split k."""
+    cores = usable_cores()
+    batch = forward_batch(paths, resolution, default_batch_size(device))
+    trunk = fast_trunk_for(
+        model, resolve_inference_precision(DEFAULT_PRECISION, device), device=device
+    )
+    rows = []
+    for threads in split_threads(cores):
+        torch.set_num_threads(threads)
+        forward = forward_rate(model, "default", trunk, batch, device)
+        decode = run_decode(paths, resolution, device, workers=cores - threads)
+        rows.append({
+            "forward_threads": threads,
+            "forward_images_per_second": forward["images_per_second"],
+            "decode_workers": cores - threads,
+            "decode_images_per_second": decode["images_per_second"],
+            "bound": min(forward["images_per_second"], decode["images_per_second"]),
+        })  # fmt: skip
+    best = max(rows, key=lambda row: row["bound"]) if rows else None
+    return {"cores": cores, "splits": rows, "best": best}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -291,6 +332,8 @@ def child(args: argparse.Namespace) -> None:
                 "seconds": round(seconds, 3),
                 "images_per_second": round(len(paths) / seconds, 2),
             }
+        elif kind == "split":
+            result = run_split(model, paths, resolution, device)
         elif kind == "default":
             result = run_default(model, paths, output, resolution, device)
             batch = forward_batch(paths, resolution, default_batch_size(device))
@@ -344,6 +387,7 @@ def run_child(
 # --- the run ---------------------------------------------------------------------------------
 def headline(measured: dict[str, Any]) -> dict[str, Any]:
     default, decode = measured["default"], measured["decode"]
+    best = measured["split"]["best"]
     forward = default["forward"]["images_per_second"]
     bound = min(forward, decode["images_per_second"])
     return {
@@ -355,6 +399,16 @@ def headline(measured: dict[str, Any]) -> dict[str, Any]:
         # the rate if the two stages did not overlap at all (one after the other)
         "no_overlap": round(1 / (1 / forward + 1 / decode["images_per_second"]), 2),
         "e2e_over_bound": round(default["images_per_second"] / bound, 3),
+        "e2e_over_no_overlap": round(
+            default["images_per_second"] * (1 / forward + 1 / decode["images_per_second"]), 3
+        ),
+        "split_bound": best["bound"] if best else None,
+        "split": (
+            f"{best['forward_threads']} model + {best['decode_workers']} decoding" if best else None
+        ),
+        "e2e_over_split_bound": (
+            round(default["images_per_second"] / best["bound"], 3) if best else None
+        ),
         "speedup_vs_baseline": round(
             default["images_per_second"] / measured["baseline"]["images_per_second"], 2
         ),
@@ -363,11 +417,20 @@ def headline(measured: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def _split_cell(h: dict[str, Any]) -> str:
+    return "—" if h.get("split") is None else f"{h['split']}: {h['split_bound']:.1f}"
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     lines = [
         "| set | s | baseline | default e2e | × baseline | forward alone | decode alone "
-        "| e2e / min(forward, decode) | forward / bf16 matmul |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| e2e / min(forward, decode) | e2e / no-overlap | best split: bound | e2e / split bound "
+        "| forward / bf16 matmul |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["results"]:
         h = row["headline"]
@@ -376,6 +439,8 @@ def markdown_table(report: dict[str, Any]) -> str:
             f"{h['default_images_per_second']:.1f} | {h['speedup_vs_baseline']:.2f} | "
             f"{h['forward_alone_images_per_second']:.1f} | "
             f"{h['decode_alone_images_per_second']:.1f} | {h['e2e_over_bound']:.0%} | "
+            f"{h['e2e_over_no_overlap']:.0%} | {_split_cell(h)} | "
+            f"{_percent(h.get('e2e_over_split_bound'))} | "
             f"{h['forward_fraction_of_bf16_matmul']:.0%} |"
         )
     return "\n".join(lines)

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from multigrain.runtime.allocator import find_allocator
+from multigrain.runtime.machine import usable_cores
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "embed_pipeline.py"
 
@@ -50,6 +52,25 @@ def test_smoke_run_reports_every_set_stage_and_bound(tmp_path):
         assert head["bound"] == round(min(rates), 2)
         assert head["no_overlap"] < min(rates)
         assert row["decode"]["images"] == 3
+        assert head["e2e_over_no_overlap"] == pytest.approx(
+            head["default_images_per_second"] / head["no_overlap"], abs=0.01
+        )
+        # each stage alone on its share of the cores: k model threads, n - k decoding workers
+        split = row["split"]
+        assert split["cores"] == usable_cores()
+        for part in split["splits"]:
+            assert part["forward_threads"] + part["decode_workers"] == split["cores"]
+            assert part["bound"] == min(
+                part["forward_images_per_second"], part["decode_images_per_second"]
+            )
+        if split["cores"] >= 2:
+            assert split["best"]["bound"] == max(part["bound"] for part in split["splits"])
+            assert head["split_bound"] == split["best"]["bound"]
+            assert head["e2e_over_split_bound"] == pytest.approx(
+                head["default_images_per_second"] / head["split_bound"], abs=0.001
+            )
+        else:
+            assert split["best"] is None and head["e2e_over_split_bound"] is None
         stages = row["profile"]["stages"]
         assert stages["calls"]["decode"] == stages["calls"]["resize"] == 3  # in the workers
         assert set(stages["worker_seconds"]) == {"decode", "resize", "to_tensor"}
