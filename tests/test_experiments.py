@@ -170,6 +170,17 @@ def test_experiments_quick_answers_every_question_and_resumes(
     partial = json.loads((folder / "experiments.json").read_text())
     assert len(partial["runs"]) == 4 and len(partial["comparisons"]) == 6
 
+    # --against sets another study's answers beside these; a folder without a report is
+    # refused before any training
+    outcome = CliRunner().invoke(app, [*args, "--finished-only", "--against", str(folder)])
+    assert outcome.exit_code == 0, outcome.output
+    beside = json.loads((folder / "experiments.json").read_text())
+    assert len(beside["against"]["cells"]) == 6 + 4 + 2  # comparisons, RQ4 x 2 metrics, whitening
+    assert "## Against" in (folder / "experiments.md").read_text()
+    assert [r["variant"] for r in beside["convergence"]] == [r["variant"] for r in beside["runs"]]
+    outcome = CliRunner().invoke(app, [*args, "--against", str(tmp_path / "nowhere")])
+    assert "no report to compare with" in str(outcome.exception)  # main() prints it
+
     # a run without its result resumes from its checkpoint and gives the same figures
     from multigrain.training.loop import train
 
@@ -202,6 +213,56 @@ def test_experiments_quick_answers_every_question_and_resumes(
             output_dir=folder, scale=replace(QUICK, steps=8),
             fashion_mnist_root=fashion_mnist_root, finished_only=True,
         )  # fmt: skip
+
+
+def _study(steps: int, rq1_top1: tuple[float, float, float], flat: list[bool]) -> dict:
+    difference, low, high = rq1_top1
+    verdict = "agrees" if low > 0 else "not separated at this scale"
+    interval = {"difference": 0.0, "low": 0.0, "high": 0.0}
+    return {
+        "scale": {"steps": steps, "convergence_tolerance": 0.02},
+        "comparisons": [
+            {
+                "question": "RQ1",
+                "other": "classification only (λ=1)",
+                "metric": "test top-1",
+                "difference": {"difference": difference, "low": low, "high": high},
+                "verdict": verdict,
+            },
+        ],  # fmt: skip
+        "rq4": [
+            {
+                "metric": "copy mAP",
+                "exponent_shift": interval,
+                "exponent_verdict": "agrees",
+                "gain": interval,
+                "gain_verdict": "disagrees",
+            },
+        ],  # fmt: skip
+        "whitening": None,
+        "convergence": [{"top1_flat": f, "copy_map_flat": True} for f in flat],
+    }
+
+
+def test_against_sets_each_answer_beside_the_other_studys() -> None:
+    from multigrain.experiments.research_report import against_section
+
+    short = _study(256, (0.01, -0.01, 0.03), [True, False, False])
+    long = _study(512, (0.05, 0.02, 0.08), [True, True, True])
+    lines = against_section(long, short, "the short study")
+    text = "\n".join(lines)
+    assert "256 steps: 1 of 3 runs flat on both figures; 512 steps: 3 of 3" in text
+    (rq1,) = [line for line in lines if line.startswith("| RQ1")]
+    assert rq1.split(" | ")[1:] == [
+        "+0.010 [-0.010, +0.030]", "not separated at this scale",
+        "+0.050 [+0.020, +0.080]", "agrees", "yes |",
+    ]  # fmt: skip
+    (gain,) = [line for line in lines if "best larger s" in line]
+    assert gain.endswith("| disagrees | no |")
+    # an answer only one study has is shown with a dash, not dropped
+    del long["comparisons"][0]
+    (rq1,) = [line for line in against_section(long, short, "x") if line.startswith("| RQ1")]
+    assert rq1.endswith("| — | — | — |")
 
 
 def test_long_is_full_on_twice_the_steps_with_curves_on_every_test_image() -> None:

@@ -106,6 +106,13 @@ def experiments(
     finished_only: Annotated[
         bool, typer.Option(help="train nothing: report on the runs finished so far")
     ] = False,
+    against: Annotated[
+        str | None,
+        typer.Option(
+            help="another study's folder (with its experiments.json): its answers are set "
+            "beside these, verdict by verdict"
+        ),
+    ] = None,
 ) -> None:
     """The paper's research questions on Fashion-MNIST (RQ1-RQ4, whitening): tables + plots.
 
@@ -123,6 +130,7 @@ def experiments(
             scale=QUICK if quick else LONG if long else FULL,
             fashion_mnist_root=Path(fashion_mnist_root),
             finished_only=finished_only,
+            against=Path(against) if against else None,
         )
     except TrainingInterrupted as stop:
         typer.echo(

@@ -68,7 +68,7 @@ import logging
 from pathlib import Path
 
 from multigrain.data.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT, FashionMNISTImages
-from multigrain.experiments.research_report import write_report
+from multigrain.experiments.research_report import read_study, write_report
 from multigrain.experiments.results import RESULT_NAME, RunResult, RunScores
 from multigrain.experiments.study_analysis import Analysis, analyse
 from multigrain.experiments.study_runs import run_one
@@ -85,12 +85,16 @@ def run_experiments(
     scale: Scale = FULL,
     fashion_mnist_root: Path = DEFAULT_FASHION_MNIST_ROOT,
     finished_only: bool = False,
+    against: Path | None = None,
 ) -> Analysis:
     """Train and score every variant x seed (skipping finished runs), write the report.
 
     ``finished_only``: train nothing; report on the runs finished so far (a comparison
-    appears once both of its variants have a run).
+    appears once both of its variants have a run). ``against``: another study's folder,
+    whose answers the report sets beside these (research_report.against_section).
     """
+    if against is not None:
+        read_study(against)  # refused before hours of training, not after
     if scale.steps % scale.curve_points:
         raise MultiGrainError(
             f"{scale.steps} steps do not split into {scale.curve_points} curve points"
@@ -121,7 +125,7 @@ def run_experiments(
             runs.append(result)
             scores.setdefault(variant, []).append(run_scores)
     analysis = analyse(scale, runs, scores)
-    write_report(analysis, output_dir)
+    write_report(analysis, output_dir, against=against)
     return analysis
 
 

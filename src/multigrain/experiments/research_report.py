@@ -20,6 +20,7 @@ from multigrain.experiments.statistics import Interval
 from multigrain.experiments.study_analysis import Analysis
 from multigrain.experiments.variants import VARIANTS
 from multigrain.runtime.atomic import atomic_write_text
+from multigrain.runtime.errors import MultiGrainError
 
 
 def _interval(i: Interval) -> str:
@@ -126,6 +127,18 @@ def _document(analysis: Analysis) -> dict[str, Any]:
     return {
         "scale": asdict(analysis.scale),
         "runs": [asdict(run) for run in analysis.runs],
+        "convergence": [
+            {
+                "variant": run.variant,
+                "seed": run.seed,
+                **{
+                    f"{key}_{part}": getattr(analysis.convergence(run, metric), part)
+                    for key, metric in (("top1", Metric.TOP1), ("copy_map", Metric.COPY_MAP))
+                    for part in ("change", "flat")
+                },
+            }
+            for run in analysis.runs
+        ],
         "comparisons": [
             {
                 "question": c.claim.question.value,
@@ -165,10 +178,87 @@ def _document(analysis: Analysis) -> dict[str, Any]:
     }
 
 
-def write_report(analysis: Analysis, folder: Path) -> Path:
-    """folder/experiments.json, experiments.md, curves.png, rq4.png and experiments.html."""
+def verdict_cells(document: dict[str, Any]) -> dict[str, tuple[dict[str, float], str]]:
+    """Every answer of an experiments.json: its name -> (interval, verdict)."""
+    cells = {
+        f"{c['question']} joint vs {c['other']}, {c['metric']}": (c["difference"], c["verdict"])
+        for c in document["comparisons"]
+    }
+    for g in document["rq4"]:
+        cells[f"RQ4 p*(largest s) − p*(training s), {g['metric']}"] = (
+            g["exponent_shift"], g["exponent_verdict"]
+        )  # fmt: skip
+        cells[f"RQ4 best larger s vs training s, {g['metric']}"] = (g["gain"], g["gain_verdict"])
+    w = document.get("whitening")
+    if w:
+        cells["whitening: whitened − raw, copy mAP"] = (w["retrieval"], w["retrieval_verdict"])
+        cells["whitening: top-1 from the stored vector − model's"] = (
+            w["top1_difference"], w["top1_verdict"]
+        )  # fmt: skip
+    return cells
+
+
+def _flat_count(document: dict[str, Any]) -> str:
+    rows = document.get("convergence")
+    if rows is None:
+        return "not recorded (report written before convergence was stored)"
+    flat = sum(1 for r in rows if r["top1_flat"] and r["copy_map_flat"])
+    return f"{flat} of {len(rows)} runs flat on both figures"
+
+
+def against_section(document: dict[str, Any], other: dict[str, Any], other_name: str) -> list[str]:
+    """This study's answers beside another study's (e.g. the same design on fewer steps)."""
+    mine, theirs = verdict_cells(document), verdict_cells(other)
+    steps, other_steps = document["scale"]["steps"], other["scale"]["steps"]
+    lines = [
+        f"## Against {other_name}",
+        "",
+        f"The same answers from {other_name} ({other_steps} training steps) beside this "
+        f"study's ({steps} steps). Convergence (≤ "
+        f"{document['scale']['convergence_tolerance']} over the last quarter): "
+        f"{other_steps} steps: {_flat_count(other)}; {steps} steps: {_flat_count(document)}.",
+        "",
+        f"| answer | {other_steps} steps [95 % CI] | verdict | {steps} steps [95 % CI] "
+        "| verdict | verdict changed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in [*mine, *(n for n in theirs if n not in mine)]:
+        cells = []
+        for source in (theirs, mine):
+            if name in source:
+                interval, verdict = source[name]
+                cells += [_interval(Interval(**interval)), verdict]
+            else:
+                cells += ["—", "—"]
+        changed = "—" if "—" in cells else ("yes" if cells[1] != cells[3] else "no")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {changed} |")
+    return lines
+
+
+def read_study(folder: Path) -> dict[str, Any]:
+    """The experiments.json of a study folder, or an error saying how to make it."""
+    path = folder / "experiments.json"
+    if not path.is_file():
+        raise MultiGrainError(
+            f"{path}: no report to compare with: run `multigrain experiments -o {folder} "
+            "--finished-only` first"
+        )
+    document: dict[str, Any] = json.loads(path.read_text())
+    return document
+
+
+def write_report(analysis: Analysis, folder: Path, *, against: Path | None = None) -> Path:
+    """folder/experiments.json, experiments.md, curves.png, rq4.png and experiments.html.
+
+    ``against``: another study folder (with its experiments.json) whose answers are set
+    beside these, in a section of the report and under "against" in the JSON.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "experiments.json", json.dumps(_document(analysis), indent=1))
+    document = _document(analysis)
+    other = read_study(against) if against is not None else None
+    if other is not None:
+        document["against"] = {"folder": str(against), "cells": verdict_cells(other)}
+    atomic_write_text(folder / "experiments.json", json.dumps(document, indent=1))
     scale = analysis.scale
     intro = (
         f"Seeds {list(scale.seeds)}; {scale.train_per_class * 10} training images seen for "
@@ -180,6 +270,8 @@ def write_report(analysis: Analysis, folder: Path) -> Path:
         "\n".join(["## Answers", "", *_answers(analysis), *_grid_tables(analysis)]),
         "\n".join(["## Convergence", "", *_convergence_table(analysis)]),
     ]
+    if other is not None:
+        sections.append("\n".join(against_section(document, other, f"`{against}`")))
     atomic_write_text(folder / "experiments.md", "\n\n".join(sections) + "\n")
     plots = [plot_curves(analysis, folder / "curves.png")]
     if analysis.grid:
