@@ -136,6 +136,24 @@ def test_int8_descriptors_stay_close_to_fp32(model, photos):
     assert cosine.min() > 0.95, cosine
 
 
+def test_int8_runs_every_convolution_in_int8_even_with_equal_biases(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from multigrain.inference.int8 import int8_trunk
+
+    torch.manual_seed(0)
+    untrained = MultiGrain(trunk="resnet18", num_classes=3).eval()
+    folded = fold_batch_norm(untrained.features)  # every bias folds to zero: all equal
+    optimized = tmp_path / "runs.onnx"
+    trunk = int8_trunk(folded, [torch.randn(1, 3, 32, 48)], threads=1,
+                       optimized_model_path=optimized)  # fmt: skip
+    assert trunk(torch.randn(2, 3, 32, 48)).shape == (2, 512, 1, 2)
+    kinds = [node.op_type for node in onnx.load(str(optimized)).graph.node]
+    # exported with one shared zero bias, 16 of the 20 stayed fp32 Conv between a
+    # dequantise and a quantise, slower than fp32 alone
+    assert kinds.count("QLinearConv") == 20 and "Conv" not in kinds, kinds
+
+
 def test_merge_follows_the_listing_and_skips_missing(tmp_path):
     metadata = EmbeddingMetadata(
         model="m", resolution=8, exponent=3.0, whitened=False, dim=3, precision="bf16"
