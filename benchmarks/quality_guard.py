@@ -85,7 +85,11 @@ def compare(
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("data/builtin"))
-    parser.add_argument("--checkpoint", type=Path, help="default: untrained seeded network")
+    parser.add_argument(
+        "--checkpoint", type=Path,
+        help="a checkpoint file or a bundle folder (src/multigrain/bundles/copy-r18); "
+        "default: untrained seeded network",
+    )  # fmt: skip
     parser.add_argument("--trunk", default="resnet18", help="for the untrained default")
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--precisions", default="fp32,bf16,int8")
@@ -98,7 +102,12 @@ def main() -> None:
     if precisions[0] != "fp32":
         precisions = ["fp32", *[p for p in precisions if p != "fp32"]]
     classes: list[str] | None = None
-    if args.checkpoint is not None:
+    if args.checkpoint is not None and args.checkpoint.is_dir():  # a bundle (the shipped model)
+        from multigrain.inference.bundle import load_bundle
+
+        bundle = load_bundle(args.checkpoint)
+        model, classes, name = bundle.model(), bundle.settings.classes, bundle.identity
+    elif args.checkpoint is not None:
         from multigrain.models.checkpoint import model_identity
         from multigrain.models.weights import load_model
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "embed_throughput.py"
@@ -45,4 +46,10 @@ def test_smoke_run_reports_every_mode(tmp_path):
         assert forward["gflop_per_image"] > 0 and 0 < forward["fraction_of_bf16_matmul"]
         assert measured["cosine_to_baseline"]["min"] > 0.98  # the same descriptors, computed fast
     assert modes["baseline"]["speedup_vs_baseline"] == 1.0
+    assert report["machine"]["cpu_model"] and "cpu_flags" in report["machine"]
+    # the rate once set-up is paid (a long collection's), from the same timings
+    default = modes["default"]
+    after = 4 / (default["seconds"] - default["setup_seconds"])
+    assert default["images_per_second_after_setup"] == pytest.approx(after, rel=0.01, abs=0.01)
+    assert "baseline" in report["command"] or "--modes" in report["command"]
     assert modes["baseline"]["forward"]["shape"][0] == 1  # the baseline runs one image at a time
