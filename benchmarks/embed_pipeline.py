@@ -390,6 +390,7 @@ def headline(measured: dict[str, Any]) -> dict[str, Any]:
     best = measured["split"]["best"]
     forward = default["forward"]["images_per_second"]
     bound = min(forward, decode["images_per_second"])
+    no_overlap = 1 / (1 / forward + 1 / decode["images_per_second"])
     return {
         "baseline_images_per_second": measured["baseline"]["images_per_second"],
         "default_images_per_second": default["images_per_second"],
@@ -397,11 +398,9 @@ def headline(measured: dict[str, Any]) -> dict[str, Any]:
         "decode_alone_images_per_second": decode["images_per_second"],
         "bound": round(bound, 2),
         # the rate if the two stages did not overlap at all (one after the other)
-        "no_overlap": round(1 / (1 / forward + 1 / decode["images_per_second"]), 2),
+        "no_overlap": round(no_overlap, 2),
         "e2e_over_bound": round(default["images_per_second"] / bound, 3),
-        "e2e_over_no_overlap": round(
-            default["images_per_second"] * (1 / forward + 1 / decode["images_per_second"]), 3
-        ),
+        "e2e_over_no_overlap": round(default["images_per_second"] / no_overlap, 3),
         "split_bound": best["bound"] if best else None,
         "split": (
             f"{best['forward_threads']} model + {best['decode_workers']} decoding" if best else None
