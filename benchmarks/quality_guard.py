@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from multigrain.models import MultiGrain
 from multigrain.runtime.atomic import atomic_write_text
 from multigrain.runtime.distributed import resolve_device
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.machine import describe_machine
 from multigrain.runtime.precision import resolve_inference_precision
 
 METHODS = (Method.TRAINED, Method.UNTRAINED)
@@ -135,6 +137,8 @@ def main() -> None:
         print(json.dumps({"precision": used.value, **scores[used.value]}), flush=True)
     report = {
         "benchmark": "quality_guard",
+        "command": " ".join(["python", *sys.argv]),
+        "machine": describe_machine(),
         "model": name,
         "trained_checkpoint": args.checkpoint is not None,
         "resolution": args.resolution,
