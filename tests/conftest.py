@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,10 @@ import pytest
 from PIL import Image
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+# int8 trunks quantised by the tests (and the commands they run) are cached here, not in
+# the user's ~/.cache (multigrain.inference.int8_cache)
+os.environ["MULTIGRAIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="multigrain-test-cache-")
 
 
 def cli(*args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,7 @@ def info() -> None:
 
     import multigrain
     from multigrain.inference.bundle_paths import builtin_bundle_path, is_bundle
+    from multigrain.inference.int8_cache import CACHE_ENV, int8_cache_folder
     from multigrain.runtime.distributed import resolve_device
     from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
 
@@ -31,6 +32,12 @@ def info() -> None:
         allocator = f"glibc malloc ({available} is installed; see {SETTING})"
     else:
         allocator = "glibc malloc (apt-get install libtcmalloc-minimal4 for flat memory)"
+    cache = int8_cache_folder()
+    if cache is None:
+        int8 = f"off ({CACHE_ENV}=off)"
+    else:
+        stored = len(list(cache.glob("*.onnx"))) if cache.is_dir() else 0
+        int8 = f"{cache} ({stored} quantised model{'s' * (stored != 1)}; {CACHE_ENV})"
     shipped = builtin_bundle_path()
     model = str(shipped) if is_bundle(shipped) else "none in this install (pass -c)"
     for key, value in (
@@ -42,5 +49,6 @@ def info() -> None:
         ("torch threads", str(torch.get_num_threads())),
         ("threads wait", f"{os.environ.get(openmp.SETTING, 'libgomp default')} ({openmp.SETTING})"),
         ("allocator", allocator),
+        ("int8 cache", int8),
     ):
         echo(f"{key}: {value}")

@@ -34,7 +34,7 @@ from torch import nn
 from multigrain.data.images import DEFAULT_MAX_PIXELS
 from multigrain.data.inference_loading import DecodedImages
 from multigrain.data.resize import normalise
-from multigrain.inference.int8 import int8_trunk
+from multigrain.inference.int8_cache import cached_int8_trunk
 from multigrain.models import MultiGrain
 from multigrain.runtime.precision import (
     InferencePrecision,
@@ -143,17 +143,25 @@ def fast_trunk_for(
     """The fast trunk that runs ``model.features`` at `precision` (resolved on `device`).
 
     bf16/fp16/fp32: :func:`inference_trunk`. int8: the folded trunk quantised by
-    onnxruntime, calibrated on up to `calibration_images` of `calibration_paths`, spread
-    evenly over them and decoded at `resolution` exactly as they will be embedded.
+    onnxruntime, loaded from the int8 cache (multigrain.inference.int8_cache) when this
+    model was quantised at this s before, else calibrated on up to `calibration_images` of
+    `calibration_paths`, spread evenly over them and decoded at `resolution` exactly as
+    they will be embedded (and cached when there were enough of them).
     """
     used = resolve_inference_precision(precision, device)
     if used is not InferencePrecision.INT8:
         return inference_trunk(model, precision=used, device=device)
-    step = max(1, len(calibration_paths) // calibration_images)
-    decoded = DecodedImages(list(calibration_paths), resolution, max_pixels, adjust)
-    calibration = []
-    for index in range(0, len(calibration_paths), step)[:calibration_images]:
-        image = decoded[index][1]
-        if image is not None:
-            calibration.append(normalise(image[None]))
-    return int8_trunk(fold_batch_norm(model.features), calibration)
+    paths = list(calibration_paths)
+
+    def calibration() -> tuple[list[torch.Tensor], str]:
+        step = max(1, len(paths) // calibration_images)
+        decoded = DecodedImages(paths, resolution, max_pixels, adjust)
+        images = []
+        for index in range(0, len(paths), step)[:calibration_images]:
+            image = decoded[index][1]
+            if image is not None:
+                images.append(normalise(image[None]))
+        first = f", first {paths[0]}" if paths else ""
+        return images, f"{len(images)} of {len(paths)} images{first}"
+
+    return cached_int8_trunk(fold_batch_norm(model.features), calibration, resolution=resolution)

@@ -16,6 +16,7 @@ benchmarks/quality_guard.py; int8 is therefore opt-in (``--precision int8``).
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import tempfile
 import time
@@ -41,9 +42,10 @@ class OnnxInt8Trunk:
 
     precision = InferencePrecision.INT8
 
-    def __init__(self, session: Any, setup_seconds: float) -> None:
+    def __init__(self, session: Any, setup_seconds: float, fingerprint: str = "") -> None:
         self.session = session
-        self.setup_seconds = setup_seconds  # export + calibration + quantisation
+        self.setup_seconds = setup_seconds  # export + calibration + quantisation (or loading)
+        self.fingerprint = fingerprint  # of the quantised model: equal ones give equal maps
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(images.detach().float().cpu().numpy())
@@ -133,7 +135,7 @@ def int8_trunk(
     float_tail: bool = True,
 ) -> OnnxInt8Trunk:
     """Quantise a trunk (e.g. ``fold_batch_norm(model.features)``) to int8, calibrated on
-    `calibration` images.
+    `calibration` images, and open it in onnxruntime (:func:`quantise` + :func:`open_int8`).
 
     Args:
         trunk: (B, 3, H, W) -> (B, C, h, w) module, in eval mode (left unchanged).
@@ -146,8 +148,22 @@ def int8_trunk(
     Raises:
         MultiGrainError: onnx/onnxruntime missing, or no calibration images.
     """
+    started = time.perf_counter()
+    model = quantise(trunk, calibration, float_tail=float_tail)
+    opened = open_int8(model, threads=threads, optimized_model_path=optimized_model_path)
+    opened.setup_seconds = time.perf_counter() - started
+    logger.info(
+        "int8 trunk ready in %.1f s (%d calibration images)", opened.setup_seconds,
+        len(calibration),
+    )  # fmt: skip
+    return opened
+
+
+def quantise(
+    trunk: nn.Module, calibration: Sequence[torch.Tensor], *, float_tail: bool = True
+) -> bytes:
+    """The int8 ONNX model of `trunk` calibrated on `calibration`, serialised."""
     try:
-        import onnxruntime
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     except ImportError as error:
         raise MultiGrainError(
@@ -155,7 +171,6 @@ def int8_trunk(
         ) from error
     if not calibration:
         raise MultiGrainError("int8 quantisation needs at least one calibration image")
-    started = time.perf_counter()
     trunk = copy.deepcopy(trunk).float().cpu()
     with tempfile.TemporaryDirectory(prefix="multigrain-int8-") as tmp:
         plain, quantised = Path(tmp) / "trunk.onnx", Path(tmp) / "trunk.int8.onnx"
@@ -174,14 +189,25 @@ def int8_trunk(
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 nodes_to_exclude=output_tail(plain) if float_tail else [],
             )  # fmt: skip
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        if optimized_model_path is not None:
-            options.optimized_model_filepath = str(optimized_model_path)
-        session = onnxruntime.InferenceSession(
-            quantised.read_bytes(), options, providers=["CPUExecutionProvider"]
-        )
-    seconds = time.perf_counter() - started
-    logger.info("int8 trunk ready in %.1f s (%d calibration images)", seconds, len(calibration))
-    return OnnxInt8Trunk(session, seconds)
+        return quantised.read_bytes()
+
+
+def open_int8(
+    model: bytes, *, threads: int | None = None, optimized_model_path: Path | None = None
+) -> OnnxInt8Trunk:
+    """An onnxruntime CPU session of a :func:`quantise` model (set-up time: opening it)."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise MultiGrainError(
+            "--precision int8 needs onnxruntime: pip install 'multigrain[export]'"
+        ) from error
+    started = time.perf_counter()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    fingerprint = hashlib.sha256(model).hexdigest()[:12]
+    return OnnxInt8Trunk(session, time.perf_counter() - started, fingerprint)
