@@ -57,7 +57,12 @@ def int8_cache_folder() -> Path | None:
 
 def trunk_key(trunk: nn.Module, resolution: int) -> str:
     """A hex key of the trunk's tensors (names, shapes, fp32 values), s, recipe, runtime."""
-    import onnxruntime
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise MultiGrainError(
+            "--precision int8 needs onnxruntime: pip install 'multigrain[export]'"
+        ) from error
 
     digest = hashlib.blake2b(digest_size=12)
     digest.update(f"{RECIPE}|onnxruntime {onnxruntime.__version__}|s={resolution}".encode())
