@@ -280,6 +280,8 @@ def run_mode(
             assert isinstance(trunk, TorchTrunk)
             trunk.module = torch.compile(trunk.module)  # type: ignore[assignment]
         result["setup_seconds"] = round(time.perf_counter() - start, 2)
+        if name == "int8":
+            result["int8_model"] = "loaded from the cache" if trunk.from_cache else "quantised"
         workers = settings.get("workers", default_num_workers(device))
         metadata = EmbeddingMetadata(
             model="benchmark", resolution=resolution, exponent=float(model.pool.p),

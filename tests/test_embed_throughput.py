@@ -53,3 +53,27 @@ def test_smoke_run_reports_every_mode(tmp_path):
     assert default["images_per_second_after_setup"] == pytest.approx(after, rel=0.01, abs=0.01)
     assert "baseline" in report["command"] or "--modes" in report["command"]
     assert modes["baseline"]["forward"]["shape"][0] == 1  # the baseline runs one image at a time
+
+
+def test_int8_modes_time_quantising_and_loading_from_the_cache(tmp_path):
+    pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(2):
+        pixels = rng.integers(0, 255, (72, 96, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(photos / f"{index}.jpg", quality=90)
+    output = tmp_path / "out.json"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--trunk", "resnet18", "--resolutions", "64",
+         "--images", "16", "--modes", "baseline,int8,int8:cached=1", "--photos", str(photos),
+         "--matmul-size", "256", "--in-process", "--output", str(output)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    [row] = json.loads(output.read_text())["results"]
+    modes = {m["mode"]: m for m in row["modes"]}
+    # 16 files: enough calibration images to be cached (int8_cache.MIN_CALIBRATION_IMAGES)
+    assert modes["int8"]["int8_model"] == "quantised"  # a cold cache of its own
+    assert modes["int8:cached=1"]["int8_model"] == "loaded from the cache"
+    assert modes["int8:cached=1"]["cosine_to_baseline"]["min"] > 0.95

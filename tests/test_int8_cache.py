@@ -49,6 +49,7 @@ def test_a_second_run_loads_the_same_model_without_calibrating(trunk, cache):
     first = cached_int8_trunk(trunk, first_images, resolution=32, threads=1)
     second = cached_int8_trunk(trunk, second_images, resolution=32, threads=1)
     assert (first_images.calls, second_images.calls) == (1, 0)
+    assert (first.from_cache, second.from_cache) == (False, True)
     assert first.fingerprint == second.fingerprint
     probe = torch.randn(2, 3, 40, 24)
     assert torch.equal(first(probe), second(probe))  # the same int8 model, bit for bit

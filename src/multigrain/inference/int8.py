@@ -46,6 +46,7 @@ class OnnxInt8Trunk:
         self.session = session
         self.setup_seconds = setup_seconds  # export + calibration + quantisation (or loading)
         self.fingerprint = fingerprint  # of the quantised model: equal ones give equal maps
+        self.from_cache = False  # loaded from the int8 cache rather than quantised here
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(images.detach().float().cpu().numpy())

@@ -103,6 +103,7 @@ def cached_int8_trunk(
         loaded = _load(model_path, threads)
         if loaded is not None:
             loaded.setup_seconds = time.perf_counter() - started
+            loaded.from_cache = True
             logger.info("int8 trunk %s loaded from %s", loaded.fingerprint, model_path)
             return loaded
         images, source = calibration()
