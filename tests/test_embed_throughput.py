@@ -14,6 +14,19 @@ from PIL import Image
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "embed_throughput.py"
 
 
+def run_benchmark(tmp_path: Path, photos: Path, *, images: int, modes: str) -> dict:
+    """The benchmark at s = 64 on ResNet-18, in one process; its JSON report."""
+    output = tmp_path / "out.json"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--trunk", "resnet18", "--resolutions", "64",
+         "--images", str(images), "--modes", modes, "--photos", str(photos),
+         "--matmul-size", "256", "--in-process", "--output", str(output)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(output.read_text())
+
+
 def test_smoke_run_reports_every_mode(tmp_path):
     rng = np.random.default_rng(0)
     photos = tmp_path / "photos"
@@ -24,15 +37,7 @@ def test_smoke_run_reports_every_mode(tmp_path):
     Image.fromarray(pixels).save(photos / "copy.jpg", quality=90)  # same bytes as 2.jpg
     Image.fromarray(pixels).save(photos / "queries" / "q.jpg")  # AugLy queries are skipped
     Image.fromarray(pixels).save(photos / "not-a-jpeg.png")
-    output = tmp_path / "out.json"
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--trunk", "resnet18", "--resolutions", "64",
-         "--images", "4", "--modes", "baseline,default", "--photos", str(photos),
-         "--matmul-size", "256", "--in-process", "--output", str(output)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(output.read_text())
+    report = run_benchmark(tmp_path, photos, images=4, modes="baseline,default")
     assert report["device"] == "cpu" and report["default_precision_here"] in ("bf16", "fp32")
     [row] = report["results"]
     # 50x40 is smaller than s = 64 and is left out; the two 96-px photos are cycled to 4 files
@@ -63,15 +68,8 @@ def test_int8_modes_time_quantising_and_loading_from_the_cache(tmp_path):
     for index in range(2):
         pixels = rng.integers(0, 255, (72, 96, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(photos / f"{index}.jpg", quality=90)
-    output = tmp_path / "out.json"
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--trunk", "resnet18", "--resolutions", "64",
-         "--images", "16", "--modes", "baseline,int8,int8:cached=1", "--photos", str(photos),
-         "--matmul-size", "256", "--in-process", "--output", str(output)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    [row] = json.loads(output.read_text())["results"]
+    report = run_benchmark(tmp_path, photos, images=16, modes="baseline,int8,int8:cached=1")
+    [row] = report["results"]
     modes = {m["mode"]: m for m in row["modes"]}
     # 16 files: enough calibration images to be cached (int8_cache.MIN_CALIBRATION_IMAGES)
     assert modes["int8"]["int8_model"] == "quantised"  # a cold cache of its own
