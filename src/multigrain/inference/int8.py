@@ -37,6 +37,17 @@ logger = logging.getLogger(__name__)
 INPUT_NAME = "images"
 
 
+def import_onnxruntime() -> Any:
+    """The onnxruntime module, or a MultiGrainError saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise MultiGrainError(
+            "--precision int8 needs onnxruntime: pip install 'multigrain[export]'"
+        ) from error
+    return onnxruntime
+
+
 class OnnxInt8Trunk:
     """(B, 3, H, W) float32 normalised images -> (B, C, h, w) float32 features, on the CPU."""
 
@@ -164,12 +175,9 @@ def quantise(
     trunk: nn.Module, calibration: Sequence[torch.Tensor], *, float_tail: bool = True
 ) -> bytes:
     """The int8 ONNX model of `trunk` calibrated on `calibration`, serialised."""
-    try:
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    except ImportError as error:
-        raise MultiGrainError(
-            "--precision int8 needs onnxruntime: pip install 'multigrain[export]'"
-        ) from error
+    import_onnxruntime()
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     if not calibration:
         raise MultiGrainError("int8 quantisation needs at least one calibration image")
     trunk = copy.deepcopy(trunk).float().cpu()
@@ -197,12 +205,7 @@ def open_int8(
     model: bytes, *, threads: int | None = None, optimized_model_path: Path | None = None
 ) -> OnnxInt8Trunk:
     """An onnxruntime CPU session of a :func:`quantise` model (set-up time: opening it)."""
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise MultiGrainError(
-            "--precision int8 needs onnxruntime: pip install 'multigrain[export]'"
-        ) from error
+    onnxruntime = import_onnxruntime()
     started = time.perf_counter()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from multigrain.inference.int8 import OnnxInt8Trunk, open_int8, quantise
+from multigrain.inference.int8 import OnnxInt8Trunk, import_onnxruntime, open_int8, quantise
 from multigrain.runtime.atomic import atomic_write_bytes, atomic_write_text
 from multigrain.runtime.errors import MultiGrainError
 
@@ -57,12 +57,7 @@ def int8_cache_folder() -> Path | None:
 
 def trunk_key(trunk: nn.Module, resolution: int) -> str:
     """A hex key of the trunk's tensors (names, shapes, fp32 values), s, recipe, runtime."""
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise MultiGrainError(
-            "--precision int8 needs onnxruntime: pip install 'multigrain[export]'"
-        ) from error
+    onnxruntime = import_onnxruntime()
 
     digest = hashlib.blake2b(digest_size=12)
     digest.update(f"{RECIPE}|onnxruntime {onnxruntime.__version__}|s={resolution}".encode())
