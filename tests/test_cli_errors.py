@@ -250,6 +250,14 @@ def test_experiments_with_two_sizes_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "study" / "runs").exists()  # nothing trained
 
 
+def test_experiments_steps_needs_long_and_whole_curve_points(tmp_path: Path) -> None:
+    code, err = run_main("experiments", "--steps", "1024", "-o", str(tmp_path / "study"))
+    assert_one_line_error(code, err, "--steps sets the length of the --long schedule", "--long")
+    code, err = run_main("experiments", "--long", "--steps", "100", "-o", str(tmp_path / "s"))
+    assert_one_line_error(code, err, "100 steps do not split into 8 curve points")
+    assert not (tmp_path / "study" / "runs").exists() and not (tmp_path / "s" / "runs").exists()
+
+
 def test_train_help_at_80_columns() -> None:
     result = run_cli("train", "--help", env={**os.environ, "COLUMNS": "80"})
     assert result.returncode == 0, result.stderr

@@ -100,6 +100,14 @@ def experiments(
             "give it its own -o"
         ),
     ] = False,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            min=8,
+            help="with --long: another schedule length (a multiple of 8), e.g. 1024 for "
+            "runs still moving at 512; give it its own -o",
+        ),
+    ] = None,
     fashion_mnist_root: Annotated[
         str, typer.Option(help="folder of Fashion-MNIST's four .gz files")
     ] = "/usr/share/datasets/fashion-mnist",
@@ -121,13 +129,17 @@ def experiments(
     """
     if quick and long:
         raise MultiGrainError("--quick and --long choose two sizes of the study: give one")
+    if steps is not None and not long:
+        raise MultiGrainError("--steps sets the length of the --long schedule: add --long")
+    from dataclasses import replace
+
     from multigrain.experiments.research import FULL, LONG, QUICK, run_experiments
     from multigrain.training.interrupt import TrainingInterrupted
 
     try:
         run_experiments(
             output_dir=Path(output_dir),
-            scale=QUICK if quick else LONG if long else FULL,
+            scale=QUICK if quick else replace(LONG, steps=steps or LONG.steps) if long else FULL,
             fashion_mnist_root=Path(fashion_mnist_root),
             finished_only=finished_only,
             against=Path(against) if against else None,

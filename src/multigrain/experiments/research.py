@@ -58,8 +58,8 @@ and continues a half-done one from its checkpoint. Runs go seed by seed (all var
 with seed 0 first), so a partial study already compares every variant. ``--quick``
 runs the whole pipeline at toy size (QUICK): it checks the code, not the claims. ``--long``
 (LONG) is FULL with 512 steps and the curves on all 2,000 test images, for the runs of FULL
-that were still moving in their last quarter; a finished run of another step count in the
-output folder is refused.
+that were still moving in their last quarter (``--long --steps N``: N steps instead); a
+finished run of another step count in the output folder is refused.
 """
 
 from __future__ import annotations
