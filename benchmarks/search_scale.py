@@ -31,6 +31,11 @@ from the compressed refine codes (`k_factor` in the result; `rerank_copy_mb` is 
 `index_mb` is the whole IndexRefine as written). `--only-compressed` skips the others
 except Flat (the ground truth).
 
+With --auto NPROBES (e.g. "32,64,128"), also the factory `index build` picks by default at
+each size (`--factory auto`, multigrain.search.refine.auto_factory: Flat below 250,000,
+from there an IVF of 6-bit RaBitQ codes of a 3/8-d uncentred PCA, no float32 copy),
+searched at each nprobe; `factory` in the result is the one it resolved to.
+
 Timings: `train_s` (ImageIndex.trained: k-means, PQ codebooks), `add_s` (ImageIndex.add:
 assignment / encoding / graph insertion, plus the IndexRefineFlat's float32 re-ranking
 copy), `queries_per_s` (1000 queries in one call, k = 10). Memory: `index_mb` is the faiss
@@ -193,8 +198,12 @@ def synthetic(
 
 
 def compressed_configs(nlist: int, args: argparse.Namespace) -> list[Config]:
-    """The --compressed factories at every (nprobe, k_factor) asked for."""
-    result = []
+    """The --compressed factories at every (nprobe, k_factor) asked for, then --auto's."""
+    result = [
+        Config(f"auto nprobe{nprobe}", "auto", nprobe=int(nprobe))
+        for nprobe in args.auto.split(",")
+        if nprobe
+    ]
     for pattern in [p for p in args.compressed.split(";") if p]:
         factory = pattern.format(nlist=nlist)
         for nprobe in (int(n) for n in args.compressed_nprobes.split(",")):
@@ -230,7 +239,9 @@ def ivf_lists(size: int, wanted: int) -> int:
 
 
 def _inner(index: ImageIndex) -> Any:
-    inner = faiss.downcast_index(index.faiss_index.base_index)  # inside the IndexRefineFlat
+    inner = faiss.downcast_index(index.faiss_index)
+    if isinstance(inner, faiss.IndexRefine):  # the factory's index is its base
+        inner = faiss.downcast_index(inner.base_index)
     while hasattr(inner, "index"):  # IndexPreTransform (OPQ) wrappers
         inner = faiss.downcast_index(inner.index)
     return faiss.downcast_index(inner)
@@ -285,7 +296,9 @@ def run_size(size: int, args: argparse.Namespace) -> tuple[Difficulty, list[Meas
             index_mb = _index_mb(index, args.scratch)
             built = config.factory
         assert index is not None
-        index.set_search_parameters(nprobe=config.nprobe, ef_search=config.ef_search)
+        ivf = faiss.try_extract_index_ivf(index.faiss_index)
+        nprobe = config.nprobe if ivf is not None else None  # auto may resolve to Flat
+        index.set_search_parameters(nprobe=nprobe, ef_search=config.ef_search)
         start = time.perf_counter()
         if config.k_factor is not None:  # own refine stage: its shortlist size
             found = index.search(queries, K, rerank=True, rerank_factor=config.k_factor)
@@ -307,13 +320,13 @@ def run_size(size: int, args: argparse.Namespace) -> tuple[Difficulty, list[Meas
         measurement = Measurement(
             size=size,
             name=config.name,
-            factory=config.factory,
+            factory=index.factory,  # "auto" resolved
             nlist=int(inner.nlist) if hasattr(inner, "nlist") else None,
-            nprobe=config.nprobe,
+            nprobe=nprobe,
             ef_search=config.ef_search,
             ef_construction=int(inner.hnsw.efConstruction) if hasattr(inner, "hnsw") else None,
             rerank=config.rerank,
-            train_rows=train_rows if "IVF" in config.factory else 0,
+            train_rows=train_rows if "IVF" in index.factory else 0,
             train_s=round(train_s, 2),
             add_s=round(add_s, 2),
             index_mb=round(index_mb, 1),
@@ -350,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compressed-nprobes", default="32,64")
     parser.add_argument("--compressed-k-factors", default="10,25")
     parser.add_argument("--only-compressed", action="store_true", help="and Flat, no others")
+    parser.add_argument("--auto", default="", help="nprobes for `--factory auto`'s index")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("search_scale.json"))

@@ -39,9 +39,10 @@ def index_build(
         str,
         typer.Option(
             help="faiss factory: Flat, IVF1024,PQ32, HNSW32 ...; one with its own "
-            "Refine(...) stage keeps no float32 copy"
+            "Refine(...) stage or RaBitQ2-9 codes keeps no float32 copy; auto: Flat below "
+            "250,000 descriptors, PCAR{3d/8},IVF{~4 sqrt N},RaBitQ6 from there"
         ),
-    ] = "Flat",
+    ] = "auto",
     train_size: Annotated[
         int | None,
         typer.Option(

@@ -89,7 +89,9 @@ class ImageIndex:
             descriptors: (N, D) float32 L2-normalised descriptors.
             paths: N distinct image paths.
             factory: faiss index_factory string, metric inner product. One with its own
-                ``Refine(...)`` stage keeps no float32 copy (see :mod:`.refine`).
+                ``Refine(...)`` stage or multi-bit RaBitQ codes keeps no float32 copy (see
+                :mod:`.refine`). "auto": :func:`.refine.auto_factory` for N descriptors
+                (Flat below 250,000, compressed RaBitQ from there).
             whitening: applied to every descriptor added or searched (``Whitening.apply``:
                 whiten, then L2-normalise); pass it only for descriptors not whitened yet.
             metadata: how the descriptors were made (model identity, s, p, whitened, ...).
@@ -124,7 +126,11 @@ class ImageIndex:
                 f"the whitening takes {whitening.input_dim}-d descriptors, got {dim}-d: "
                 "use the whitening fitted for this model"
             )
-        base = refine.new_base_index(dim if whitening is None else whitening.output_dim, factory)
+        stored_dim = dim if whitening is None else whitening.output_dim
+        if factory == "auto":
+            factory = refine.auto_factory(x.shape[0], stored_dim)
+            logger.info("factory auto: %s for %d descriptors", factory, x.shape[0])
+        base = refine.new_base_index(stored_dim, factory)
         if not base.is_trained:
             if train_size is None:
                 ivf = faiss.try_extract_index_ivf(base)
@@ -158,7 +164,7 @@ class ImageIndex:
     def has_exact_copy(self) -> bool:
         """Whether the index keeps a float32 copy of every descriptor (not an own-refine
         factory): what :attr:`descriptors`, :meth:`descriptors_of` and exact re-ranking need."""
-        return not refine.has_own_refine(self.faiss_index)
+        return not refine.keeps_no_copy(self.faiss_index)
 
     @property
     def descriptors(self) -> np.ndarray:
@@ -255,7 +261,8 @@ class ImageIndex:
         rescores them exactly from the stored float32 copy (undoes PQ quantisation error).
         An index without the copy (:attr:`has_exact_copy`) always rescores its shortlist
         from its refine codes: ``rerank`` then only sets the shortlist to
-        ``rerank_factor * k`` instead of the index's own ``OWN_REFINE_K_FACTOR * k``.
+        ``rerank_factor * k`` instead of the index's own ``OWN_REFINE_K_FACTOR * k`` (and
+        does nothing for multi-bit RaBitQ, which rescores from its own extra bits).
         """
         x = self.prepare(queries)
         if k < 1:

@@ -126,7 +126,7 @@ def load_index(folder: str | os.PathLike[str]) -> ImageIndex:
             f"{len(ids)} images: {REBUILD}"
         )
     whitening = _read_whitening(version)
-    if not refine.has_own_refine(faiss_index):  # an own-refine index keeps no float32 copy
+    if not refine.keeps_no_copy(faiss_index):  # own-refine and RaBitQ indexes keep no copy
         descriptors = _read_descriptors(version, len(ids))
         if int(info["format_version"]) == 1:
             faiss_index = _base_of_format_1(faiss_index, info, ids, whitened=whitening is not None)

@@ -1,7 +1,11 @@
 """The faiss side of an ImageIndex: an approximate index plus the stage that re-ranks it.
 
-Two shapes, both a ``faiss.IndexRefine`` (``base_index`` makes a shortlist, ``refine_index``
-rescores it; metric inner product):
+Over 300 lines because: every operation (search, range search, decode, remove) has to
+treat the three shapes below alike, and keeping their shape checks in one place is what
+keeps them in step.
+
+Three shapes (metric inner product); the first two are a ``faiss.IndexRefine``
+(``base_index`` makes a shortlist, ``refine_index`` rescores it):
 
 * most factories ("Flat", "IVF1024,PQ32", "HNSW32", ...) become the ``base_index`` of an
   ``IndexRefineFlat`` whose ``refine_index`` is an ``IndexFlat`` holding every vector in
@@ -11,17 +15,22 @@ rescores it; metric inner product):
   (:func:`has_own_refine`), is used as it is: it keeps *no* float32 copy; its shortlist
   is rescored from the compressed refine codes (here 160 bytes a vector), always (the
   4-bit fast-scan scores alone are too coarse to rank by).
+* a factory whose codes are multi-bit RaBitQ, e.g. "PCAR192,IVF4096,RaBitQ6"
+  (:func:`is_self_refining`), is used as it is too, and is no IndexRefine: each IVF list is
+  scanned with the 1-bit codes and the candidates that can still win are rescored with the
+  extra bits, inside faiss -- a refine stage of its own, from the same codes (here 164
+  bytes a vector). :func:`auto_factory` picks it for large collections.
 
-Labels are row numbers 0..N-1, the same in both parts (IndexRefine requires it): row i is
-the i-th vector added and not removed. IndexRefine itself cannot remove vectors (faiss 1.15,
-facebookresearch/faiss#3832), so :func:`remove_rows` removes from both parts: the flat copy
-and flat-code indexes (PQ, SQ, LSH) compact their rows in order, which keeps row numbers
-consistent; an IVF index keeps the labels it was given, so the labels of the rows after a
-removed one are shifted down. HNSW cannot remove vectors at all.
+An index of the last two shapes *keeps no float32 copy* (:func:`keeps_no_copy`).
+Labels are row numbers 0..N-1, the same in both parts: row i is the i-th vector added and
+not removed. IndexRefine cannot remove vectors (faiss 1.15, facebookresearch/faiss#3832):
+:func:`remove_rows` removes from both parts (flat copies and flat codes compact their rows
+in order; IVF labels after a removed row are shifted down). HNSW cannot remove at all.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +45,9 @@ from multigrain.runtime.errors import MultiGrainError
 # 50 with nprobe 64: 25 x k is most of the gain for 6 % fewer queries/s than 10 x k.
 OWN_REFINE_K_FACTOR = 25
 OWN_REFINE_NPROBE = 64  # IVF lists visited by default (saved with the index)
+# `index build --factory auto`: Flat below this many descriptors (exact; 0.5 GB at 250k x
+# 512), the compressed factory of auto_factory from it on.
+AUTO_COMPRESSED_FROM = 250_000
 FACTORY_EXAMPLES = "'Flat', 'IVF1024,Flat', 'IVF1024,PQ32', 'OPQ32,IVF1024,PQ32' or 'HNSW32'"
 
 
@@ -58,10 +70,29 @@ def new_base_index(dim: int, factory: str) -> Any:
     if has_own_refine(base):  # its defaults (k_factor 1, nprobe 1) would waste the codes
         own: Any = base  # an IndexRefine
         own.k_factor = float(OWN_REFINE_K_FACTOR)
+    if keeps_no_copy(base):
         ivf = faiss.try_extract_index_ivf(base)
         if ivf is not None:
             ivf.nprobe = OWN_REFINE_NPROBE
     return base
+
+
+def auto_factory(count: int, dim: int) -> str:
+    """The factory of `index build --factory auto` for `count` descriptors of `dim` dims.
+
+    Below AUTO_COMPRESSED_FROM: "Flat" (exact). From it on: an IVF of multi-bit RaBitQ
+    codes of the descriptors projected on their 3/8 x dim directions of largest second
+    moment (uncentred PCA, then a random rotation), 6 bits a coordinate: 164 bytes a vector
+    at 512-d, ~9 % of Flat's memory with the ids and the IVF centroids. ~4 sqrt(count) IVF
+    lists, a power of two (4096 at 1M) with >= 39 descriptors each. Measured on the hard
+    synthetic 1M set of benchmarks/search_scale.py: docs/benchmarks/search_rabitq_1m.json.
+    """
+    if count < AUTO_COMPRESSED_FROM:
+        return "Flat"
+    kept = max(8, (3 * dim // 8) // 8 * 8)
+    nlist = 2 ** round(math.log2(4 * math.sqrt(count)))
+    nlist = min(nlist, 2 ** int(math.log2(max(count // 39, 1))))  # faiss wants 39 a list
+    return f"PCAR{kept},IVF{nlist},RaBitQ6"
 
 
 def has_own_refine(index: Any) -> bool:
@@ -71,11 +102,30 @@ def has_own_refine(index: Any) -> bool:
     return isinstance(index, faiss.IndexRefine) and not isinstance(index, faiss.IndexRefineFlat)
 
 
+def is_self_refining(index: Any) -> bool:
+    """Whether `index` ranks with multi-bit RaBitQ codes (refined from their own extra bits)."""
+    inner = faiss.downcast_index(index)
+    while isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    kinds = (
+        faiss.IndexIVFRaBitQ, faiss.IndexIVFRaBitQFastScan,
+        faiss.IndexRaBitQ, faiss.IndexRaBitQFastScan,
+    )  # fmt: skip
+    quantizer: Any = getattr(inner, "rabitq", None)  # nb_bits is not in faiss' stubs
+    return isinstance(inner, kinds) and int(quantizer.nb_bits) > 1
+
+
+def keeps_no_copy(index: Any) -> bool:
+    """Whether `index` ranks from its own compressed codes and holds no float32 copy: a
+    factory with a Refine(...) stage, or multi-bit RaBitQ (see the module docstring)."""
+    return has_own_refine(index) or is_self_refining(index)
+
+
 def refined(base: Any, vectors: np.ndarray | None = None) -> Any:
     """`base` (trained) inside an IndexRefineFlat; `vectors` (base.ntotal, d) float32 are the
-    exact copies of what `base` holds, row for row (None for an empty base). A factory with
-    its own refine stage is returned as it is (it takes no `vectors`)."""
-    if has_own_refine(base):
+    exact copies of what `base` holds, row for row (None for an empty base). A factory that
+    keeps no copy is returned as it is (it takes no `vectors`)."""
+    if keeps_no_copy(base):
         if vectors is not None:
             raise MultiGrainError(
                 "this index keeps no float32 copy of its descriptors: it takes none"
@@ -89,13 +139,13 @@ def refined(base: Any, vectors: np.ndarray | None = None) -> Any:
 
 def stored_vectors(index: Any) -> np.ndarray:
     """(N, d) float32 view of the exact copy. Valid until the index next changes: read it,
-    don't keep it (an add may move the memory). An own-refine index has none (an error)."""
-    if has_own_refine(index):
+    don't keep it (an add may move the memory). An index that keeps none: an error."""
+    if keeps_no_copy(index):
         raise MultiGrainError(
             "this index keeps no float32 copy of its descriptors (its factory has its own "
-            "Refine(...) stage): use the descriptors of "
+            "Refine(...) stage or multi-bit RaBitQ codes): use the descriptors of "
             "the `embed` output, or rebuild the index with --factory Flat (or another factory "
-            "without Refine) to keep them"
+            "without Refine or RaBitQ2-9) to keep them"
         )
     exact: Any = faiss.downcast_index(index.refine_index)  # an IndexFlat
     if exact.ntotal == 0:
@@ -111,9 +161,10 @@ def search(
     With `rerank_factor`, the base index's ``rerank_factor * k`` best are rescored exactly;
     without, the base index's own (possibly quantised) scores are returned. An own-refine
     index always rescores from its refine codes, ``rerank_factor * k`` candidates if given,
-    else its own ``k_factor * k``.
+    else its own ``k_factor * k``; a multi-bit RaBitQ index always rescores from its extra
+    bits (`rerank_factor` does not apply: faiss keeps whichever candidates can still win).
     """
-    if rerank_factor is None and has_own_refine(index):
+    if is_self_refining(index) or (rerank_factor is None and has_own_refine(index)):
         scores, rows = index.search(queries, k)
     elif rerank_factor is None:
         scores, rows = index.base_index.search(queries, k)
@@ -130,9 +181,13 @@ def range_search(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """queries (Q, d) -> per query (rows, scores) of every vector scoring above `threshold`,
     from the exact copy (`exact`) or from the base index. An own-refine index scans its
-    refine codes (the fast-scan scores are too coarse to threshold)."""
+    refine codes (the fast-scan scores are too coarse to threshold), a multi-bit RaBitQ
+    index its own codes."""
     exact = exact or has_own_refine(index)
-    searched = faiss.downcast_index(index.refine_index) if exact else index.base_index
+    if is_self_refining(index):
+        searched = index
+    else:
+        searched = faiss.downcast_index(index.refine_index) if exact else index.base_index
     limits, scores, rows = searched.range_search(queries, float(threshold))
     return [
         (rows[limits[q] : limits[q + 1]].astype(np.int64), scores[limits[q] : limits[q + 1]])
@@ -142,8 +197,16 @@ def range_search(
 
 def decoded_vectors(index: Any, start: int, stop: int) -> np.ndarray:
     """(stop - start, d) float32: rows start..stop-1 as stored, decoded from the refine codes
-    of an own-refine index (an approximation), or copied from the exact copy."""
-    if not has_own_refine(index):
+    of an own-refine index (an approximation), or copied from the exact copy. A RaBitQ
+    index cannot: faiss 1.15 decodes its 1-bit part only (cosine ~0.87 to the vector stored
+    on low-rank test data, whatever the bits), far too coarse to search with."""
+    if is_self_refining(index):
+        raise MultiGrainError(
+            "a RaBitQ index cannot give back the descriptors it holds (faiss decodes their "
+            "1-bit part only): find duplicates from the `embed` output's descriptors "
+            "(`multigrain dedup` does), or index with --factory Flat or a Refine(...) one"
+        )
+    if not keeps_no_copy(index):
         return stored_vectors(index)[start:stop].copy()
     return np.asarray(index.refine_index.reconstruct_n(start, stop - start), dtype=np.float32)
 
@@ -152,7 +215,7 @@ def remove_rows(index: Any, rows: np.ndarray, factory: str) -> int:
     """Remove the vectors at `rows` (distinct, existing) from both parts; the rows after them
     move up. Nothing changes if the base index cannot remove vectors (MultiGrainError)."""
     selector = faiss.IDSelectorBatch(np.asarray(rows, dtype=np.int64))
-    base = index.base_index
+    base = index if is_self_refining(index) else index.base_index
     ivf = faiss.try_extract_index_ivf(base)
     if ivf is not None:
         _relabelable_lists(ivf)  # before anything changes
@@ -166,6 +229,8 @@ def remove_rows(index: Any, rows: np.ndarray, factory: str) -> int:
     if ivf is not None:
         gone = np.sort(np.asarray(rows, dtype=np.int64))
         map_ivf_labels(ivf, lambda labels: labels - np.searchsorted(gone, labels))
+    if base is index:  # RaBitQ: one part only
+        return removed
     refiner = faiss.downcast_index(index.refine_index)  # the exact copy or the refine codes
     refiner.remove_ids(selector)
     index.ntotal = refiner.ntotal
@@ -205,7 +270,7 @@ def unwrap(index: Any) -> Any:
 
 def is_hnsw(index: Any) -> bool:
     """Whether the base index is (a pre-transformed) HNSW graph."""
-    inner = faiss.downcast_index(index.base_index)
+    inner = faiss.downcast_index(index if is_self_refining(index) else index.base_index)
     while isinstance(inner, faiss.IndexPreTransform):
         inner = faiss.downcast_index(inner.index)
     return isinstance(inner, faiss.IndexHNSW)
