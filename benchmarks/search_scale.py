@@ -75,6 +75,7 @@ import numpy as np
 from multigrain.runtime.atomic import atomic_write_text
 from multigrain.runtime.machine import describe_machine
 from multigrain.runtime.openblas import faiss_openblas_core
+from multigrain.search import refine
 from multigrain.search.index import ImageIndex
 
 DIM = 512
@@ -251,8 +252,7 @@ def _index_mb(index: ImageIndex, folder: Path) -> float:
     """The base index as index_store writes it (index.faiss; the exact copy is separate), or
     the whole IndexRefine of an index without the copy."""
     path = folder / "index.faiss"
-    written = index.faiss_index.base_index if index.has_exact_copy else index.faiss_index
-    faiss.write_index(written, str(path))
+    faiss.write_index(refine.saved_part(index.faiss_index), str(path))
     size = path.stat().st_size / 2**20
     path.unlink()
     return size
@@ -331,8 +331,8 @@ def run_size(size: int, args: argparse.Namespace) -> tuple[Difficulty, list[Meas
             add_s=round(add_s, 2),
             index_mb=round(index_mb, 1),
             rerank_copy_mb=round(index.ntotal * index.faiss_index.d * 4 / 2**20, 1)
-            if index.has_exact_copy
-            else 0.0,
+            if isinstance(index.faiss_index, faiss.IndexRefineFlat)
+            else 0.0,  # Flat is its own copy
             rss_delta_mb=round(rss_delta, 1),
             build_peak_mb=round(build_peak, 1),
             peak_rss_mb=round(peak_rss_mb(), 1),

@@ -440,3 +440,22 @@ def test_dedup_on_an_index_without_the_float_copy() -> None:
     groups = find_duplicate_groups(index, threshold=0.98)
     exact = find_duplicate_groups(everything, names, threshold=0.98)
     assert groups == exact and len(groups) >= 40
+
+
+def test_a_flat_index_is_its_own_exact_copy(tmp_path) -> None:
+    """Flat holds every vector once (an IndexRefineFlat around it held them twice: 2x the
+    memory of the default index), saves without descriptors.npy and still reranks."""
+    data = clustered(500, 32)
+    index = ImageIndex.build(data, paths(500))
+    assert index.has_exact_copy and type(faiss.downcast_index(index.faiss_index)) is not (
+        faiss.IndexRefineFlat
+    )
+    assert len(faiss.serialize_index(index.faiss_index)) < 500 * 32 * 4 + 1000
+    np.testing.assert_array_equal(index.descriptors, data)
+    found = index.search(data[:5], 3, rerank=True)
+    np.testing.assert_array_equal(found.ids[:, 0], np.arange(5))
+    save_index(index, tmp_path / "idx")
+    assert not (current_version(tmp_path / "idx") / DESCRIPTORS_FILE).exists()
+    loaded = load_index(tmp_path / "idx")
+    np.testing.assert_array_equal(loaded.descriptors, data)
+    assert loaded.remove([3]) == 1 and loaded.search(data[3:4], 1).ids[0, 0] != 3

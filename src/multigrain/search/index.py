@@ -7,10 +7,11 @@ the file format in index_store.py already.
 An :class:`ImageIndex` holds things that always agree, row for row:
 
 * the faiss part (:mod:`multigrain.search.refine`): an index built from a factory string
-  ("Flat", "IVF1024,PQ32", "HNSW32", ...) inside an ``IndexRefineFlat`` whose exact float32
-  copy of every vector re-ranks a compressed index's shortlist -- or, for a factory with
-  its own ``Refine(...)`` stage (e.g. "IVF4096,PQ32,Refine(PCAR144,SQ8)"), that index
-  alone, with no float32 copy (:attr:`ImageIndex.has_exact_copy`); faiss labels are rows;
+  ("IVF1024,PQ32", "HNSW32", ...) inside an ``IndexRefineFlat`` whose exact float32 copy
+  of every vector re-ranks a compressed index's shortlist; a "Flat" index alone (it is
+  the exact copy); or, for a factory with its own ``Refine(...)`` stage (e.g.
+  "IVF4096,PQ32,Refine(PCAR144,SQ8)") or multi-bit RaBitQ codes, that index alone, with
+  no float32 copy (:attr:`ImageIndex.has_exact_copy`); faiss labels are rows;
 * one stable int64 id per image, ascending with the rows (ids are never reused, so a saved
   id stays meaningful), the image paths and the times they were added;
 * an optional :class:`~multigrain.search.whitening.Whitening` applied to every descriptor
@@ -56,7 +57,7 @@ class SearchResult:
 class ImageIndex:
     """Use :meth:`build` or :func:`~multigrain.search.index_store.load_index`, not `__init__`."""
 
-    faiss_index: Any  # faiss.IndexRefineFlat over the factory's index; labels = rows
+    faiss_index: Any  # see the module docstring (refine.py: its three shapes); labels = rows
     factory: str
     dim: int  # dimension of the descriptors given to add/search (before whitening)
     ids: np.ndarray  # (N,) int64, ascending; row i <-> faiss label i

@@ -68,11 +68,9 @@ def save_index(index: ImageIndex, folder: str | os.PathLike[str]) -> Path:
     name = f"v-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     version = root / name
     version.mkdir()
-    exact_copy = index.has_exact_copy
     with atomic_path(version / INDEX_FILE) as tmp:
-        written = index.faiss_index.base_index if exact_copy else index.faiss_index
-        faiss.write_index(written, str(tmp))
-    if exact_copy:
+        faiss.write_index(refine.saved_part(index.faiss_index), str(tmp))
+    if not refine.is_one_part(index.faiss_index) and index.has_exact_copy:  # IndexRefineFlat
         exact = refine.stored_vectors(index.faiss_index)
         atomic_write(version / DESCRIPTORS_FILE, lambda h: np.save(h, exact))
     if index.whitening is not None:
@@ -127,12 +125,13 @@ def load_index(folder: str | os.PathLike[str]) -> ImageIndex:
         )
     whitening = _read_whitening(version)
     if not refine.keeps_no_copy(faiss_index):  # own-refine and RaBitQ indexes keep no copy
-        descriptors = _read_descriptors(version, len(ids))
         if int(info["format_version"]) == 1:
             faiss_index = _base_of_format_1(faiss_index, info, ids, whitened=whitening is not None)
-        if int(faiss_index.d) != descriptors.shape[1]:
-            raise MultiGrainError(f"{index_file} does not match {DESCRIPTORS_FILE}: {REBUILD}")
-        faiss_index = refine.refined(faiss_index, descriptors)
+        if not refine.is_flat(faiss_index):  # a Flat index is its own copy (older versions
+            descriptors = _read_descriptors(version, len(ids))  # also wrote it apart)
+            if int(faiss_index.d) != descriptors.shape[1]:
+                raise MultiGrainError(f"{index_file} does not match {DESCRIPTORS_FILE}: {REBUILD}")
+            faiss_index = refine.refined(faiss_index, descriptors)
     return ImageIndex(
         faiss_index=faiss_index,
         factory=str(info["factory"]),

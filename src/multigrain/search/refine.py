@@ -7,10 +7,11 @@ keeps them in step.
 Three shapes (metric inner product); the first two are a ``faiss.IndexRefine``
 (``base_index`` makes a shortlist, ``refine_index`` rescores it):
 
-* most factories ("Flat", "IVF1024,PQ32", "HNSW32", ...) become the ``base_index`` of an
+* most factories ("IVF1024,PQ32", "HNSW32", ...) become the ``base_index`` of an
   ``IndexRefineFlat`` whose ``refine_index`` is an ``IndexFlat`` holding every vector in
   float32: a search with re-ranking asks the base for ``k_factor * k`` candidates and
   rescores them exactly, in C++. The copy costs d x 4 bytes a vector (2 GB at 1M x 512).
+  "Flat" is its own exact copy: used as it is, no IndexRefine (:func:`is_one_part`).
 * a factory with its own refine stage, e.g. "IVF4096,PQ32x4fs,Refine(PCAR160,SQ8)"
   (:func:`has_own_refine`), is used as it is: it keeps *no* float32 copy; its shortlist
   is rescored from the compressed refine codes (here 160 bytes a vector), always (the
@@ -45,6 +46,10 @@ from multigrain.runtime.errors import MultiGrainError
 # 50 with nprobe 64: 25 x k is most of the gain for 6 % fewer queries/s than 10 x k.
 OWN_REFINE_K_FACTOR = 25
 OWN_REFINE_NPROBE = 64  # IVF lists visited by default (saved with the index)
+# A RaBitQ IVF visits more by default: at 1M x 512 (docs/benchmarks/search_rabitq_1m.json,
+# PCAR192,IVF4096,RaBitQ6) recall@1 was 0.948 / 0.956 / 0.960 at nprobe 64 / 96 / 128,
+# 2,342 / 1,698 / 1,364 queries/s (two faiss threads).
+SELF_REFINING_NPROBE = 128
 # `index build --factory auto`: Flat below this many descriptors (exact; 0.5 GB at 250k x
 # 512), the compressed factory of auto_factory from it on.
 AUTO_COMPRESSED_FROM = 250_000
@@ -73,7 +78,7 @@ def new_base_index(dim: int, factory: str) -> Any:
     if keeps_no_copy(base):
         ivf = faiss.try_extract_index_ivf(base)
         if ivf is not None:
-            ivf.nprobe = OWN_REFINE_NPROBE
+            ivf.nprobe = SELF_REFINING_NPROBE if is_self_refining(base) else OWN_REFINE_NPROBE
     return base
 
 
@@ -121,10 +126,31 @@ def keeps_no_copy(index: Any) -> bool:
     return has_own_refine(index) or is_self_refining(index)
 
 
+def is_flat(index: Any) -> bool:
+    """Whether `index` is a plain IndexFlat: the exact vectors themselves."""
+    return isinstance(faiss.downcast_index(index), faiss.IndexFlat)
+
+
+def is_one_part(index: Any) -> bool:
+    """Whether an ImageIndex's faiss part is the factory's index itself (Flat, multi-bit
+    RaBitQ), not a shortlist and a refine stage (an IndexRefine)."""
+    return not isinstance(faiss.downcast_index(index), faiss.IndexRefine)
+
+
+def saved_part(index: Any) -> Any:
+    """What index.faiss holds: all of `index`, less the float32 copy of an IndexRefineFlat
+    (saved apart, as descriptors.npy)."""
+    index = faiss.downcast_index(index)
+    return index.base_index if isinstance(index, faiss.IndexRefineFlat) else index
+
+
 def refined(base: Any, vectors: np.ndarray | None = None) -> Any:
     """`base` (trained) inside an IndexRefineFlat; `vectors` (base.ntotal, d) float32 are the
-    exact copies of what `base` holds, row for row (None for an empty base). A factory that
-    keeps no copy is returned as it is (it takes no `vectors`)."""
+    exact copies of what `base` holds, row for row (None for an empty base). A Flat base
+    (its own exact copy: a second one would double the memory) and a factory that keeps
+    no copy are returned as they are."""
+    if is_flat(base):
+        return base
     if keeps_no_copy(base):
         if vectors is not None:
             raise MultiGrainError(
@@ -147,7 +173,7 @@ def stored_vectors(index: Any) -> np.ndarray:
             "the `embed` output, or rebuild the index with --factory Flat (or another factory "
             "without Refine or RaBitQ2-9) to keep them"
         )
-    exact: Any = faiss.downcast_index(index.refine_index)  # an IndexFlat
+    exact: Any = faiss.downcast_index(index if is_flat(index) else index.refine_index)
     if exact.ntotal == 0:
         return np.zeros((0, exact.d), dtype=np.float32)
     return faiss.rev_swig_ptr(exact.get_xb(), exact.ntotal * exact.d).reshape(-1, exact.d)
@@ -164,7 +190,7 @@ def search(
     else its own ``k_factor * k``; a multi-bit RaBitQ index always rescores from its extra
     bits (`rerank_factor` does not apply: faiss keeps whichever candidates can still win).
     """
-    if is_self_refining(index) or (rerank_factor is None and has_own_refine(index)):
+    if is_one_part(index) or (rerank_factor is None and has_own_refine(index)):
         scores, rows = index.search(queries, k)
     elif rerank_factor is None:
         scores, rows = index.base_index.search(queries, k)
@@ -184,7 +210,7 @@ def range_search(
     refine codes (the fast-scan scores are too coarse to threshold), a multi-bit RaBitQ
     index its own codes."""
     exact = exact or has_own_refine(index)
-    if is_self_refining(index):
+    if is_one_part(index):  # Flat, RaBitQ
         searched = index
     else:
         searched = faiss.downcast_index(index.refine_index) if exact else index.base_index
@@ -215,7 +241,7 @@ def remove_rows(index: Any, rows: np.ndarray, factory: str) -> int:
     """Remove the vectors at `rows` (distinct, existing) from both parts; the rows after them
     move up. Nothing changes if the base index cannot remove vectors (MultiGrainError)."""
     selector = faiss.IDSelectorBatch(np.asarray(rows, dtype=np.int64))
-    base = index if is_self_refining(index) else index.base_index
+    base = index if is_one_part(index) else index.base_index
     ivf = faiss.try_extract_index_ivf(base)
     if ivf is not None:
         _relabelable_lists(ivf)  # before anything changes
@@ -229,7 +255,7 @@ def remove_rows(index: Any, rows: np.ndarray, factory: str) -> int:
     if ivf is not None:
         gone = np.sort(np.asarray(rows, dtype=np.int64))
         map_ivf_labels(ivf, lambda labels: labels - np.searchsorted(gone, labels))
-    if base is index:  # RaBitQ: one part only
+    if base is index:  # Flat, RaBitQ: one part only
         return removed
     refiner = faiss.downcast_index(index.refine_index)  # the exact copy or the refine codes
     refiner.remove_ids(selector)
@@ -270,7 +296,7 @@ def unwrap(index: Any) -> Any:
 
 def is_hnsw(index: Any) -> bool:
     """Whether the base index is (a pre-transformed) HNSW graph."""
-    inner = faiss.downcast_index(index if is_self_refining(index) else index.base_index)
+    inner = faiss.downcast_index(index if is_one_part(index) else index.base_index)
     while isinstance(inner, faiss.IndexPreTransform):
         inner = faiss.downcast_index(inner.index)
     return isinstance(inner, faiss.IndexHNSW)
