@@ -64,6 +64,26 @@ def test_build_add_search_remove(collection, tmp_path):
     assert removed not in after.stdout
 
 
+def test_a_rabitq_index_from_the_command_line(collection, tmp_path):
+    """A factory with no float copy, built, searched with --nprobe, and --nprobe refused
+    where it means nothing (Flat, the default at this size)."""
+    index = tmp_path / "rabitq"
+    built = cli("index", "build", str(collection / "ea"), "-o", str(index),
+                "--factory", "IVF2,RaBitQ6")  # fmt: skip
+    assert "IVF2,RaBitQ6" in built.stdout
+    version = next(index.glob("v-*"))
+    assert not (version / "descriptors.npy").exists()  # no float copy on disk either
+    found = cli("search", str(index), str(collection / "ea"), "-k", "1", "--nprobe", "2",
+                "--json")  # fmt: skip
+    for line in found.stdout.splitlines():  # both lists visited: each image finds itself
+        row = json.loads(line)
+        assert row["results"][0]["path"] == row["query"]
+    flat = tmp_path / "flat"
+    assert "(Flat," in cli("index", "build", str(collection / "ea"), "-o", str(flat)).stdout
+    refused = cli("search", str(flat), str(collection / "ea"), "--nprobe", "2", expect=2)
+    assert "nprobe does not apply to a Flat index" in refused.stderr
+
+
 def test_dedup_finds_the_planted_copies(collection, tmp_path):
     both = tmp_path / "all"
     cli("embed", str(collection), "-c", str(collection / "model.pt"), "-o", str(both), "-s", "48")

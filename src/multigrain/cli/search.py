@@ -136,6 +136,14 @@ def search(
             "always re-scores, from its codes)"
         ),
     ] = False,
+    nprobe: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="IVF lists visited: more is slower and finds more [default: the index's: "
+            "128 for auto's RaBitQ, 64 with a Refine stage, else 1]",
+        ),
+    ] = None,
     background: Annotated[
         Path | None,
         typer.Option(help="`embed` output of unrelated images: normalise scores against it"),
@@ -181,6 +189,8 @@ def search(
     from multigrain.search.threshold import load_threshold, threshold_path
 
     index = load_index(index_folder)
+    if nprobe is not None:
+        index.set_search_parameters(nprobe=nprobe)
     if threshold is None and (stored := load_threshold(index_folder)) is not None:
         background, beta, neighbours = stored.scoring(background, beta, neighbours)
         threshold = stored.threshold

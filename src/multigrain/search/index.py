@@ -245,7 +245,8 @@ class ImageIndex:
                     space.set_index_parameter(self.faiss_index, name, value)
                 except RuntimeError as error:
                     raise MultiGrainError(
-                        f"{name} does not apply to a {self.factory} index"
+                        f"{name} does not apply to a {self.factory} index: leave it out, or "
+                        "build the index with an IVF (nprobe) or HNSW (efSearch) factory"
                     ) from error
 
     def search(
