@@ -187,7 +187,8 @@ class Match:
 class Index:
     """Images searchable by a model: ``multigrain.Index.build(model, paths)``.
 
-    A Flat (exact) FAISS index of the model's descriptors that knows how they were made
+    A FAISS index of the model's descriptors (chosen as `index build` does: exact Flat
+    below 250,000 images, compressed RaBitQ from there) that knows how they were made
     (model, s, p*, whitening); searches embed the queries with the same model, and a
     result is a match when it scores at or above the model's calibrated threshold.
     """
@@ -201,7 +202,7 @@ class Index:
         descriptors = model.embed(images)
         paths = [os.path.abspath(image) for image in images]  # found from any folder
         metadata = model.prepared.embedding_metadata(model.precision)
-        return cls(model, ImageIndex.build(descriptors, paths, metadata=metadata))
+        return cls(model, ImageIndex.build(descriptors, paths, factory="auto", metadata=metadata))
 
     @classmethod
     def load(cls, folder: PathLike, model: Model | None = None) -> Index:
