@@ -62,7 +62,7 @@ def test_dedup_on_a_rabitq_index_says_to_use_the_descriptors() -> None:
     index = ImageIndex.build(everything, names, factory="PCAR32,IVF8,RaBitQ6", train_size=1540)
     decoded = faiss.downcast_index(index.faiss_index).reconstruct_n(0, 200)
     cosine = (decoded * everything[:200]).sum(1) / np.linalg.norm(decoded, axis=1)
-    assert np.mean(cosine) < 0.95  # what makes decoded queries useless (0.87 measured)
+    assert np.mean(cosine) < 0.95  # what makes decoded queries useless (0.86 measured)
     with pytest.raises(MultiGrainError, match="embed` output"):
         find_duplicate_groups(index, threshold=0.98)
     assert len(find_duplicate_groups(everything, names, threshold=0.98)) >= 40

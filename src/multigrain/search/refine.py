@@ -48,7 +48,7 @@ OWN_REFINE_K_FACTOR = 25
 OWN_REFINE_NPROBE = 64  # IVF lists visited by default (saved with the index)
 # A RaBitQ IVF visits more by default: at 1M x 512 (docs/benchmarks/search_rabitq_1m.json,
 # PCAR192,IVF4096,RaBitQ6) recall@1 was 0.948 / 0.956 / 0.960 at nprobe 64 / 96 / 128,
-# 2,342 / 1,698 / 1,364 queries/s (two faiss threads).
+# 2,760 / 1,785 / 1,542 queries/s (two faiss threads).
 SELF_REFINING_NPROBE = 128
 # `index build --factory auto`: Flat below this many descriptors (exact; 0.5 GB at 250k x
 # 512), the compressed factory of auto_factory from it on.
@@ -224,8 +224,8 @@ def range_search(
 def decoded_vectors(index: Any, start: int, stop: int) -> np.ndarray:
     """(stop - start, d) float32: rows start..stop-1 as stored, decoded from the refine codes
     of an own-refine index (an approximation), or copied from the exact copy. A RaBitQ
-    index cannot: faiss 1.15 decodes its 1-bit part only (cosine ~0.87 to the vector stored
-    on low-rank test data, whatever the bits), far too coarse to search with."""
+    index cannot: faiss 1.15 decodes its 1-bit part only (cosine 0.86 to the vector stored
+    in tests/test_index_rabitq.py, whatever the bits), far too coarse to search with."""
     if is_self_refining(index):
         raise MultiGrainError(
             "a RaBitQ index cannot give back the descriptors it holds (faiss decodes their "
