@@ -331,7 +331,7 @@ def run_size(size: int, args: argparse.Namespace) -> tuple[Difficulty, list[Meas
             add_s=round(add_s, 2),
             index_mb=round(index_mb, 1),
             rerank_copy_mb=round(index.ntotal * index.faiss_index.d * 4 / 2**20, 1)
-            if isinstance(index.faiss_index, faiss.IndexRefineFlat)
+            if refine.has_separate_copy(index.faiss_index)
             else 0.0,  # Flat is its own copy
             rss_delta_mb=round(rss_delta, 1),
             build_peak_mb=round(build_peak, 1),

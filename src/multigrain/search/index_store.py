@@ -70,7 +70,7 @@ def save_index(index: ImageIndex, folder: str | os.PathLike[str]) -> Path:
     version.mkdir()
     with atomic_path(version / INDEX_FILE) as tmp:
         faiss.write_index(refine.saved_part(index.faiss_index), str(tmp))
-    if not refine.is_one_part(index.faiss_index) and index.has_exact_copy:  # IndexRefineFlat
+    if refine.has_separate_copy(index.faiss_index):
         exact = refine.stored_vectors(index.faiss_index)
         atomic_write(version / DESCRIPTORS_FILE, lambda h: np.save(h, exact))
     if index.whitening is not None:

@@ -137,11 +137,16 @@ def is_one_part(index: Any) -> bool:
     return not isinstance(faiss.downcast_index(index), faiss.IndexRefine)
 
 
+def has_separate_copy(index: Any) -> bool:
+    """Whether `index` is an IndexRefineFlat: a float32 copy beside the factory's index."""
+    return isinstance(faiss.downcast_index(index), faiss.IndexRefineFlat)
+
+
 def saved_part(index: Any) -> Any:
     """What index.faiss holds: all of `index`, less the float32 copy of an IndexRefineFlat
     (saved apart, as descriptors.npy)."""
-    index = faiss.downcast_index(index)
-    return index.base_index if isinstance(index, faiss.IndexRefineFlat) else index
+    wrapper: Any = faiss.downcast_index(index)  # an IndexRefineFlat when there is a copy
+    return wrapper.base_index if has_separate_copy(index) else index
 
 
 def refined(base: Any, vectors: np.ndarray | None = None) -> Any:
