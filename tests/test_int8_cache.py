@@ -5,13 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from conftest import cli
+from PIL import Image
 
+from multigrain.inference.embed import embed_collection
 from multigrain.inference.fast_trunk import fold_batch_norm
+from multigrain.inference.store import list_shards, load_embeddings
 from multigrain.models import MultiGrain
+from multigrain.runtime.distributed import DistributedContext
+from multigrain.runtime.errors import MultiGrainError
+from multigrain.search.descriptors import EmbeddingMetadata, setting_differences
+from multigrain.search.index import ImageIndex
+from multigrain.search.index_store import save_index
 
 pytest.importorskip("onnxruntime")
 
@@ -145,3 +155,101 @@ def test_info_says_where_the_cache_is_and_what_it_holds(trunk, cache):
     cached_int8_trunk(trunk, Calibration(), resolution=32, threads=1)
     lines = dict(line.split(": ", 1) for line in cli("info").stdout.splitlines())
     assert lines["int8 cache"] == f"{cache} (1 quantised model; MULTIGRAIN_CACHE_DIR)"
+
+
+def _photos(folder, count: int, seed: int) -> list:
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        pixels = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        pixels[:, : 8 + 4 * index] //= 3  # a band of its own width: each image differs
+        path = folder / f"{seed}-{index}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_int8_descriptors_record_their_quantisation_and_two_never_mix(tmp_path, monkeypatch):
+    # the cache off: every run quantises for itself, on the images it embeds
+    monkeypatch.setenv("MULTIGRAIN_CACHE_DIR", "off")
+    torch.manual_seed(0)
+    model = MultiGrain(trunk="resnet18", num_classes=3).eval()
+    cpu = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    settings = EmbeddingMetadata(
+        model="test", resolution=64, exponent=3.0, whitened=False, dim=model.embedding_dim,
+        precision="int8",
+    )  # fmt: skip
+
+    def embed(paths, output, **options):
+        return embed_collection(
+            model, paths, output_dir=output, metadata=settings, context=cpu, precision="int8",
+            progress=False, **options,
+        )  # fmt: skip
+
+    first = _photos(tmp_path / "photos", 5, seed=0)
+    embed(first, tmp_path / "out")
+    recorded = load_embeddings(tmp_path / "out").metadata
+    assert recorded.int8 is not None and len(recorded.int8) == 12
+    assert json.loads((tmp_path / "out" / "metadata.json").read_text())["int8"] == recorded.int8
+    # a resumed run with new images quantises on those: another int8 model, refused
+    more = first + _photos(tmp_path / "photos", 4, seed=1)
+    shards = list_shards(tmp_path / "out")
+    with pytest.raises(
+        MultiGrainError, match=r"quantised model [0-9a-f]{12}, this run's is [0-9a-f]{12}: its int8"
+    ):
+        embed(more, tmp_path / "out", resume=True)
+    assert list_shards(tmp_path / "out") == shards  # nothing written, nothing lost
+    assert load_embeddings(tmp_path / "out").paths == [str(p) for p in first]
+
+    # an index of the first output refuses another quantisation's descriptors, naming why
+    embed(more[5:], tmp_path / "other")
+    stored = load_embeddings(tmp_path / "out")
+    index = ImageIndex.build(stored.descriptors, stored.paths, metadata=stored.metadata)
+    save_index(index, tmp_path / "index")
+    refused = cli("index", "add", str(tmp_path / "index"), str(tmp_path / "other"), expect=2)
+    assert "another quantisation of the model" in refused.stderr
+    # ... while float descriptors of the same model and settings may search it
+    float_settings = replace(settings, precision="fp32")
+    assert float_settings.matches(stored.metadata) is False  # precision differs: own output
+    assert setting_differences(float_settings, stored.metadata) == []
+    assert setting_differences(load_embeddings(tmp_path / "other").metadata, stored.metadata)
+
+
+def test_float_metadata_reads_and_writes_as_before_the_int8_fingerprint():
+    float_record = EmbeddingMetadata(
+        model="m", resolution=224, exponent=3.0, whitened=False, dim=512, precision="bf16"
+    )
+    assert "int8" not in json.loads(float_record.to_json())  # an older multigrain reads it
+    assert EmbeddingMetadata.from_json(float_record.to_json()) == float_record
+    quantised = replace(float_record, precision="int8", int8="0123456789ab")
+    assert EmbeddingMetadata.from_json(quantised.to_json()) == quantised
+    # a fingerprint known on one side only (an int8 run before its trunk exists) is no difference
+    assert replace(quantised, int8=None).matches(quantised)
+    assert not replace(quantised, int8="ba9876543210").matches(quantised)
+
+
+def test_the_service_refuses_int8_queries_of_another_quantisation(tmp_path, monkeypatch):
+    from multigrain.inference.prepare import prepare_model
+    from multigrain.runtime.precision import InferencePrecision
+    from multigrain.service.loading import open_service
+
+    monkeypatch.setenv("MULTIGRAIN_CACHE_DIR", "off")  # the service quantises for itself
+    prepared = prepare_model(None)  # the built-in model, as `serve` loads it for this index
+    recorded = replace(
+        prepared.embedding_metadata(InferencePrecision.INT8), int8="0123456789ab"
+    )  # as if embedded through a quantisation made elsewhere
+    paths = [str(p) for p in _photos(tmp_path / "photos", 3, seed=2)]
+    vectors = np.random.default_rng(0).normal(size=(3, recorded.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    save_index(ImageIndex.build(vectors, paths, metadata=recorded), tmp_path / "index")
+    with pytest.raises(MultiGrainError, match="another quantisation of the model"):
+        open_service(
+            checkpoint=None, index_folder=tmp_path / "index", data_dir=tmp_path / "data",
+            token=None, max_upload_bytes=1 << 20, max_pixels=1 << 24,
+        )  # fmt: skip
+    # the failed start leaves the index free: a float service opens it
+    open_service(
+        checkpoint=None, index_folder=tmp_path / "index", data_dir=tmp_path / "data",
+        token=None, max_upload_bytes=1 << 20, max_pixels=1 << 24, precision="fp32",
+    ).close()  # fmt: skip

@@ -7,7 +7,6 @@ fast: it loads no numpy, torch or faiss.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -88,16 +87,19 @@ def _add_embeddings(index_folder: Path, embeddings: Path) -> None:
     import numpy as np
 
     from multigrain.inference.store import load_embeddings
+    from multigrain.search.descriptors import INT8_FIX, only_int8_differs
     from multigrain.search.index_store import load_index, save_index
 
     index = load_index(index_folder)
     data = load_embeddings(embeddings)
-    expected = {} if index.metadata is None else asdict(index.metadata)
-    found = {k: v for k, v in asdict(data.metadata).items() if k in expected}
+    expected = {} if index.metadata is None else index.metadata.as_dict()
+    found = {k: v for k, v in data.metadata.as_dict().items() if k in expected}
     if index.metadata is not None and not data.metadata.matches(index.metadata):
+        fix = "embed with the same model, --resolution and --exponent"
+        if only_int8_differs(data.metadata, index.metadata):
+            fix = INT8_FIX  # the same settings, another int8 quantisation
         raise MultiGrainError(
-            f"{embeddings} was embedded with {found}, the index with {expected}: "
-            "embed with the same model, --resolution and --exponent"
+            f"{embeddings} was embedded with {found}, the index with {expected}: {fix}"
         )
     paths = absolute_paths(data.paths, embeddings)
     ids = index.add(np.ascontiguousarray(data.descriptors, dtype=np.float32), paths)

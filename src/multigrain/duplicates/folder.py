@@ -50,7 +50,7 @@ from multigrain.duplicates.verify import (
     verify_pairs,
 )
 from multigrain.inference.embed import EmbedFailure, embed_collection
-from multigrain.inference.fast_trunk import fast_trunk_for
+from multigrain.inference.fast_trunk import fast_trunk_for, with_trunk
 from multigrain.inference.pil_images import embed_pil_images
 from multigrain.inference.prepare import PreparedModel
 from multigrain.inference.store import embedded_paths, list_shards, load_embeddings, read_shard
@@ -145,6 +145,7 @@ def find_duplicates_in_folder(
         model, used, device=context.device, calibration_paths=paths,
         resolution=metadata.resolution,
     )  # fmt: skip
+    metadata = with_trunk(metadata, trunk)  # int8: a cache of another quantisation is stale
     apply = whitening.apply if whitening is not None else None
     if context.is_main:
         _drop_stale_cache(cache, metadata, paths)
@@ -247,7 +248,10 @@ def _drop_stale_cache(cache: Path, metadata: EmbeddingMetadata, paths: Sequence[
         return
     found = read_shard(shards[0]).metadata
     if not found.matches(metadata):
-        reason = f"made with other settings ({found.model}, whitening {found.whitening})"
+        reason = (
+            f"made with other settings ({found.model}, whitening {found.whitening}"
+            f"{f', int8 model {found.int8}' if found.int8 else ''})"
+        )
     elif not embedded_paths(cache) <= {str(path) for path in paths}:
         reason = "some of its images are no longer in the folder"
     else:

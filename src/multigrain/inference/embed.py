@@ -33,7 +33,7 @@ from multigrain.data.resize import normalise as normalise_images
 from multigrain.inference import path_lists, store
 from multigrain.inference.embed_defaults import DEFAULT_PRECISION as DEFAULT_PRECISION
 from multigrain.inference.embed_defaults import DEFAULT_SHARD_SIZE
-from multigrain.inference.fast_trunk import Trunk, embed_features, fast_trunk_for
+from multigrain.inference.fast_trunk import Trunk, embed_features, fast_trunk_for, with_trunk
 from multigrain.inference.store import EmbeddingMetadata
 from multigrain.models import MultiGrain
 from multigrain.runtime.distributed import DistributedContext
@@ -227,6 +227,11 @@ def embed_collection(
                 model, precision, device=context.device, calibration_paths=todo_paths,
                 resolution=metadata.resolution, max_pixels=max_pixels,
             )  # fmt: skip
+        if trunk is not None and with_trunk(metadata, trunk) != metadata:
+            metadata = with_trunk(metadata, trunk)  # int8: known now, once quantised
+            if resume:
+                store.check_metadata(output_dir, metadata)  # the same quantisation as before
+            writer.metadata = metadata
         for indices, images in batches:
             assert trunk is not None  # built above whenever there is work to do
             descriptors = embed_batch(model, trunk, images, whitening=whitening)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +34,7 @@ from torch import nn
 from multigrain.data.images import DEFAULT_MAX_PIXELS
 from multigrain.data.inference_loading import DecodedImages
 from multigrain.data.resize import normalise
+from multigrain.inference.int8 import OnnxInt8Trunk
 from multigrain.inference.int8_cache import cached_int8_trunk
 from multigrain.models import MultiGrain
 from multigrain.runtime.precision import (
@@ -41,6 +42,7 @@ from multigrain.runtime.precision import (
     compute_dtype,
     resolve_inference_precision,
 )
+from multigrain.search.descriptors import EmbeddingMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -165,3 +167,12 @@ def fast_trunk_for(
         return images, f"{len(images)} of {len(paths)} images{first}"
 
     return cached_int8_trunk(fold_batch_norm(model.features), calibration, resolution=resolution)
+
+
+def with_trunk(metadata: EmbeddingMetadata, trunk: Trunk) -> EmbeddingMetadata:
+    """`metadata` of descriptors made through `trunk`: an int8 trunk adds its fingerprint
+    (``metadata.int8``), so that two quantisations of one model never share an output or
+    an index unnoticed; a float trunk changes nothing."""
+    if isinstance(trunk, OnnxInt8Trunk) and trunk.fingerprint:
+        return replace(metadata, int8=trunk.fingerprint)
+    return metadata

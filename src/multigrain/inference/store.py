@@ -6,7 +6,8 @@ Layout of an output folder OUT:
     OUT/failures-r000.jsonl          {"path": ..., "reason": ...}, a line per unreadable image
     OUT/descriptors.npy              (N, D) float32, row i <-> line i of paths.jsonl
     OUT/paths.jsonl                  N paths as JSON strings, in the order of the input listing
-    OUT/metadata.json                model identity, s, p, whitening, dimension, count
+    OUT/metadata.json                model identity, s, p, whitening, dimension, count (and
+                                     the int8 trunk's fingerprint for int8 descriptors)
 
 The lists of paths are JSON lines so that any file name, a line break or a tab in it
 included, comes back exactly (path_lists.py); the plain paths.txt and failures-r*.tsv of
@@ -24,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,7 +38,7 @@ from multigrain.runtime.atomic import atomic_write, atomic_write_text
 from multigrain.runtime.errors import MultiGrainError
 
 # EmbeddingMetadata lives on the search floor (an index holds it too); still importable here
-from multigrain.search.descriptors import EmbeddingMetadata
+from multigrain.search.descriptors import INT8_FIX, EmbeddingMetadata, only_int8_differs
 
 SHARD_FOLDER = "shards"
 
@@ -136,6 +137,11 @@ def check_metadata(output_dir: Path, metadata: EmbeddingMetadata) -> None:
     """Refuse to mix descriptors computed with different settings in one output."""
     for path in list_shards(output_dir)[:1]:
         found = read_shard(path).metadata
+        if only_int8_differs(found, metadata):
+            raise MultiGrainError(
+                f"{output_dir} holds int8 descriptors of the quantised model {found.int8}, "
+                f"this run's is {metadata.int8}: {INT8_FIX}; or embed into another output folder"
+            )
         if not found.matches(metadata):
             raise MultiGrainError(
                 f"{output_dir} holds descriptors made with other settings ({found}); "
@@ -152,8 +158,19 @@ def merge_shards(output_dir: Path, order: Iterable[str], metadata: EmbeddingMeta
     in the process's resident memory (N x D x 4 bytes) until the file is closed.
     """
     embedded: set[str] = set()
+    quantised: set[str] = set()  # int8 fingerprints: one output holds one quantisation
     for shard in iter_shards(output_dir):
         embedded.update(shard.paths)
+        quantised.update([shard.metadata.int8] if shard.metadata.int8 else [])
+    if len(quantised) > 1:
+        raise MultiGrainError(
+            f"{output_dir} holds int8 descriptors of {len(quantised)} quantisations of the "
+            f"model ({', '.join(sorted(quantised))}), which do not compare: the processes "
+            "quantised it apart (int8 cache turned off?); embed again into a new folder with "
+            "the int8 cache on (MULTIGRAIN_CACHE_DIR unset or a folder) or with --precision bf16"
+        )
+    if quantised and metadata.int8 is None:  # this process had nothing left to embed
+        metadata = replace(metadata, int8=quantised.pop())
     rows = [path for path in order if path in embedded]
     row_of = {path: row for row, path in enumerate(rows)}
     row_bytes = metadata.dim * 4
@@ -176,7 +193,7 @@ def merge_shards(output_dir: Path, order: Iterable[str], metadata: EmbeddingMeta
     atomic_write(output_dir / "descriptors.npy", write)
     atomic_write_text(output_dir / path_lists.PATHS_FILE, path_lists.paths_text(rows))
     (output_dir / path_lists.LEGACY_PATHS_FILE).unlink(missing_ok=True)  # an older output's
-    info = {**asdict(metadata), "count": len(rows)}
+    info = {**metadata.as_dict(), "count": len(rows)}
     atomic_write_text(output_dir / "metadata.json", json.dumps(info, indent=2))
     return len(rows)
 

@@ -1,7 +1,7 @@
 """What made a set of descriptors: the metadata an `embed` output and an index both carry.
 
 An `embed` output stores it as ``metadata.json``, each shard as a JSON string, an index in
-its ``meta.sqlite`` (``info.metadata``). The JSON is ``json.dumps(asdict(metadata),
+its ``meta.sqlite`` (``info.metadata``). The JSON is ``json.dumps(metadata.as_dict(),
 sort_keys=True)``, so the same settings always give the same text.
 """
 
@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import MISSING, asdict, dataclass, fields, replace
+from typing import Any
 
 from multigrain.runtime.errors import MultiGrainError
 
 FORMAT_VERSION = 1
+
+#: Fields compared only when both sides record them: the whitening's fingerprint, and the
+#: int8 trunk's (two int8 calibrations of one model are two models: their descriptors of
+#: one image differ by more than round-off, see multigrain.inference.int8_cache).
+FINGERPRINTS = ("whitening", "int8")
 
 
 @dataclass(frozen=True)
@@ -29,16 +35,30 @@ class EmbeddingMetadata:
     bundle: str | None = None  # the model bundle folder the settings came from, if any
     threshold: float | None = None  # the bundle's 90 %-precision score at these settings
     whitening: str | None = None  # Whitening.fingerprint of the whitening applied, if any
+    int8: str | None = None  # int8 only: fingerprint of the quantised trunk that ran
 
     def matches(self, other: EmbeddingMetadata) -> bool:
-        """Every field equal, a whitening fingerprint missing on either side (outputs
-        written before fingerprints) aside: descriptors that may share one output or index."""
-        if self.whitening is None or other.whitening is None:
-            return replace(self, whitening=None) == replace(other, whitening=None)
-        return self == other
+        """Every field equal, a fingerprint (:data:`FINGERPRINTS`) missing on either side
+        aside: descriptors that may share one output or index. A missing fingerprint is an
+        output written before fingerprints, or one not yet known (an int8 trunk's is known
+        once it is quantised or loaded from the cache)."""
+        unknown: dict[str, Any] = {
+            key: None
+            for key in FINGERPRINTS
+            if getattr(self, key) is None or getattr(other, key) is None
+        }
+        return replace(self, **unknown) == replace(other, **unknown)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields, ``int8`` left out for float descriptors: their records read as
+        before it existed (and by a multigrain that predates it)."""
+        values = asdict(self)
+        if values["int8"] is None:
+            del values["int8"]
+        return values
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.as_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> EmbeddingMetadata:
@@ -81,13 +101,17 @@ SETTINGS_KEYS = ("model", "resolution", "exponent", "whitened", "dim")
 
 def setting_differences(found: EmbeddingMetadata, expected: EmbeddingMetadata) -> list[str]:
     """``"key: found vs expected"`` for each of :data:`SETTINGS_KEYS` that differs, and for
-    the whitening's fingerprint when both record one (older outputs do not). A model
+    each of :data:`FINGERPRINTS` both record (older outputs record no whitening's, float
+    descriptors no int8 trunk's: fp32 queries may search int8 descriptors). A model
     identity left unknown (``""``) on either side is not compared."""
     keys: tuple[str, ...] = SETTINGS_KEYS
     if not found.model or not expected.model:
         keys = tuple(key for key in keys if key != "model")
-    if found.whitening is not None and expected.whitening is not None:
-        keys = (*keys, "whitening")
+    keys += tuple(
+        key
+        for key in FINGERPRINTS
+        if getattr(found, key) is not None and getattr(expected, key) is not None
+    )
     return [
         f"{key}: {getattr(found, key)!r} vs {getattr(expected, key)!r}"
         for key in keys
@@ -103,7 +127,25 @@ def check_compatible(found: EmbeddingMetadata, expected: EmbeddingMetadata, *, w
     """
     differences = setting_differences(found, expected)
     if differences:
+        fix = "rebuild it with this model, or load the model it was built with"
+        if only_int8_differs(found, expected):
+            fix = INT8_FIX
         raise MultiGrainError(
             f"{what} was made with other settings than this model's ({'; '.join(differences)}):"
-            " rebuild it with this model, or load the model it was built with"
+            f" {fix}"
         )
+
+
+def only_int8_differs(first: EmbeddingMetadata, second: EmbeddingMetadata) -> bool:
+    """Whether two records differ in their int8 trunk's fingerprint and nothing else."""
+    if first.int8 is None or second.int8 is None or first.int8 == second.int8:
+        return False
+    return replace(first, int8=None) == replace(second, int8=None)
+
+
+#: What to do when two int8 calibrations of one model meet.
+INT8_FIX = (
+    "its int8 descriptors come from another quantisation of the model (another machine's "
+    "int8 cache, or the cache turned off): run where it was embedded, whose cache holds "
+    "that quantisation, or use --precision bf16/fp32 (float descriptors may search int8 ones)"
+)

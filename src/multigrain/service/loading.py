@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from multigrain.data.listing import missing_relative_paths
-from multigrain.inference.fast_trunk import fast_trunk_for
+from multigrain.inference.fast_trunk import fast_trunk_for, with_trunk
 from multigrain.inference.prepare import DEFAULT_RESOLUTION, prepare_model
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
@@ -106,6 +106,11 @@ def open_service(
             max_pixels=max_pixels, calibration_images=CALIBRATION_IMAGES,
             calibration_paths=[Path(p) for p in index.paths],
         )  # fmt: skip
+        if metadata is not None:  # int8: the quantisation that embedded the index, or none
+            check_compatible(
+                metadata, with_trunk(prepared.embedding_metadata(used), trunk),
+                what=f"the index {index_folder}",
+            )  # fmt: skip
         (data_dir / "uploads").mkdir(parents=True, exist_ok=True)
         stored = load_threshold(index_folder)
         if stored is not None and stored.background is not None:
