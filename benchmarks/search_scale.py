@@ -40,9 +40,15 @@ Timings: `train_s` (ImageIndex.trained: k-means, PQ codebooks), `add_s` (ImageIn
 assignment / encoding / graph insertion, plus the IndexRefineFlat's float32 re-ranking
 copy), `queries_per_s` (1000 queries in one call, k = 10). Memory: `index_mb` is the faiss
 index as written to disk, `rerank_copy_mb` the float32 descriptors an ImageIndex keeps;
+`paths_mb` the index's path table (multigrain.search.path_table; `paths.as_objects_mb`
+in the JSON: the same paths as a list of str and a dict, per size, for comparison);
 `rss_delta_mb` is the current RSS after the build minus before it; `build_peak_mb` the
 highest RSS sampled every 5 ms during the build minus the RSS before it (training
 temporaries included); `peak_rss_mb` the process peak so far (ru_maxrss, never decreases).
+
+With --load, each index is also saved and loaded by `load_index` in a fresh Python
+process: `load_rss_mb` is that process's RSS after loading minus before (imports done),
+`load_s` the loading time: what a `serve` or `search` process holds for the index.
 
 Threads: faiss (OpenMP) uses `--threads` (default: the CPUs this process may run on). On
 cores shared with another busy job, OpenMP's spinning barriers make more threads *slower*;
@@ -61,6 +67,8 @@ import json
 import math
 import os
 import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -77,11 +85,14 @@ from multigrain.runtime.machine import describe_machine
 from multigrain.runtime.openblas import faiss_openblas_core
 from multigrain.search import refine
 from multigrain.search.index import ImageIndex
+from multigrain.search.index_store import save_index
 
 DIM = 512
 NUM_QUERIES = 1000
 K = 10
 CHUNK = 100_000
+#: The paths the benchmark indexes: as long as a photo library's (~40 characters)
+PATH_FORM = "/home/user/Pictures/{0:07d}/IMG_{0:07d}.jpg"
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,9 @@ class Measurement:
     recall_at_10: float
     k_factor: int | None = None  # own-refine indexes: shortlist of k_factor x k
     exact_copy: bool = True  # False: the index keeps no float32 copy (own Refine stage)
+    paths_mb: float | None = None  # the index's PathTable (paths, offsets, hashes, rows)
+    load_rss_mb: float | None = None  # --load: RSS a fresh process holds after load_index
+    load_s: float | None = None  # --load: load_index's time in that process
 
 
 @dataclass(frozen=True)
@@ -248,6 +262,44 @@ def _inner(index: ImageIndex) -> Any:
     return faiss.downcast_index(inner)
 
 
+def objects_mb(size: int) -> float:
+    """MiB of `size` paths of PATH_FORM held as a list of str plus a path -> row dict."""
+    paths = [PATH_FORM.format(i) for i in range(size)]
+    total = sys.getsizeof(paths) + sum(sys.getsizeof(p) for p in paths)
+    total += sys.getsizeof({p: i for i, p in enumerate(paths)})
+    return round(total / 2**20, 1)
+
+
+#: What a fresh process runs: RSS (VmRSS) before and after load_index, imports done first.
+LOAD_CHILD = """
+import json, sys, time
+from multigrain.search.index_store import load_index
+def rss():
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+before = rss()
+start = time.perf_counter()
+index = load_index(sys.argv[1])
+seconds = time.perf_counter() - start
+print(json.dumps({"rss_mb": round(rss() - before, 1), "load_s": round(seconds, 2)}))
+"""
+
+
+def load_in_fresh_process(index: ImageIndex, folder: Path) -> dict[str, float]:
+    """Save `index` (index_store) and load it in a new Python: what a `serve` or `search`
+    process holds for it, without this benchmark's data and earlier indexes."""
+    target = folder / "saved-index"
+    shutil.rmtree(target, ignore_errors=True)
+    save_index(index, target)
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_CHILD, str(target)], capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    shutil.rmtree(target)
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
 def _index_mb(index: ImageIndex, folder: Path) -> float:
     """The base index as index_store writes it (index.faiss; the exact copy is separate), or
     the whole IndexRefine of an index without the copy."""
@@ -263,7 +315,7 @@ def run_size(size: int, args: argparse.Namespace) -> tuple[Difficulty, list[Meas
         size, clusters=args.clusters, spread=args.spread, query_noise=args.query_noise,
         decay=args.decay, seed=args.seed,
     )  # fmt: skip
-    paths = [str(i) for i in range(size)]
+    paths = [PATH_FORM.format(i) for i in range(size)]
     nlist = ivf_lists(size, args.nlist)
     train_rows = min(size, args.train_per_list * nlist)
     results: list[Measurement] = []
@@ -294,6 +346,7 @@ def run_size(size: int, args: argparse.Namespace) -> tuple[Difficulty, list[Meas
                 add_s = time.perf_counter() - start
             rss_delta, build_peak = current_rss_mb() - before, sampler.peak - before
             index_mb = _index_mb(index, args.scratch)
+            loaded = load_in_fresh_process(index, args.scratch) if args.load else {}
             built = config.factory
         assert index is not None
         ivf = faiss.try_extract_index_ivf(index.faiss_index)
@@ -341,6 +394,9 @@ def run_size(size: int, args: argparse.Namespace) -> tuple[Difficulty, list[Meas
             recall_at_10=round(float(np.mean(overlap)) / K, 4),
             k_factor=config.k_factor,
             exact_copy=index.has_exact_copy,
+            paths_mb=round(index.paths.nbytes / 2**20, 1),
+            load_rss_mb=loaded.get("rss_mb"),
+            load_s=loaded.get("load_s"),
         )
         print(f"  {measurement}", file=sys.stderr)
         results.append(measurement)
@@ -366,14 +422,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--auto", default="", help="nprobes for `--factory auto`'s index")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--load", action="store_true",
+        help="also save each index and measure load_index's RSS and time in a fresh process",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=Path("search_scale.json"))
     args = parser.parse_args(argv)
     faiss.omp_set_num_threads(args.threads)
+    sizes = [int(s) for s in args.sizes.split(",")]
     difficulties, results = [], []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         args.scratch = Path(scratch)
-        for size in (int(s) for s in args.sizes.split(",")):
+        for size in sizes:
             print(f"size {size}", file=sys.stderr)
             size_start = time.perf_counter()
             difficulty, measured = run_size(size, args)
@@ -401,6 +462,12 @@ def main(argv: list[str] | None = None) -> int:
         "machine": describe_machine(),
         "load_average_at_end": os.getloadavg(),
         "total_s": round(time.perf_counter() - started, 1),
+        "paths": {
+            "form": PATH_FORM,
+            # the same paths as a list of str and a path -> row dict (the layout before
+            # PathTable), from sys.getsizeof, per size: what the table is compared with
+            "as_objects_mb": {size: objects_mb(size) for size in sizes},
+        },
         "difficulty": [asdict(d) for d in difficulties],
         "results": [asdict(r) for r in results],
     }

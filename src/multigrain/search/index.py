@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import faiss
@@ -37,6 +38,7 @@ import torch
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.search import refine
 from multigrain.search.descriptors import EmbeddingMetadata
+from multigrain.search.path_table import PathTable
 from multigrain.search.whitening import Whitening
 
 logger = logging.getLogger(__name__)
@@ -61,15 +63,15 @@ class ImageIndex:
     factory: str
     dim: int  # dimension of the descriptors given to add/search (before whitening)
     ids: np.ndarray  # (N,) int64, ascending; row i <-> faiss label i
-    paths: list[str]
+    paths: PathTable  # (a list given to __init__ becomes one)
     added_at: np.ndarray  # (N,) float64 unix times
     metadata: EmbeddingMetadata | None = None
     whitening: Whitening | None = None
     next_id: int = 0
-    _row_of_path: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self._row_of_path = {path: row for row, path in enumerate(self.paths)}
+        if not isinstance(self.paths, PathTable):
+            self.paths = PathTable(self.paths)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -147,7 +149,7 @@ class ImageIndex:
             factory=factory,
             dim=dim,
             ids=np.zeros(0, dtype=np.int64),
-            paths=[],
+            paths=PathTable(),
             added_at=np.zeros(0, dtype=np.float64),
             metadata=metadata,
             whitening=whitening,
@@ -183,9 +185,10 @@ class ImageIndex:
         paths = [str(p) for p in paths]
         if len(paths) != x.shape[0]:
             raise MultiGrainError(f"{x.shape[0]} descriptors but {len(paths)} paths")
-        duplicates = [p for p in paths if p in self._row_of_path]
+        found = self.paths.rows_of(paths)
+        duplicates = [paths[i] for i in np.flatnonzero(found >= 0).tolist()]
         if len(set(paths)) != len(paths):
-            duplicates += [p for p in paths if paths.count(p) > 1][:1]
+            duplicates += [p for p, n in Counter(paths).items() if n > 1]
         if duplicates:
             raise MultiGrainError(
                 f"{len(duplicates)} path(s) already in the index (e.g. {duplicates[0]}): "
@@ -193,19 +196,20 @@ class ImageIndex:
             )
         ids = np.arange(self.next_id, self.next_id + x.shape[0], dtype=np.int64)
         self.faiss_index.add(_prepared(x, self.whitening))
-        start = len(self.paths)
         self.ids = np.concatenate([self.ids, ids])
         self.paths.extend(paths)
         self.added_at = np.concatenate([self.added_at, np.full(len(paths), time.time())])
-        self._row_of_path.update({p: start + i for i, p in enumerate(paths)})
         self.next_id += x.shape[0]
         return ids
 
     def ids_of(self, paths: Sequence[str]) -> np.ndarray:
-        missing = [p for p in paths if p not in self._row_of_path]
-        if missing:
-            raise MultiGrainError(f"{len(missing)} path(s) not in the index, e.g. {missing[0]}")
-        return self.ids[[self._row_of_path[p] for p in paths]]
+        rows = self.paths.rows_of(paths)
+        missing = np.flatnonzero(rows < 0)
+        if len(missing):
+            raise MultiGrainError(
+                f"{len(missing)} path(s) not in the index, e.g. {paths[int(missing[0])]}"
+            )
+        return self.ids[rows]
 
     def remove(self, ids_or_paths: Sequence[int] | Sequence[str] | np.ndarray) -> int:
         """Remove images given by id or by path; returns how many were removed."""
@@ -228,8 +232,7 @@ class ImageIndex:
         keep = np.ones(len(self.paths), dtype=bool)
         keep[rows] = False
         self.ids, self.added_at = self.ids[keep], self.added_at[keep]
-        self.paths = [p for p, k in zip(self.paths, keep, strict=True) if k]
-        self.__post_init__()
+        self.paths = self.paths.kept(keep)
         assert removed == int(keep.size - keep.sum()) and self.ntotal == len(self.paths)
         return removed
 

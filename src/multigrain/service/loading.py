@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -146,7 +147,7 @@ def open_service(
     return service
 
 
-def warn_of_missing_relative_paths(paths: list[str], index_folder: Path) -> None:
+def warn_of_missing_relative_paths(paths: Sequence[str], index_folder: Path) -> None:
     """Log when the index's relative paths (indexes built before paths were stored
     absolute) do not exist from the current folder: their thumbnails would be 410s."""
     missing = missing_relative_paths(paths)
