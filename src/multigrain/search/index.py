@@ -13,7 +13,8 @@ An :class:`ImageIndex` holds things that always agree, row for row:
   "IVF4096,PQ32,Refine(PCAR144,SQ8)") or multi-bit RaBitQ codes, that index alone, with
   no float32 copy (:attr:`ImageIndex.has_exact_copy`); faiss labels are rows;
 * one stable int64 id per image, ascending with the rows (ids are never reused, so a saved
-  id stays meaningful), the image paths and the times they were added;
+  id stays meaningful), the image paths (a :class:`~.path_table.PathTable`: flat arrays,
+  not a million str objects) and the times they were added;
 * an optional :class:`~multigrain.search.whitening.Whitening` applied to every descriptor
   before faiss sees it (the faiss part only ever holds prepared vectors), and the
   :class:`~multigrain.search.descriptors.EmbeddingMetadata` of the indexed descriptors.
