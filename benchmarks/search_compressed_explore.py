@@ -36,7 +36,7 @@ from typing import Any
 
 import faiss
 import numpy as np
-from search_scale import NUM_QUERIES, ivf_lists, synthetic
+from search_scale import NUM_QUERIES, synthetic
 
 from multigrain.runtime.atomic import atomic_write_text
 from multigrain.runtime.machine import describe_machine
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         codec_rows = _codec_rows(data, queries, args)
         _write(args, started, {"codec_results": codec_rows})
         return 0
-    nlist = ivf_lists(args.size, args.nlist)
+    nlist = refine.ivf_lists(args.size, args.nlist)
     rng = np.random.default_rng(args.seed)
     train_rows = min(args.size, 40 * nlist)
     sample = data[np.sort(rng.choice(args.size, train_rows, replace=False))]

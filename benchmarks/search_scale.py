@@ -64,7 +64,6 @@ import argparse
 import ctypes
 import gc
 import json
-import math
 import os
 import resource
 import shutil
@@ -248,11 +247,6 @@ def configs(nlist: int, *, opq: bool) -> list[Config]:
     return result
 
 
-def ivf_lists(size: int, wanted: int) -> int:
-    """`wanted` capped at the largest power of two with >= 39 training rows per list."""
-    return min(wanted, 2 ** int(math.log2(max(size // 39, 1))))
-
-
 def _inner(index: ImageIndex) -> Any:
     inner = faiss.downcast_index(index.faiss_index)
     if isinstance(inner, faiss.IndexRefine):  # the factory's index is its base
@@ -316,7 +310,7 @@ def run_size(size: int, args: argparse.Namespace) -> tuple[Difficulty, list[Meas
         decay=args.decay, seed=args.seed,
     )  # fmt: skip
     paths = [PATH_FORM.format(i) for i in range(size)]
-    nlist = ivf_lists(size, args.nlist)
+    nlist = refine.ivf_lists(size, args.nlist)
     train_rows = min(size, args.train_per_list * nlist)
     results: list[Measurement] = []
     truth: np.ndarray | None = None

@@ -95,9 +95,13 @@ def auto_factory(count: int, dim: int) -> str:
     if count < AUTO_COMPRESSED_FROM:
         return "Flat"
     kept = max(8, (3 * dim // 8) // 8 * 8)
-    nlist = 2 ** round(math.log2(4 * math.sqrt(count)))
-    nlist = min(nlist, 2 ** int(math.log2(max(count // 39, 1))))  # faiss wants 39 a list
-    return f"PCAR{kept},IVF{nlist},RaBitQ6"
+    return f"PCAR{kept},IVF{ivf_lists(count, 2 ** round(math.log2(4 * math.sqrt(count))))},RaBitQ6"
+
+
+def ivf_lists(count: int, wanted: int) -> int:
+    """`wanted` IVF lists capped at the largest power of two with >= 39 of `count` training
+    rows a list (faiss warns below 39)."""
+    return min(wanted, 2 ** int(math.log2(max(count // 39, 1))))
 
 
 def has_own_refine(index: Any) -> bool:
