@@ -175,7 +175,8 @@ def test_experiments_quick_answers_every_question_and_resumes(
     outcome = CliRunner().invoke(app, [*args, "--finished-only", "--against", str(folder)])
     assert outcome.exit_code == 0, outcome.output
     beside = json.loads((folder / "experiments.json").read_text())
-    assert len(beside["against"]["cells"]) == 6 + 4 + 2  # comparisons, RQ4 x 2 metrics, whitening
+    # comparisons, RQ4 x 2 metrics, whitening
+    assert [len(other["cells"]) for other in beside["against"]] == [6 + 4 + 2]
     assert "## Against" in (folder / "experiments.md").read_text()
     assert [r["variant"] for r in beside["convergence"]] == [r["variant"] for r in beside["runs"]]
     outcome = CliRunner().invoke(app, [*args, "--against", str(tmp_path / "nowhere")])
@@ -240,7 +241,14 @@ def _study(steps: int, rq1_top1: tuple[float, float, float], flat: list[bool]) -
             },
         ],  # fmt: skip
         "whitening": None,
-        "convergence": [{"top1_flat": f, "copy_map_flat": True} for f in flat],
+        "convergence": [
+            {"variant": name, "seed": 0, "top1_flat": f, "copy_map_flat": True}
+            for name, f in zip(("joint", "m1", "p1"), flat, strict=False)
+        ],
+        "runs": [
+            {"variant": "joint", "seed": 0, "top1": 0.5 + steps / 5120, "copy_map": steps / 2560}
+        ]
+        + [{"variant": "m1", "seed": 0, "top1": 0.81, "copy_map": 0.39}] * (steps > 512),
     }
 
 
@@ -249,7 +257,7 @@ def test_against_sets_each_answer_beside_the_other_studys() -> None:
 
     short = _study(256, (0.01, -0.01, 0.03), [True, False, False])
     long = _study(512, (0.05, 0.02, 0.08), [True, True, True])
-    lines = against_section(long, short, "the short study")
+    lines = against_section(long, [(short, "the short study")])
     text = "\n".join(lines)
     assert "256 steps: 1 of 3 runs flat on both figures; 512 steps: 3 of 3" in text
     (rq1,) = [line for line in lines if line.startswith("| RQ1")]
@@ -259,9 +267,25 @@ def test_against_sets_each_answer_beside_the_other_studys() -> None:
     ]  # fmt: skip
     (gain,) = [line for line in lines if "best larger s" in line]
     assert gain.endswith("| disagrees | no |")
+    # three lengths, given in any order: columns shortest first; the verdict changed if
+    # any two differ
+    longest = _study(1024, (0.06, 0.03, 0.09), [False, True, True])
+    lines = against_section(longest, [(long, "512"), (short, "256")])
+    (rq1,) = [line for line in lines if line.startswith("| RQ1")]
+    assert rq1.split(" | ")[1:] == [
+        "+0.010 [-0.010, +0.030]", "not separated at this scale", "+0.050 [+0.020, +0.080]",
+        "agrees", "+0.060 [+0.030, +0.090]", "agrees", "yes |",
+    ]  # fmt: skip
+    # each run's final figures at every length, the newest study's runs first
+    (joint,) = [line for line in lines if line.startswith("| joint seed 0")]
+    assert (
+        joint == "| joint seed 0 | 0.550 / 0.600 / 0.700 | 0.100 / 0.200 / 0.400 | yes / yes / no |"
+    )
+    (m1,) = [line for line in lines if line.startswith("| m1 seed 0")]
+    assert m1 == "| m1 seed 0 | — / — / 0.810 | — / — / 0.390 | — / — / yes |"
     # an answer only one study has is shown with a dash, not dropped
     del long["comparisons"][0]
-    (rq1,) = [line for line in against_section(long, short, "x") if line.startswith("| RQ1")]
+    (rq1,) = [line for line in against_section(long, [(short, "x")]) if line.startswith("| RQ1")]
     assert rq1.endswith("| — | — | — |")
 
 

@@ -115,10 +115,12 @@ def experiments(
         bool, typer.Option(help="train nothing: report on the runs finished so far")
     ] = False,
     against: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             help="another study's folder (with its experiments.json): its answers are set "
-            "beside these, verdict by verdict"
+            "beside these, verdict by verdict, and its runs' final figures; repeat it for "
+            "several (e.g. the same design at other --steps)",
+            metavar="FOLDER",
         ),
     ] = None,
 ) -> None:
@@ -142,7 +144,7 @@ def experiments(
             scale=QUICK if quick else replace(LONG, steps=steps or LONG.steps) if long else FULL,
             fashion_mnist_root=Path(fashion_mnist_root),
             finished_only=finished_only,
-            against=Path(against) if against else None,
+            against=[Path(folder) for folder in against or []],
         )
     except TrainingInterrupted as stop:
         typer.echo(

@@ -65,6 +65,7 @@ finished run of another step count in the output folder is refused.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from multigrain.data.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT, FashionMNISTImages
@@ -85,16 +86,16 @@ def run_experiments(
     scale: Scale = FULL,
     fashion_mnist_root: Path = DEFAULT_FASHION_MNIST_ROOT,
     finished_only: bool = False,
-    against: Path | None = None,
+    against: Sequence[Path] = (),
 ) -> Analysis:
     """Train and score every variant x seed (skipping finished runs), write the report.
 
     ``finished_only``: train nothing; report on the runs finished so far (a comparison
-    appears once both of its variants have a run). ``against``: another study's folder,
+    appears once both of its variants have a run). ``against``: other studies' folders,
     whose answers the report sets beside these (research_report.against_section).
     """
-    if against is not None:
-        read_study(against)  # refused before hours of training, not after
+    for other in against:
+        read_study(other)  # refused before hours of training, not after
     if scale.steps % scale.curve_points:
         raise MultiGrainError(
             f"{scale.steps} steps do not split into {scale.curve_points} curve points"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -206,33 +207,80 @@ def _flat_count(document: dict[str, Any]) -> str:
     return f"{flat} of {len(rows)} runs flat on both figures"
 
 
-def against_section(document: dict[str, Any], other: dict[str, Any], other_name: str) -> list[str]:
-    """This study's answers beside another study's (e.g. the same design on fewer steps)."""
-    mine, theirs = verdict_cells(document), verdict_cells(other)
-    steps, other_steps = document["scale"]["steps"], other["scale"]["steps"]
+def against_section(
+    document: dict[str, Any], others: Sequence[tuple[dict[str, Any], str]]
+) -> list[str]:
+    """This study's answers beside other studies' (e.g. the same design on fewer steps),
+    shortest schedule first, and each run's final figures at every length."""
+    studies = sorted([*others, (document, "this study")], key=lambda s: s[0]["scale"]["steps"])
+    cells = [verdict_cells(d) for d, _ in studies]
+    steps = [d["scale"]["steps"] for d, _ in studies]
+    flat = "; ".join(f"{d['scale']['steps']} steps: {_flat_count(d)}" for d, _ in studies)
+    names = ", ".join(f"{name} ({d['scale']['steps']} steps)" for d, name in studies)
     lines = [
-        f"## Against {other_name}",
+        f"## Against {', '.join(name for _, name in others)}",
         "",
-        f"The same answers from {other_name} ({other_steps} training steps) beside this "
-        f"study's ({steps} steps). Convergence (≤ "
-        f"{document['scale']['convergence_tolerance']} over the last quarter): "
-        f"{other_steps} steps: {_flat_count(other)}; {steps} steps: {_flat_count(document)}.",
+        f"The same answers from each study, shortest schedule first: {names}. Convergence "
+        f"(≤ {document['scale']['convergence_tolerance']} over the last quarter): {flat}.",
         "",
-        f"| answer | {other_steps} steps [95 % CI] | verdict | {steps} steps [95 % CI] "
-        "| verdict | verdict changed |",
-        "|---|---|---|---|---|---|",
+        "| answer | "
+        + " | ".join(f"{n} steps [95 % CI] | verdict" for n in steps)
+        + " | verdict changed |",
+        "|---|" + "---|---|" * len(studies) + "---|",
     ]
-    for name in [*mine, *(n for n in theirs if n not in mine)]:
-        cells = []
-        for source in (theirs, mine):
+    order = list(cells[-1]) + [n for c in cells[:-1] for n in c if n not in cells[-1]]
+    for name in dict.fromkeys(order):
+        row, verdicts = [], []
+        for source in cells:
             if name in source:
                 interval, verdict = source[name]
-                cells += [_interval(Interval(**interval)), verdict]
+                row += [_interval(Interval(**interval)), verdict]
+                verdicts.append(verdict)
             else:
-                cells += ["—", "—"]
-        changed = "—" if "—" in cells else ("yes" if cells[1] != cells[3] else "no")
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {changed} |")
+                row += ["—", "—"]
+        changed = "—" if len(verdicts) < len(cells) else "yes" if len(set(verdicts)) > 1 else "no"
+        lines.append(f"| {name} | " + " | ".join(row) + f" | {changed} |")
+    return lines + ["", *_final_figures(studies, steps)]
+
+
+def _final_figures(studies: list[tuple[dict[str, Any], str]], steps: list[int]) -> list[str]:
+    """Each run's end-of-training figures and flatness at every schedule length."""
+    found: list[dict[tuple[str, int], tuple[float, float, str]]] = []
+    for document, _ in studies:
+        flat = {
+            (c["variant"], c["seed"]): c["top1_flat"] and c["copy_map_flat"]
+            for c in document.get("convergence") or []
+            if "variant" in c
+        }
+        found.append(
+            {
+                (r["variant"], r["seed"]): (
+                    r["top1"], r["copy_map"], _yes_no(flat.get((r["variant"], r["seed"])))
+                )
+                for r in document.get("runs", [])
+            }
+        )  # fmt: skip
+    lengths = " / ".join(str(n) for n in steps)
+    lines = [
+        f"Each run's held-out figures at the end of training, at {lengths} steps, and whether "
+        "its last quarter was flat on both:",
+        "",
+        f"| run | top-1 at {lengths} | copy mAP at {lengths} | flat at {lengths} |",
+        "|---|---|---|---|",
+    ]
+    for variant, seed in dict.fromkeys(key for runs in reversed(found) for key in runs):
+        values = [runs.get((variant, seed)) for runs in found]
+        columns = [
+            " / ".join("—" if v is None else f"{v[0]:.3f}" for v in values),
+            " / ".join("—" if v is None else f"{v[1]:.3f}" for v in values),
+            " / ".join("—" if v is None else v[2] for v in values),
+        ]
+        lines.append(f"| {variant} seed {seed} | " + " | ".join(columns) + " |")
     return lines
+
+
+def _yes_no(value: bool | None) -> str:
+    return "?" if value is None else "yes" if value else "no"
 
 
 def read_study(folder: Path) -> dict[str, Any]:
@@ -247,17 +295,20 @@ def read_study(folder: Path) -> dict[str, Any]:
     return document
 
 
-def write_report(analysis: Analysis, folder: Path, *, against: Path | None = None) -> Path:
+def write_report(analysis: Analysis, folder: Path, *, against: Sequence[Path] = ()) -> Path:
     """folder/experiments.json, experiments.md, curves.png, rq4.png and experiments.html.
 
-    ``against``: another study folder (with its experiments.json) whose answers are set
-    beside these, in a section of the report and under "against" in the JSON.
+    ``against``: other study folders (each with its experiments.json) whose answers are
+    set beside these, in a section of the report and under "against" in the JSON.
     """
     folder.mkdir(parents=True, exist_ok=True)
     document = _document(analysis)
-    other = read_study(against) if against is not None else None
-    if other is not None:
-        document["against"] = {"folder": str(against), "cells": verdict_cells(other)}
+    others = [(read_study(other), f"`{other}`") for other in against]
+    if others:
+        document["against"] = [
+            {"folder": str(path), "cells": verdict_cells(other)}
+            for path, (other, _) in zip(against, others, strict=True)
+        ]
     atomic_write_text(folder / "experiments.json", json.dumps(document, indent=1))
     scale = analysis.scale
     intro = (
@@ -270,8 +321,8 @@ def write_report(analysis: Analysis, folder: Path, *, against: Path | None = Non
         "\n".join(["## Answers", "", *_answers(analysis), *_grid_tables(analysis)]),
         "\n".join(["## Convergence", "", *_convergence_table(analysis)]),
     ]
-    if other is not None:
-        sections.append("\n".join(against_section(document, other, f"`{against}`")))
+    if others:
+        sections.append("\n".join(against_section(document, others)))
     atomic_write_text(folder / "experiments.md", "\n\n".join(sections) + "\n")
     plots = [plot_curves(analysis, folder / "curves.png")]
     if analysis.grid:
