@@ -36,5 +36,7 @@ def absolute_paths(paths: Sequence[str], source: Path) -> list[str]:
 
 def indexed_forms(paths: Sequence[str], indexed: Sequence[str]) -> list[str]:
     """Each path as the index stores it: as given if stored so, else made absolute."""
-    stored = set(indexed)
+    from multigrain.search.path_table import PathTable
+
+    stored = indexed if isinstance(indexed, PathTable) else set(indexed)  # hashed either way
     return [p if p in stored else os.path.abspath(p) for p in paths]

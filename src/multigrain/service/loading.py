@@ -105,7 +105,7 @@ def open_service(
         trunk = fast_trunk_for(
             prepared.model, used, device=torch_device, resolution=resolution,
             max_pixels=max_pixels, calibration_images=CALIBRATION_IMAGES,
-            calibration_paths=[Path(p) for p in index.paths],
+            calibration_paths=calibration_sample(index.paths),
         )  # fmt: skip
         if metadata is not None:  # int8: the quantisation that embedded the index, or none
             check_compatible(
@@ -145,6 +145,12 @@ def open_service(
         )
         on_failure.pop_all()  # the service holds the lock from here
     return service
+
+
+def calibration_sample(paths: Sequence[str]) -> list[Path]:
+    """The index images an int8 trunk may calibrate on, spread evenly over the index (as
+    ``fast_trunk_for`` would pick them from all): not a Path object per indexed image."""
+    return [Path(p) for p in paths[:: max(1, len(paths) // CALIBRATION_IMAGES)]]
 
 
 def warn_of_missing_relative_paths(paths: Sequence[str], index_folder: Path) -> None:
