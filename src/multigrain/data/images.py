@@ -6,6 +6,8 @@
    is decoded (decompression bombs: a 100 kB PNG can claim 10^10 pixels);
 2. for JPEGs, optionally lets libjpeg decode at 1/2, 1/4 or 1/8 scale (``draft`` mode)
    when the caller will shrink the image anyway -- several times faster at s = 224-500;
+   a progressive JPEG decoded at 1/8 is read from only the scans that scale needs
+   (:mod:`.progressive`: the same pixels);
 3. applies the EXIF orientation and converts every PIL mode to 8-bit RGB;
 4. turns every failure (missing, empty, truncated, foreign or corrupt file) into an
    :class:`ImageDecodeError` that names the file.
@@ -26,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from multigrain.data.progressive import NotProgressive, eighth_scale_scans
 from multigrain.runtime.errors import MultiGrainError
 
 logger = logging.getLogger(__name__)
@@ -200,21 +203,48 @@ def decode_image(
                     "is genuine",
                 )
             if longest_side is not None and opened.format in ("JPEG", "MPO"):
-                opened.draft("RGB", _draft_size(width, height, longest_side))
-            pil_limit = Image.MAX_IMAGE_PIXELS
-            if pil_limit is not None and width * height > pil_limit:
-                # Some plugins (GIF, TIFF) re-check PIL's limit while decoding.
-                with _pil_limit_off():
-                    opened.load()
-            else:
-                opened.load()
-            return _to_rgb(_upright(opened, path))
+                request = _draft_size(width, height, longest_side)
+                opened.draft("RGB", request)
+                fewer = _fewer_scans(path, opened, request)
+                if fewer is not None:
+                    with fewer:
+                        return _loaded_rgb(fewer, path)
+            return _loaded_rgb(opened, path)
     except ImageDecodeError:
         raise
     except _DECODE_ERRORS as error:
         raise ImageDecodeError(
             path, _short_reason(error), hint="re-encode or remove the file"
         ) from error
+
+
+def _loaded_rgb(opened: Image.Image, path: Path) -> Image.Image:
+    width, height = opened.size
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    if pil_limit is not None and width * height > pil_limit:
+        # Some plugins (GIF, TIFF) re-check PIL's limit while decoding.
+        with _pil_limit_off():
+            opened.load()
+    else:
+        opened.load()
+    return _to_rgb(_upright(opened, path))
+
+
+def _fewer_scans(path: Path, opened: Image.Image, request: tuple[int, int]) -> Image.Image | None:
+    """A progressive JPEG that draft mode decodes at 1/8, reopened from only the scans that
+    scale is made of (:mod:`.progressive`: the same pixels, ~2.7x faster); None otherwise."""
+    if opened.format != "JPEG" or not opened.info.get("progressive"):
+        return None
+    if getattr(opened, "decoderconfig", (1,))[:1] != (8,):
+        return None
+    try:
+        reduced = eighth_scale_scans(path.read_bytes())
+    except NotProgressive:
+        return None  # an unusual layout: decoded whole, as before
+    with _pil_limit_off():  # the size was checked against the limit already
+        fewer = Image.open(io.BytesIO(reduced))
+    fewer.draft("RGB", request)
+    return fewer
 
 
 class DecodedSize(NamedTuple):
