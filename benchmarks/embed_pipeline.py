@@ -77,6 +77,7 @@ from multigrain.data.inference_loading import (
     default_num_workers,
 )
 from multigrain.inference import embed as embed_module
+from multigrain.inference import embed_job
 from multigrain.inference.embed import DEFAULT_PRECISION, embed_collection
 from multigrain.inference.fast_trunk import fast_trunk_for
 from multigrain.inference.store import EmbeddingMetadata
@@ -212,7 +213,7 @@ def instrument(log: _StageLog) -> None:
     inference_loading.to_uint8_tensor = log.timed("to_tensor", inference_loading.to_uint8_tensor)  # type: ignore[assignment]
     embed_module.decoded_batches = log.timed_iterator("wait", embed_module.decoded_batches)  # type: ignore[assignment]
     embed_module.embed_batch = log.timed("forward", embed_module.embed_batch)  # type: ignore[assignment]
-    embed_module._ShardWriter.flush = log.timed("write", embed_module._ShardWriter.flush)  # type: ignore[method-assign]
+    embed_job.ShardWriter.flush = log.timed("write", embed_job.ShardWriter.flush)  # type: ignore[method-assign]
     embed_module.store.merge_shards = log.timed("write", embed_module.store.merge_shards)  # type: ignore[assignment]
 
 

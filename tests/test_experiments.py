@@ -253,7 +253,7 @@ def _study(steps: int, rq1_top1: tuple[float, float, float], flat: list[bool]) -
 
 
 def test_against_sets_each_answer_beside_the_other_studys() -> None:
-    from multigrain.experiments.research_report import against_section
+    from multigrain.experiments.study_comparison import against_section
 
     short = _study(256, (0.01, -0.01, 0.03), [True, False, False])
     long = _study(512, (0.05, 0.02, 0.08), [True, True, True])

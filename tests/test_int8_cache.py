@@ -253,3 +253,25 @@ def test_the_service_refuses_int8_queries_of_another_quantisation(tmp_path, monk
         checkpoint=None, index_folder=tmp_path / "index", data_dir=tmp_path / "data",
         token=None, max_upload_bytes=1 << 20, max_pixels=1 << 24, precision="fp32",
     ).close()  # fmt: skip
+
+
+def test_the_python_api_keeps_one_quantisation_per_model_and_refuses_another(tmp_path, monkeypatch):
+    import multigrain
+
+    monkeypatch.setenv("MULTIGRAIN_CACHE_DIR", "off")  # each model quantises for itself
+    first, second = _photos(tmp_path / "a", 4, seed=3), _photos(tmp_path / "b", 4, seed=4)
+    model = multigrain.load(precision="int8")
+    index = multigrain.Index.build(model, first[:2])
+    fingerprint = index.index.metadata.int8
+    assert fingerprint is not None and fingerprint == model.metadata().int8
+    index.add(first[2:])  # the same model: its trunk was kept, not quantised again
+    assert model.metadata().int8 == fingerprint and len(index) == 4
+    index.save(tmp_path / "index")
+    other = multigrain.load(precision="int8")  # quantises on the images it embeds first
+    loaded = multigrain.Index.load(tmp_path / "index", other)
+    with pytest.raises(MultiGrainError, match="another quantisation of the model"):
+        loaded.search(second[:2])
+    # float queries may search int8 descriptors
+    assert multigrain.Index.load(tmp_path / "index", multigrain.load(precision="fp32")).search(
+        first[:1], k=1
+    )[0][0].path == str(first[0])

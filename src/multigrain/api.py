@@ -29,14 +29,14 @@ from multigrain.duplicates.folder import DuplicateReport, ScoreKind, find_duplic
 from multigrain.duplicates.outputs import default_output, write_outputs
 from multigrain.inference.classify import Prediction, classify_images
 from multigrain.inference.embed import DEFAULT_PRECISION, embed_in_memory
-from multigrain.inference.fast_trunk import Trunk, fast_trunk_for
+from multigrain.inference.fast_trunk import Trunk, fast_trunk_for, with_trunk
 from multigrain.inference.pil_images import embed_pil_images
 from multigrain.inference.prepare import PreparedModel, prepare_model
 from multigrain.runtime.distributed import DistributedContext
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
 from multigrain.search.classifier_fold import descriptor_classifier
-from multigrain.search.descriptors import check_compatible
+from multigrain.search.descriptors import EmbeddingMetadata, check_compatible
 from multigrain.search.index import ImageIndex
 from multigrain.search.index_lock import lock_for_edit
 from multigrain.search.index_store import load_index, save_index
@@ -56,12 +56,23 @@ class Model:
         self._trunk: Trunk | None = None
 
     def _trunk_for(self, paths: Sequence[Path]) -> Trunk | None:
-        """The cached fast trunk; None for int8 (embed_in_memory calibrates it on `paths`)."""
-        if self.precision is InferencePrecision.INT8:
-            return None
+        """The fast trunk, built once and kept: an int8 one is calibrated on the first image
+        files this model embeds (or loaded from the int8 cache), so that every later call
+        gives descriptors of the same quantised model; None for int8 before any file."""
         if self._trunk is None:
-            self._trunk = fast_trunk_for(self.prepared.model, self.precision, device=self.device)
+            if self.precision is InferencePrecision.INT8 and not paths:
+                return None
+            self._trunk = fast_trunk_for(
+                self.prepared.model, self.precision, device=self.device,
+                calibration_paths=list(paths), resolution=self.resolution,
+            )  # fmt: skip
         return self._trunk
+
+    def metadata(self) -> EmbeddingMetadata:
+        """What this model's descriptors record (with the int8 trunk's fingerprint once it
+        has embedded an image file)."""
+        wanted = self.prepared.embedding_metadata(self.precision)
+        return wanted if self._trunk is None else with_trunk(wanted, self._trunk)
 
     @property
     def resolution(self) -> int:
@@ -201,15 +212,16 @@ class Index:
     def build(cls, model: Model, images: Sequence[PathLike]) -> Index:
         descriptors = model.embed(images)
         paths = [os.path.abspath(image) for image in images]  # found from any folder
-        metadata = model.prepared.embedding_metadata(model.precision)
-        return cls(model, ImageIndex.build(descriptors, paths, factory="auto", metadata=metadata))
+        return cls(
+            model, ImageIndex.build(descriptors, paths, factory="auto", metadata=model.metadata())
+        )
 
     @classmethod
     def load(cls, folder: PathLike, model: Model | None = None) -> Index:
         """An index folder (``multigrain index build`` or :meth:`save`), with its model."""
         index = load_index(folder)
         model = model or load()
-        wanted = model.prepared.embedding_metadata(model.precision)
+        wanted = model.metadata()
         if index.metadata is not None:
             check_compatible(index.metadata, wanted, what=f"index {folder}")
         return cls(model, index)
@@ -220,14 +232,24 @@ class Index:
             return save_index(self.index, folder)
 
     def add(self, images: Sequence[PathLike]) -> None:
-        self.index.add(self.model.embed(images), [os.path.abspath(image) for image in images])
+        descriptors = self.model.embed(images)
+        self._check_quantisation()
+        self.index.add(descriptors, [os.path.abspath(image) for image in images])
+
+    def _check_quantisation(self) -> None:
+        """An int8 model whose trunk was quantised otherwise than the index's descriptors
+        is refused (known once it has embedded a file: check_compatible compares it)."""
+        if self.index.metadata is not None:
+            check_compatible(self.index.metadata, self.model.metadata(), what="this index")
 
     def __len__(self) -> int:
         return len(self.index.paths)
 
     def search(self, images: Sequence[PathLike | Image.Image], k: int = 5) -> list[list[Match]]:
         """The k best stored images for each query image, best first."""
-        found = self.index.search(self.model.embed(images), k)
+        queries = self.model.embed(images)
+        self._check_quantisation()
+        found = self.index.search(queries, k)
         threshold = self.model.threshold
         return [
             [

@@ -15,7 +15,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from multigrain.data.images import ImageDecodeError, thumbnail_data_uri
+from multigrain.data.images import ImageDecodeError
+from multigrain.data.thumbnails import thumbnail_data_uri
 from multigrain.duplicates.folder import DuplicateReport
 from multigrain.duplicates.groups import DuplicateGroup
 from multigrain.runtime.atomic import atomic_write_text

@@ -20,7 +20,8 @@ from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 from PIL import Image
 
-from multigrain.data.images import ImageDecodeError, thumbnail_data_uri
+from multigrain.data.images import ImageDecodeError
+from multigrain.data.thumbnails import thumbnail_data_uri
 from multigrain.runtime.atomic import atomic_write_text
 
 

@@ -69,9 +69,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from multigrain.data.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT, FashionMNISTImages
-from multigrain.experiments.research_report import read_study, write_report
+from multigrain.experiments.research_report import write_report
 from multigrain.experiments.results import RESULT_NAME, RunResult, RunScores
 from multigrain.experiments.study_analysis import Analysis, analyse
+from multigrain.experiments.study_comparison import read_study
 from multigrain.experiments.study_runs import run_one
 from multigrain.experiments.study_sets import study_sets
 from multigrain.experiments.variants import FULL, LONG, QUICK, VARIANTS, Scale, Variant

@@ -16,23 +16,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 from multigrain.data.images import DEFAULT_MAX_PIXELS
 from multigrain.data.inference_loading import decoded_batches, default_batch_size
-from multigrain.data.listing import UNDECODABLE_NAME, is_utf8_name, printable_path
+from multigrain.data.listing import UNDECODABLE_NAME, is_utf8_name
 from multigrain.data.resize import normalise as normalise_images
 from multigrain.inference import path_lists, store
 from multigrain.inference.embed_defaults import DEFAULT_PRECISION as DEFAULT_PRECISION
 from multigrain.inference.embed_defaults import DEFAULT_SHARD_SIZE
+from multigrain.inference.embed_job import EmbedFailure as EmbedFailure
+from multigrain.inference.embed_job import EmbedReport as EmbedReport
+from multigrain.inference.embed_job import FailureLog, ShardWriter, progress_bar
 from multigrain.inference.fast_trunk import Trunk, embed_features, fast_trunk_for, with_trunk
 from multigrain.inference.store import EmbeddingMetadata
 from multigrain.models import MultiGrain
@@ -44,26 +43,6 @@ logger = logging.getLogger(__name__)
 
 #: (B, D) raw embeddings -> (B, d) L2-normalised descriptors, e.g. ``Whitening.apply``.
 WhiteningFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class EmbedFailure:
-    path: str
-    reason: str
-
-
-@dataclass
-class EmbedReport:
-    output_dir: Path
-    num_inputs: int  # images given to this process
-    num_embedded: int  # embedded by this run (not counting resumed work)
-    num_already_done: int
-    failures: list[EmbedFailure] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def images_per_second(self) -> float:
-        return self.num_embedded / self.seconds if self.seconds > 0 else 0.0
 
 
 def descriptors_from(embedding: torch.Tensor, whitening: WhiteningFn | None) -> torch.Tensor:
@@ -93,50 +72,6 @@ def embed_batch(
     return descriptors_from(embedding, whitening) if normalise_output else embedding
 
 
-class _ShardWriter:
-    """Buffers (path, descriptor) rows; writes a shard each time `shard_size` are held."""
-
-    def __init__(self, output_dir: Path, metadata: EmbeddingMetadata, rank: int, size: int):
-        self.output_dir, self.metadata, self.rank, self.size = output_dir, metadata, rank, size
-        self.index = store.next_shard_index(output_dir, rank)
-        self.paths: list[str] = []
-        self.rows: list[np.ndarray] = []
-
-    def add(self, paths: list[str], rows: np.ndarray) -> None:
-        self.paths.extend(paths)
-        self.rows.append(rows)
-        if len(self.paths) >= self.size:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.paths:
-            return
-        target = self.output_dir / store.SHARD_FOLDER / store.shard_name(self.rank, self.index)
-        store.write_shard(target, np.concatenate(self.rows), self.paths, self.metadata)
-        self.index += 1
-        self.paths, self.rows = [], []
-
-
-@dataclass
-class _FailureLog:
-    """on_failure of the decoder: records image i of `todo` in the report and the file."""
-
-    todo: list[str]
-    report: EmbedReport
-    file: IO[str]
-    bar: tqdm
-
-    def __call__(self, index: int, reason: str) -> None:
-        self.record(self.todo[index], reason)
-
-    def record(self, path: str, reason: str) -> None:
-        self.report.failures.append(EmbedFailure(path, reason))
-        self.file.write(path_lists.failure_line(path, reason))
-        self.file.flush()
-        logger.warning("skipped %s: %s", printable_path(path), reason)
-        self.bar.update(1)
-
-
 def _work_left(
     output_dir: Path, paths: Sequence[Path], metadata: EmbeddingMetadata,
     context: DistributedContext, resume: bool,
@@ -159,13 +94,6 @@ def _work_left(
     if report.num_already_done:
         logger.info("resuming: %d of %d images already done", report.num_already_done, len(share))
     return todo, report
-
-
-def _progress_bar(total: int, enabled: bool) -> tqdm:
-    return tqdm(
-        total=total, desc="embed", unit="img", dynamic_ncols=True, smoothing=0.1,
-        disable=not enabled,
-    )  # fmt: skip
 
 
 def embed_collection(
@@ -206,13 +134,13 @@ def embed_collection(
     undecodable = [path for path in todo if not is_utf8_name(path)]
     todo = [path for path in todo if is_utf8_name(path)]
     todo_paths = [Path(p) for p in todo]
-    writer = _ShardWriter(output_dir, metadata, context.rank, shard_size)
+    writer = ShardWriter(output_dir, metadata, context.rank, shard_size)
     failures_path = output_dir / store.failures_name(context.rank)
     with (
         path_lists.open_failure_list(failures_path) as failure_file,
-        _progress_bar(len(todo) + len(undecodable), progress and context.is_main) as bar,
+        progress_bar(len(todo) + len(undecodable), progress and context.is_main) as bar,
     ):
-        failures = _FailureLog(todo, report, failure_file, bar)
+        failures = FailureLog(todo, report, failure_file, bar)
         for path in undecodable:
             failures.record(path, UNDECODABLE_NAME)
         batches = decoded_batches(
@@ -227,11 +155,9 @@ def embed_collection(
                 model, precision, device=context.device, calibration_paths=todo_paths,
                 resolution=metadata.resolution, max_pixels=max_pixels,
             )  # fmt: skip
-        if trunk is not None and with_trunk(metadata, trunk) != metadata:
-            metadata = with_trunk(metadata, trunk)  # int8: known now, once quantised
-            if resume:
-                store.check_metadata(output_dir, metadata)  # the same quantisation as before
-            writer.metadata = metadata
+        if trunk is not None and (recorded := with_trunk(metadata, trunk)) != metadata:
+            metadata = writer.metadata = recorded  # int8: its fingerprint, known once quantised
+            store.check_metadata(output_dir, metadata)  # resumed: the same quantisation only
         for indices, images in batches:
             assert trunk is not None  # built above whenever there is work to do
             descriptors = embed_batch(model, trunk, images, whitening=whitening)
@@ -285,7 +211,7 @@ def embed_in_memory(
         )  # fmt: skip
     failures: list[EmbedFailure] = []
     rows: dict[int, torch.Tensor] = {}
-    with _progress_bar(len(paths), progress) as bar:
+    with progress_bar(len(paths), progress) as bar:
         for indices, images in decoded_batches(
             list(paths), resolution=resolution, batch_size=batch_size, num_workers=num_workers,
             max_pixels=max_pixels, adjust=adjust, device=device,

@@ -19,7 +19,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from multigrain.data.images import ImageDecodeError, thumbnail_data_uri
+from multigrain.data.images import ImageDecodeError
+from multigrain.data.thumbnails import thumbnail_data_uri
 from multigrain.runtime.atomic import atomic_write_text
 from multigrain.runtime.errors import MultiGrainError
 from multigrain.search import refine

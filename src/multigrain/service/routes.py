@@ -18,7 +18,8 @@ from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from multigrain.data.images import ImageDecodeError, thumbnail_jpeg
+from multigrain.data.images import ImageDecodeError
+from multigrain.data.thumbnails import thumbnail_jpeg
 from multigrain.service.errors import IndexedImageGone, NotInIndex, Unauthorized
 from multigrain.service.guards import token_matches
 from multigrain.service.queries import Deadline, embed_stored, embed_upload
