@@ -130,3 +130,19 @@ def test_the_benchmark_times_both_paths_and_checks_they_agree(tmp_path):
     assert (at_224["files"], at_224["files_at_eighth_scale"], at_224["identical"]) == (1, 1, 1)
     assert at_500["files_at_eighth_scale"] == 0  # 2400 / 500 < 8: decoded at 1/4, whole
     assert at_224["whole_ms_sum"] > 0 and at_224["decode_image_ms_sum"] > 0
+
+
+def test_the_exif_orientation_survives_the_fewer_scans(tmp_path):
+    from PIL import ImageOps
+
+    image = _photo(seed=4)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(_jpeg(image, exif=exif.tobytes()))
+    plain = Image.open(path)
+    plain.draft("RGB", (120, 1))
+    expected = ImageOps.exif_transpose(plain.convert("RGB"))
+    decoded = decode_image(path, longest_side=120)
+    assert decoded.size == expected.size == (120, 160)  # portrait once upright
+    np.testing.assert_array_equal(np.asarray(decoded), np.asarray(expected))
