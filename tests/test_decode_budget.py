@@ -115,12 +115,15 @@ def kinds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     files = {
         "rgb.png": image, "rgba.png": image.convert("RGBA"), "p.gif": image.convert("P"),
         "rgb.jpg": image, "cmyk.jpg": image.convert("CMYK"), "rgb.webp": image,
+        "progressive.jpg": image, "progressive-444.jpg": image,
         "i16.png": Image.fromarray(np.asarray(image)[..., 0].astype(np.uint16) * 257),
     }  # fmt: skip
     paths = {}
     for name, picture in files.items():
         paths[name] = folder / name
         options = {"compress_level": 1} if name.endswith(".png") else {}
+        if name.startswith("progressive"):  # libjpeg holds every coefficient of the file
+            options = {"progressive": True, "subsampling": 0 if "444" in name else -1}
         picture.save(paths[name], **options)
     return paths
 
@@ -143,7 +146,9 @@ def _measured_peak(path: Path, side: int) -> int:
 @pytest.mark.parametrize(
     ("name", "side"),
     [("rgb.png", 160), ("rgba.png", 160), ("p.gif", 160), ("i16.png", 500), ("rgb.webp", 160),
-     ("rgb.jpg", 160), ("rgb.jpg", SIDE), ("cmyk.jpg", SIDE), ("rgb.png", SIDE)],
+     ("rgb.jpg", 160), ("rgb.jpg", SIDE), ("cmyk.jpg", SIDE), ("rgb.png", SIDE),
+     ("progressive.jpg", 160), ("progressive-444.jpg", 160), ("progressive-444.jpg", 500),
+     ("progressive.jpg", SIDE)],
 )  # fmt: skip
 def test_decode_cost_covers_the_memory_real_decodes_take(
     kinds: dict[str, Path], name: str, side: int

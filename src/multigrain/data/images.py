@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from multigrain.data.progressive import NotProgressive, eighth_scale_scans
+from multigrain.data.progressive import NotProgressive, coefficient_bytes, eighth_scale_scans
 from multigrain.runtime.errors import MultiGrainError
 
 logger = logging.getLogger(__name__)
@@ -254,6 +254,9 @@ class DecodedSize(NamedTuple):
     mode: str
     format: str
     stored_pixels: int  # what the pixel limit applies to (a JPEG's before its draft scale)
+    #: A progressive JPEG's DCT coefficients, which libjpeg holds for the whole file at
+    #: any scale (2 bytes each, 64 a block of each component); 0 for any other file.
+    coefficient_bytes: int = 0
 
 
 def decoded_size(path: str | Path, *, longest_side: int | None = None) -> DecodedSize:
@@ -265,11 +268,14 @@ def decoded_size(path: str | Path, *, longest_side: int | None = None) -> Decode
             opened = Image.open(path)
         with opened:
             width, height = opened.size
+            coefficients = 0
+            if opened.format in ("JPEG", "MPO") and opened.info.get("progressive"):
+                coefficients = coefficient_bytes(getattr(opened, "layer", []), width, height)
             if longest_side is not None and opened.format in ("JPEG", "MPO"):
                 opened.draft("RGB", _draft_size(width, height, longest_side))
             return DecodedSize(
                 *opened.size, mode=opened.mode, format=opened.format or "",
-                stored_pixels=width * height,
+                stored_pixels=width * height, coefficient_bytes=coefficients,
             )  # fmt: skip
     except _DECODE_ERRORS as error:
         raise ImageDecodeError(path, _short_reason(error), hint="re-encode it") from error

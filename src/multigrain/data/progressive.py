@@ -96,6 +96,18 @@ def eighth_scale_scans(data: bytes) -> bytes:
     return b"".join(kept)
 
 
+def coefficient_bytes(layers: list[tuple[int, int, int, int]], width: int, height: int) -> int:
+    """The DCT coefficients libjpeg holds for a whole progressive image, at any output
+    scale: 64 of 2 bytes a block, for each component's blocks. `layers`: PIL's
+    ``(id, h, v, table)`` per component (``JpegImageFile.layer``)."""
+    max_h = max((h for _, h, _, _ in layers), default=1)
+    max_v = max((v for _, _, v, _ in layers), default=1)
+    blocks = sum(
+        -(-width * h // (8 * max_h)) * -(-height * v // (8 * max_v)) for _, h, v, _ in layers
+    )
+    return blocks * 64 * 2
+
+
 def _scaled_up_components(frame: bytes) -> set[int]:
     """From a frame header (after its length): the ids of the components libjpeg decodes
     at 1/8 scale with an inverse DCT larger than 1 x 1 (jdmaster.c: it doubles a

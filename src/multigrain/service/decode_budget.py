@@ -11,7 +11,9 @@ parallel instead:
 * :func:`decode_cost` weighs a decode before it starts, from the file's header alone: the
   pixels it will decode (a JPEG's after its draft scale) times the peak resident bytes a
   pixel of that kind costs (:data:`BYTES_PER_PIXEL`, measured; ``tests/test_decode_budget.py``
-  checks them against the resident memory of real decodes), plus a fixed allowance;
+  checks them against the resident memory of real decodes), plus a fixed allowance; a
+  progressive JPEG adds its DCT coefficients, which libjpeg holds for the whole file
+  whatever the draft scale (a 24 Mpx one: ~72 MB even when decoded at 1/8);
 * :class:`DecodeBudget` lets a decode start only while the costs in flight, its own
   included, stay within the budget; others wait in arrival order (a large image is not
   overtaken forever by small ones). A decode costing more than the whole budget runs
@@ -64,7 +66,9 @@ def decode_cost(path: Path, *, longest_side: int, max_pixels: int | None = None)
     per_pixel = BYTES_PER_PIXEL.get(size.mode, OTHER_MODES) + FORMAT_EXTRA.get(size.format, 0)
     out_width, out_height = resized_shape(size.width, size.height, longest_side)
     output = out_width * out_height * OUTPUT_BYTES_PER_PIXEL
-    return size.width * size.height * per_pixel + output + FIXED_COST
+    # a progressive JPEG: its coefficients, and the file read twice (data.progressive)
+    progressive = size.coefficient_bytes + 2 * path.stat().st_size if size.coefficient_bytes else 0
+    return size.width * size.height * per_pixel + output + progressive + FIXED_COST
 
 
 def default_budget(max_pixels: int) -> int:
