@@ -128,8 +128,8 @@ def check_compatible(found: EmbeddingMetadata, expected: EmbeddingMetadata, *, w
     differences = setting_differences(found, expected)
     if differences:
         fix = "rebuild it with this model, or load the model it was built with"
-        if only_int8_differs(found, expected):
-            fix = INT8_FIX
+        if all(difference.startswith("int8:") for difference in differences):
+            fix = INT8_FIX  # the settings compared agree: another quantisation only
         raise MultiGrainError(
             f"{what} was made with other settings than this model's ({'; '.join(differences)}):"
             f" {fix}"

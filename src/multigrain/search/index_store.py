@@ -252,13 +252,12 @@ def _read_images(connection: sqlite3.Connection) -> tuple[np.ndarray, PathTable,
     """The images table in id order, a block of rows at a time: never a million row tuples
     at once (~200 MB more at the peak of loading a million-image index)."""
     cursor = connection.execute("SELECT id, path, added_at FROM images ORDER BY id")
-    ids, times, paths = [], [], PathTable()
+    ids, times, paths = [np.zeros(0, np.int64)], [np.zeros(0, np.float64)], PathTable()
     while rows := cursor.fetchmany(READ_BLOCK):
         ids.append(np.array([row[0] for row in rows], dtype=np.int64))
         times.append(np.array([row[2] for row in rows], dtype=np.float64))
         paths.extend(str(row[1]) for row in rows)
-    empty = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.float64)]
-    return np.concatenate(ids or empty[0]), paths, np.concatenate(times or empty[1])
+    return np.concatenate(ids), paths, np.concatenate(times)
 
 
 def _fsync_folder(folder: Path) -> None:
