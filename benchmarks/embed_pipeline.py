@@ -42,6 +42,10 @@ all cores, and ``e2e_over_bound`` = default / bound; ``no_overlap`` = 1 / (1/for
 both need every core); ``split_bound`` = the best split's min(forward on k cores, decoding
 on n - k) and ``e2e_over_split_bound``; ``speedup_vs_baseline`` = default / baseline.
 
+``--precision`` runs every kind but the baseline at another precision than embed's default
+(e.g. ``int8``: each set and s quantised once, calibrated on the set as ``embed`` does, into
+the run's own int8 cache, before the timed run; ``int8_quantised_before_in_seconds``).
+
     .venv/bin/python benchmarks/embed_pipeline.py --trunk resnet50 --resolutions 224,500 \\
         --images 96 --output docs/benchmarks/embed_pipeline.json
 """
@@ -89,7 +93,7 @@ from multigrain.runtime.atomic import atomic_write_text
 from multigrain.runtime.distributed import DistributedContext, resolve_device
 from multigrain.runtime.machine import describe_machine, usable_cores
 from multigrain.runtime.openmp import choose_wait_policy
-from multigrain.runtime.precision import resolve_inference_precision
+from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
 
 CAMERA_ROOTS = (Path("/usr/share/backgrounds"), Path("/usr/share/wallpapers"))
 CAMERA_MIN_PIXELS = 3_000_000
@@ -218,6 +222,22 @@ def instrument(log: _StageLog) -> None:
 
 
 # --- one child -------------------------------------------------------------------------------
+def precision_of(device: torch.device) -> InferencePrecision:
+    """embed's default precision here, or --precision (MULTIGRAIN_BENCH_PRECISION)."""
+    return resolve_inference_precision(
+        os.environ.get("MULTIGRAIN_BENCH_PRECISION") or DEFAULT_PRECISION, device
+    )
+
+
+def trunk_of(model: MultiGrain, paths: list[Path], resolution: int, device: torch.device) -> Any:
+    """The trunk embed runs at precision_of(device); int8: from the benchmark's int8 cache,
+    which the first call fills (calibrated on the set's images, as embed does)."""
+    return fast_trunk_for(
+        model, precision_of(device), device=device, calibration_paths=paths,
+        resolution=resolution,
+    )  # fmt: skip
+
+
 def decode_workers(device: torch.device) -> int:
     """The decoding processes: embed's default, or --decode-workers (MULTIGRAIN_BENCH_WORKERS)."""
     chosen = os.environ.get("MULTIGRAIN_BENCH_WORKERS")
@@ -229,7 +249,7 @@ def run_default(
 ) -> dict[str, Any]:
     """embed_collection with its defaults; seconds include the trunk's set-up."""
     context = DistributedContext(rank=0, world_size=1, local_rank=0, device=device)
-    used = resolve_inference_precision(DEFAULT_PRECISION, device)
+    used = precision_of(device)
     metadata = EmbeddingMetadata(
         model="benchmark", resolution=resolution, exponent=float(model.pool.p),
         whitened=False, dim=model.embedding_dim, precision=used.value,
@@ -296,12 +316,10 @@ def run_split(
     """Forward alone on k threads and decoding alone on cores - k workers, per split k."""
     cores = usable_cores()
     batch = forward_batch(paths, resolution, default_batch_size(device))
-    trunk = fast_trunk_for(
-        model, resolve_inference_precision(DEFAULT_PRECISION, device), device=device
-    )
     rows = []
     for threads in split_threads(cores):
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # before the trunk: onnxruntime takes it at opening
+        trunk = trunk_of(model, paths, resolution, device)
         forward = forward_rate(model, "default", trunk, batch, device)
         decode = run_decode(paths, resolution, device, workers=cores - threads)
         rows.append({
@@ -336,9 +354,15 @@ def child(args: argparse.Namespace) -> None:
         elif kind == "split":
             result = run_split(model, paths, resolution, device)
         elif kind == "default":
+            if precision_of(device) is InferencePrecision.INT8:
+                start = time.perf_counter()  # quantise once (a user's first run at this s)
+                trunk_of(model, paths, resolution, device)
+                quantised_in = round(time.perf_counter() - start, 2)
             result = run_default(model, paths, output, resolution, device)
+            if precision_of(device) is InferencePrecision.INT8:
+                result["int8_quantised_before_in_seconds"] = quantised_in
             batch = forward_batch(paths, resolution, default_batch_size(device))
-            trunk = fast_trunk_for(model, result["precision"], device=device)
+            trunk = trunk_of(model, paths, resolution, device)
             result["forward"] = forward_rate(model, "default", trunk, batch, device)
         else:  # profile
             log = _StageLog(output)
@@ -378,6 +402,10 @@ def run_child(
     environment = child_environment(kind)
     if args.decode_workers is not None:
         environment["MULTIGRAIN_BENCH_WORKERS"] = str(args.decode_workers)
+    if args.precision is not None:
+        environment["MULTIGRAIN_BENCH_PRECISION"] = args.precision
+    if args.precision == "int8":  # the run's own cache: no earlier calibration decides
+        environment["MULTIGRAIN_CACHE_DIR"] = str(args.int8_cache)
     done = subprocess.run(command, capture_output=True, text=True, env=environment)
     if done.returncode != 0:
         raise SystemExit(f"{kind} on {folder} failed:\n{done.stderr[-3000:]}")
@@ -461,6 +489,10 @@ def main() -> None:
     parser.add_argument(
         "--decode-workers", type=int, help="decoding processes (default: embed's default)"
     )
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16", "int8"),
+        help="the precision of every run but the baseline (default: embed's default)",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=Path("runs/bench/embed_pipeline.json"))
     parser.add_argument("--table", type=Path, help="print the markdown table of a JSON report")
     parser.add_argument("--child-kind", choices=KINDS, help=argparse.SUPPRESS)
@@ -485,8 +517,12 @@ def main() -> None:
         "decode_workers": args.decode_workers or default_num_workers(device),
         "results": [],
     }
+    report["precision"] = (
+        args.precision or resolve_inference_precision(DEFAULT_PRECISION, device).value
+    )
     with tempfile.TemporaryDirectory(prefix="embed-pipeline-") as tmp:
         root = Path(tmp)
+        args.int8_cache = root / "int8-cache"
         if args.checkpoint is None:
             torch.manual_seed(0)
             model = MultiGrain(trunk=args.trunk, num_classes=1000)

@@ -146,7 +146,7 @@ def test_int8_runs_every_convolution_in_int8_even_with_equal_biases(tmp_path):
     folded = fold_batch_norm(untrained.features)  # every bias folds to zero: all equal
     optimized = tmp_path / "runs.onnx"
     trunk = int8_trunk(folded, [torch.randn(1, 3, 32, 48)], threads=1,
-                       optimized_model_path=optimized, float_tail=False)  # fmt: skip
+                       optimized_model_path=optimized)  # fmt: skip
     assert trunk(torch.randn(2, 3, 32, 48)).shape == (2, 512, 1, 2)
     kinds = [node.op_type for node in onnx.load(str(optimized)).graph.node]
     # exported with one shared zero bias, 16 of the 20 stayed fp32 Conv between a
@@ -154,8 +154,9 @@ def test_int8_runs_every_convolution_in_int8_even_with_equal_biases(tmp_path):
     int8_convolutions = [kind for kind in kinds if kind.endswith("QLinearConv")]  # or Nhwc...
     assert len(int8_convolutions) == 20, kinds
     assert not {"Conv", "FusedConv"} & set(kinds), kinds
-    # with the float tail (the default) only the last convolution runs in fp32
-    int8_trunk(folded, [torch.randn(1, 3, 32, 48)], threads=1, optimized_model_path=optimized)
+    # with the float tail only the last convolution runs in fp32
+    int8_trunk(folded, [torch.randn(1, 3, 32, 48)], threads=1, optimized_model_path=optimized,
+               float_tail=True)  # fmt: skip
     kinds = [node.op_type for node in onnx.load(str(optimized)).graph.node]
     assert len([kind for kind in kinds if kind.endswith("QLinearConv")]) == 19, kinds
     assert len([kind for kind in kinds if kind in {"Conv", "FusedConv"}]) == 1, kinds
@@ -178,6 +179,30 @@ def test_int8_float_tail_leaves_the_pooled_feature_map_off_the_uint8_grid():
         trunk = int8_trunk(folded, images, threads=1, float_tail=float_tail)
         levels[float_tail] = trunk(torch.cat(images)).unique().numel()
     assert levels[False] <= 256 < levels[True], levels
+
+
+def test_int8_mean_ranges_keep_ordinary_images_precise_beside_an_outlier():
+    """One calibration image 30 times brighter than the others (as one photo drove the
+    demo model's activations to 30 times a median image's): with extreme ranges every
+    other image is rounded on a grid 30 times too coarse; with the mean of the per-image
+    ranges the outlier saturates and the others keep their precision."""
+    pytest.importorskip("onnxruntime")
+    from multigrain.inference.int8 import int8_trunk
+
+    torch.manual_seed(0)
+    untrained = MultiGrain(trunk="resnet18", num_classes=3).eval()
+    folded = fold_batch_norm(untrained.features)
+    ordinary = [torch.randn(1, 3, 64, 64) for _ in range(7)]
+    calibration = [*ordinary, 30 * torch.randn(1, 3, 64, 64)]
+    with torch.no_grad():
+        exact = folded(torch.cat(ordinary))
+    errors = {}
+    for ranges in ("extreme", "image-mean"):
+        trunk = int8_trunk(folded, calibration, threads=1, ranges=ranges)
+        errors[ranges] = ((trunk(torch.cat(ordinary)) - exact).norm() / exact.norm()).item()
+    assert errors["image-mean"] < 0.5 * errors["extreme"], errors
+    with pytest.raises(ValueError, match="ranges"):
+        int8_trunk(folded, calibration, ranges="percentile")
 
 
 def test_merge_follows_the_listing_and_skips_missing(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,28 @@ def test_smoke_run_reports_every_set_stage_and_bound(tmp_path):
         assert row["baseline"]["allocator"] == "glibc malloc"
     # the one-shape set is the camera photo remade as a 4032 x 3024 phone photo
     assert rows["camera-same"]["photos"]["longest_side_min_median_max"] == [4032] * 3
+
+
+def test_int8_run_quantises_in_its_own_cache_before_timing(tmp_path):
+    pytest.importorskip("onnxruntime")
+    small = tmp_path / "small"
+    small.mkdir()
+    for index in range(16):  # enough calibration images for the cache
+        _gradient(64 + 8 * (index % 2), 48, index).save(small / f"{index}.jpg", quality=90)
+    output, user_cache = tmp_path / "out.json", tmp_path / "user-cache"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--trunk", "resnet18", "--resolutions", "48",
+         "--images", "16", "--sets", "small", "--small-photos", str(small),
+         "--precision", "int8", "--output", str(output)],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MULTIGRAIN_CACHE_DIR": str(user_cache)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["precision"] == "int8"
+    (row,) = report["results"]
+    assert row["default"]["precision"] == row["profile"]["precision"] == "int8"
+    assert row["default"]["int8_quantised_before_in_seconds"] > 0
+    assert row["default"]["forward"]["images_per_second"] > 0
+    assert row["baseline"]["images_per_second"] > 0  # the baseline stays fp32
+    assert not user_cache.exists()  # the run quantised into its own cache, not the user's

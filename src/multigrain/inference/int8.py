@@ -3,14 +3,22 @@
 The trunk (``model.features`` with its batch norms folded, dynamic batch/height/width;
 built by ``fast_trunk.fast_trunk_for``) is exported to ONNX, quantised
 with ``onnxruntime.quantization.quantize_static`` -- weights int8 per output channel,
-activations uint8 with ranges from the min/max seen on the calibration images (QDQ
-format), except the nodes from the last convolution to the output (:func:`output_tail`),
-left in fp32 -- and run by onnxruntime's CPU provider, which uses VNNI int8 dot products
-where the CPU has them. GeM pooling and the classifier stay in fp32 on the torch model.
+activations uint8 (QDQ format) -- and run by onnxruntime's CPU provider, which uses VNNI
+int8 dot products where the CPU has them. GeM pooling and the classifier stay in fp32 on
+the torch model.
+
+Each activation's range is the mean over the calibration images of that image's own
+min and max (``ranges="image-mean"``), not the min and max over all of them
+(``"extreme"``): in a trained network one image can drive a layer to 30 times the
+activations of the others (the demo model: 98.6 against a median image's 2.5), and
+extreme ranges then leave every other image a handful of uint8 levels (copy µAP of the
+demo model -36 points), while with mean ranges that one image saturates and the rest keep
+their resolution. Measured by benchmarks/quality_guard.py (README, "Quality guard").
+:func:`output_tail` can keep the last convolution to the output in fp32 (``float_tail``),
+an earlier remedy for the same outlier, no longer needed with mean ranges.
 
 Calibration should use images like the ones to embed, at the same resolution s: a few
-dozen are enough for min/max ranges. The loss in accuracy is measured by
-benchmarks/quality_guard.py; int8 is therefore opt-in (``--precision int8``).
+dozen are enough.
 """
 
 from __future__ import annotations
@@ -118,7 +126,8 @@ def output_tail(path: Path) -> list[str]:
 
     In a ResNet trunk these are the last block's final convolution, the residual add and
     the ReLU whose output is the feature map. Left in fp32, the map GeM pools is not
-    rounded to a uint8 grid whose range is set by the brightest calibration image: in a
+    rounded to a uint8 grid; with ``ranges="extreme"`` that grid's range is set by the
+    brightest calibration image: in a
     trained network one image can reach activations 30x those of the others (measured on
     the demo model: max 98.6 against a median image's 2.5), and every other image's map then
     keeps only a handful of levels.
@@ -144,7 +153,8 @@ def int8_trunk(
     *,
     threads: int | None = None,
     optimized_model_path: Path | None = None,
-    float_tail: bool = True,
+    float_tail: bool = False,
+    ranges: str = "image-mean",
 ) -> OnnxInt8Trunk:
     """Quantise a trunk (e.g. ``fold_batch_norm(model.features)``) to int8, calibrated on
     `calibration` images, and open it in onnxruntime (:func:`quantise` + :func:`open_int8`).
@@ -156,12 +166,14 @@ def int8_trunk(
         optimized_model_path: where onnxruntime saves the graph it runs, after its own
             fusions (to inspect which convolutions became QLinearConv); None: not saved.
         float_tail: keep :func:`output_tail` (last convolution to the output) in fp32.
+        ranges: "image-mean" (each activation's range: the mean of every calibration
+            image's own min and max) or "extreme" (the min and max over all images).
 
     Raises:
         MultiGrainError: onnx/onnxruntime missing, or no calibration images.
     """
     started = time.perf_counter()
-    model = quantise(trunk, calibration, float_tail=float_tail)
+    model = quantise(trunk, calibration, float_tail=float_tail, ranges=ranges)
     opened = open_int8(model, threads=threads, optimized_model_path=optimized_model_path)
     opened.setup_seconds = time.perf_counter() - started
     logger.info(
@@ -171,15 +183,25 @@ def int8_trunk(
     return opened
 
 
+RANGES = ("image-mean", "extreme")
+
+
 def quantise(
-    trunk: nn.Module, calibration: Sequence[torch.Tensor], *, float_tail: bool = True
+    trunk: nn.Module,
+    calibration: Sequence[torch.Tensor],
+    *,
+    float_tail: bool = False,
+    ranges: str = "image-mean",
 ) -> bytes:
-    """The int8 ONNX model of `trunk` calibrated on `calibration`, serialised."""
+    """The int8 ONNX model of `trunk` calibrated on `calibration`, serialised (arguments
+    as :func:`int8_trunk`)."""
     import_onnxruntime()
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     if not calibration:
         raise MultiGrainError("int8 quantisation needs at least one calibration image")
+    if ranges not in RANGES:
+        raise ValueError(f"ranges must be one of {RANGES}, not {ranges!r}")
     trunk = copy.deepcopy(trunk).float().cpu()
     with tempfile.TemporaryDirectory(prefix="multigrain-int8-") as tmp:
         plain, quantised = Path(tmp) / "trunk.onnx", Path(tmp) / "trunk.int8.onnx"
@@ -197,6 +219,9 @@ def quantise(
                 quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 nodes_to_exclude=output_tail(plain) if float_tail else [],
+                # one ReduceMin/ReduceMax per image and tensor, then their mean (the
+                # calibrater averages the per-image ranges it collected in one pass)
+                extra_options={"CalibMovingAverage": ranges == "image-mean"},
             )  # fmt: skip
         return quantised.read_bytes()
 

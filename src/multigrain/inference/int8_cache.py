@@ -40,7 +40,7 @@ from multigrain.runtime.errors import MultiGrainError
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "MULTIGRAIN_CACHE_DIR"
-RECIPE = "qdq u8 activations, s8 per-channel weights, min/max, fp32 output tail; v1"
+RECIPE = "qdq u8 activations, s8 per-channel weights, ranges: mean of per-image min/max; v2"
 MIN_CALIBRATION_IMAGES = 16
 
 
