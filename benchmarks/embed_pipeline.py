@@ -43,7 +43,7 @@ both need every core); ``split_bound`` = the best split's min(forward on k cores
 on n - k) and ``e2e_over_split_bound``; ``speedup_vs_baseline`` = default / baseline.
 
 ``--precision`` runs every kind but the baseline at another precision than embed's default
-(e.g. ``int8``: each set and s quantised once, calibrated on the set as ``embed`` does, by
+(e.g. ``int8``: each set and s quantised once, as ``embed``'s first run at that s does, by
 a child of its own (``int8_quantised_in_seconds``) into the run's own int8 cache, from
 which every measured child then loads it, as a user's runs after the first do).
 
@@ -231,13 +231,10 @@ def precision_of(device: torch.device) -> InferencePrecision:
     )
 
 
-def trunk_of(model: MultiGrain, paths: list[Path], resolution: int, device: torch.device) -> Any:
+def trunk_of(model: MultiGrain, resolution: int, device: torch.device) -> Any:
     """The trunk embed runs at precision_of(device); int8: from the benchmark's int8 cache,
-    which the first call fills (calibrated on the set's images, as embed does)."""
-    return fast_trunk_for(
-        model, precision_of(device), device=device, calibration_paths=paths,
-        resolution=resolution,
-    )  # fmt: skip
+    which the first call fills."""
+    return fast_trunk_for(model, precision_of(device), device=device, resolution=resolution)
 
 
 def decode_workers(device: torch.device) -> int:
@@ -321,7 +318,7 @@ def run_split(
     rows = []
     for threads in split_threads(cores):
         torch.set_num_threads(threads)  # before the trunk: onnxruntime takes it at opening
-        trunk = trunk_of(model, paths, resolution, device)
+        trunk = trunk_of(model, resolution, device)
         forward = forward_rate(model, "default", trunk, batch, device)
         decode = run_decode(paths, resolution, device, workers=cores - threads)
         rows.append({
@@ -357,12 +354,12 @@ def child(args: argparse.Namespace) -> None:
             result = run_split(model, paths, resolution, device)
         elif kind == QUANTISE:  # a user's first run at this s; every later one loads it
             start = time.perf_counter()
-            trunk_of(model, paths, resolution, device)
+            trunk_of(model, resolution, device)
             result = {"seconds": round(time.perf_counter() - start, 2)}
         elif kind == "default":
             result = run_default(model, paths, output, resolution, device)
             batch = forward_batch(paths, resolution, default_batch_size(device))
-            trunk = trunk_of(model, paths, resolution, device)
+            trunk = trunk_of(model, resolution, device)
             result["forward"] = forward_rate(model, "default", trunk, batch, device)
         else:  # profile
             log = _StageLog(output)

@@ -306,8 +306,7 @@ def run_mode(
     if name == "int8":  # this child's own cache: cold, or warmed before the clock starts
         os.environ["MULTIGRAIN_CACHE_DIR"] = tempfile.mkdtemp(prefix="int8-cache-")
         if settings.get("cached"):
-            fast_trunk_for(model, "int8", device=device, calibration_paths=paths,
-                           resolution=resolution)  # fmt: skip
+            fast_trunk_for(model, "int8", device=device, resolution=resolution)
     start = time.perf_counter()
     trunk = None
     if name == "baseline":
@@ -316,9 +315,7 @@ def run_mode(
     else:
         precision = "int8" if name == "int8" else FLOAT_MODES.get(name, DEFAULT_PRECISION.value)
         used = resolve_inference_precision(precision, device)
-        trunk = fast_trunk_for(
-            model, used, device=device, calibration_paths=paths, resolution=resolution
-        )
+        trunk = fast_trunk_for(model, used, device=device, resolution=resolution)
         if name == "compile":  # warmed up on one batch, timed apart
             assert isinstance(trunk, TorchTrunk)
             trunk = compiled(trunk)

@@ -171,7 +171,9 @@ def _photos(folder, count: int, seed: int) -> list:
 
 
 def test_int8_descriptors_record_their_quantisation_and_two_never_mix(tmp_path, monkeypatch):
-    # the cache off: every run quantises for itself, on the images it embeds
+    import multigrain.inference.fast_trunk as fast_trunk
+
+    # the cache off: every run quantises for itself (on the same dead-leaves pictures)
     monkeypatch.setenv("MULTIGRAIN_CACHE_DIR", "off")
     torch.manual_seed(0)
     model = MultiGrain(trunk="resnet18", num_classes=3).eval()
@@ -192,9 +194,11 @@ def test_int8_descriptors_record_their_quantisation_and_two_never_mix(tmp_path, 
     recorded = load_embeddings(tmp_path / "out").metadata
     assert recorded.int8 is not None and len(recorded.int8) == 12
     assert json.loads((tmp_path / "out" / "metadata.json").read_text())["int8"] == recorded.int8
-    # a resumed run with new images quantises on those: another int8 model, refused
+    # a resumed run quantised otherwise (here: other calibration pictures, as another
+    # version of the recipe would) is another int8 model: refused
     more = first + _photos(tmp_path / "photos", 4, seed=1)
     shards = list_shards(tmp_path / "out")
+    monkeypatch.setattr(fast_trunk, "CALIBRATION_SEED", 1)
     with pytest.raises(
         MultiGrainError, match=r"quantised model [0-9a-f]{12}, this run's is [0-9a-f]{12}: its int8"
     ):
@@ -204,6 +208,7 @@ def test_int8_descriptors_record_their_quantisation_and_two_never_mix(tmp_path, 
 
     # an index of the first output refuses another quantisation's descriptors, naming why
     embed(more[5:], tmp_path / "other")
+    monkeypatch.setattr(fast_trunk, "CALIBRATION_SEED", 0)
     stored = load_embeddings(tmp_path / "out")
     index = ImageIndex.build(stored.descriptors, stored.paths, metadata=stored.metadata)
     save_index(index, tmp_path / "index")
@@ -214,6 +219,12 @@ def test_int8_descriptors_record_their_quantisation_and_two_never_mix(tmp_path, 
     assert float_settings.matches(stored.metadata) is False  # precision differs: own output
     assert setting_differences(float_settings, stored.metadata) == []
     assert setting_differences(load_embeddings(tmp_path / "other").metadata, stored.metadata)
+
+    # quantised anew with the recipe's own pictures (another machine, the cache off), the
+    # model is the same: the resumed run goes on, under the first run's fingerprint
+    embed(more, tmp_path / "out", resume=True)
+    resumed = load_embeddings(tmp_path / "out")
+    assert resumed.paths == [str(p) for p in more] and resumed.metadata.int8 == recorded.int8
 
 
 def test_float_metadata_reads_and_writes_as_before_the_int8_fingerprint():
@@ -257,6 +268,7 @@ def test_the_service_refuses_int8_queries_of_another_quantisation(tmp_path, monk
 
 def test_the_python_api_keeps_one_quantisation_per_model_and_refuses_another(tmp_path, monkeypatch):
     import multigrain
+    import multigrain.inference.fast_trunk as fast_trunk
 
     monkeypatch.setenv("MULTIGRAIN_CACHE_DIR", "off")  # each model quantises for itself
     first, second = _photos(tmp_path / "a", 4, seed=3), _photos(tmp_path / "b", 4, seed=4)
@@ -267,7 +279,12 @@ def test_the_python_api_keeps_one_quantisation_per_model_and_refuses_another(tmp
     index.add(first[2:])  # the same model: its trunk was kept, not quantised again
     assert model.metadata().int8 == fingerprint and len(index) == 4
     index.save(tmp_path / "index")
-    other = multigrain.load(precision="int8")  # quantises on the images it embeds first
+    # another process quantises alike (the same calibration pictures): it may search
+    again = multigrain.Index.load(tmp_path / "index", multigrain.load(precision="int8"))
+    assert again.search(first[:1], k=1)[0][0].path == str(first[0])
+    # a quantisation calibrated otherwise (as another recipe version would be) may not
+    monkeypatch.setattr(fast_trunk, "CALIBRATION_SEED", 1)
+    other = multigrain.load(precision="int8")
     loaded = multigrain.Index.load(tmp_path / "index", other)
     with pytest.raises(MultiGrainError, match="another quantisation of the model"):
         loaded.search(second[:2])

@@ -98,17 +98,3 @@ def test_an_old_index_of_relative_paths_served_elsewhere_is_reported(
     with caplog.at_level(logging.WARNING):
         warn_of_missing_relative_paths(["photos/a.png"], tmp_path / "index")
     assert "start the server in that folder" in caplog.text
-
-
-def test_int8_calibration_sees_the_images_it_would_pick_from_the_whole_index():
-    from multigrain.search.path_table import PathTable
-    from multigrain.service.loading import CALIBRATION_IMAGES, calibration_sample
-
-    paths = [f"/photos/{i:05d}.jpg" for i in range(10_007)]
-    sample = calibration_sample(PathTable(paths))
-    # fast_trunk_for takes every len // n-th of what it is given, the first n of them
-    step = len(paths) // CALIBRATION_IMAGES
-    from_all = paths[::step][:CALIBRATION_IMAGES]
-    from_sample = [str(p) for p in sample][:: max(1, len(sample) // CALIBRATION_IMAGES)]
-    assert from_sample[:CALIBRATION_IMAGES] == from_all
-    assert len(sample) < 2 * CALIBRATION_IMAGES  # not a Path per indexed image

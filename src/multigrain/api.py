@@ -11,7 +11,7 @@ The descriptors are exactly those of ``multigrain embed`` with the same source a
 settings: the same loader (:func:`multigrain.inference.prepare.prepare_model`) and forward
 path (:func:`multigrain.inference.embed.embed_in_memory` through the trunk of
 :func:`multigrain.inference.fast_trunk.fast_trunk_for`, built once per model and reused by
-``embed`` and ``classify``; an int8 trunk is calibrated on each call's images instead).
+``embed`` and ``classify``; an int8 one is calibrated on dead-leaves pictures, as everywhere).
 """
 
 from __future__ import annotations
@@ -55,22 +55,19 @@ class Model:
         self.precision = resolve_inference_precision(precision, device)  # what runs
         self._trunk: Trunk | None = None
 
-    def _trunk_for(self, paths: Sequence[Path]) -> Trunk | None:
-        """The fast trunk, built once and kept: an int8 one is calibrated on the first image
-        files this model embeds (or loaded from the int8 cache), so that every later call
-        gives descriptors of the same quantised model; None for int8 before any file."""
+    def _trunk_for(self) -> Trunk:
+        """The fast trunk, built on first use and kept (an int8 one quantised or loaded
+        from the int8 cache once)."""
         if self._trunk is None:
-            if self.precision is InferencePrecision.INT8 and not paths:
-                return None
             self._trunk = fast_trunk_for(
                 self.prepared.model, self.precision, device=self.device,
-                calibration_paths=list(paths), resolution=self.resolution,
+                resolution=self.resolution,
             )  # fmt: skip
         return self._trunk
 
     def metadata(self) -> EmbeddingMetadata:
         """What this model's descriptors record (with the int8 trunk's fingerprint once it
-        has embedded an image file)."""
+        has embedded an image)."""
         wanted = self.prepared.embedding_metadata(self.precision)
         return wanted if self._trunk is None else with_trunk(wanted, self._trunk)
 
@@ -102,17 +99,14 @@ class Model:
             paths = [path for _, path in files]
             descriptors, _, failures = embed_in_memory(
                 self.prepared.model, paths, resolution=self.resolution, device=self.device,
-                precision=self.precision, trunk=self._trunk_for(paths), whitening=apply,
+                precision=self.precision, trunk=self._trunk_for(), whitening=apply,
             )  # fmt: skip
             if failures:
                 raise MultiGrainError(f"cannot embed {failures[0].path}: {failures[0].reason}")
             rows.update(zip((i for i, _ in files), descriptors.numpy(), strict=True))
         if pictures:
-            trunk = self._trunk_for([])
-            if trunk is None:
-                raise MultiGrainError("int8 needs image files to calibrate on: pass paths")
             descriptors = embed_pil_images(
-                self.prepared.model, trunk, [x for _, x in pictures],
+                self.prepared.model, self._trunk_for(), [x for _, x in pictures],
                 resolution=self.resolution, whitening=apply,
             )  # fmt: skip
             rows.update(zip((i for i, _ in pictures), descriptors.numpy(), strict=True))
@@ -140,7 +134,7 @@ class Model:
         return classify_images(
             self.prepared.model, paths, classes=self.prepared.classes,
             resolution=self.resolution, top_k=top_k, device=self.device,
-            precision=self.precision, trunk=self._trunk_for(paths),
+            precision=self.precision, trunk=self._trunk_for(),
         )  # fmt: skip
 
     def classify_descriptors(self, descriptors: np.ndarray, *, top_k: int = 5) -> list[list[str]]:

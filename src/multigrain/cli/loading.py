@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # imported in `prepare`, so that `multigrain COMMAND --help` 
 
 PRECISION_HELP = (
     "auto (bf16 where the CPU/GPU runs it natively, else fp32) | fp32 | bf16 | fp16 (CUDA) | "
-    "int8 (CPU, onnxruntime, calibrated on the first images; opt-in)"
+    "int8 (CPU, onnxruntime; opt-in)"
 )
 WORKERS_HELP = "decoding processes [default: one per core, at most 8; CUDA: cores - 1]"
 MODEL_HELP = "model bundle folder or weights file [default: the built-in model]"

@@ -141,10 +141,7 @@ def find_duplicates_in_folder(
     used = resolve_inference_precision(precision, context.device)
     metadata = prepared.embedding_metadata(used)
     model, whitening = prepared.model, prepared.whitening
-    trunk = fast_trunk_for(
-        model, used, device=context.device, calibration_paths=paths,
-        resolution=metadata.resolution,
-    )  # fmt: skip
+    trunk = fast_trunk_for(model, used, device=context.device, resolution=metadata.resolution)
     metadata = with_trunk(metadata, trunk)  # int8: a cache of another quantisation is stale
     apply = whitening.apply if whitening is not None else None
     if context.is_main:

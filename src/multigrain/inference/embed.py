@@ -152,9 +152,8 @@ def embed_collection(
         # that the first images are decoded while the trunk is folded and cast
         if trunk is None and todo:
             trunk = fast_trunk_for(
-                model, precision, device=context.device, calibration_paths=todo_paths,
-                resolution=metadata.resolution, max_pixels=max_pixels,
-            )  # fmt: skip
+                model, precision, device=context.device, resolution=metadata.resolution
+            )
         if trunk is not None and (recorded := with_trunk(metadata, trunk)) != metadata:
             metadata = writer.metadata = recorded  # int8: its fingerprint, known once quantised
             store.check_metadata(output_dir, metadata)  # resumed: the same quantisation only
@@ -205,10 +204,7 @@ def embed_in_memory(
     `precision` and `trunk` as in `embed_collection`; the model must be on `device`.
     """
     if trunk is None:
-        trunk = fast_trunk_for(
-            model, precision, device=device, calibration_paths=list(paths),
-            resolution=resolution, max_pixels=max_pixels, adjust=adjust,
-        )  # fmt: skip
+        trunk = fast_trunk_for(model, precision, device=device, resolution=resolution)
     failures: list[EmbedFailure] = []
     rows: dict[int, torch.Tensor] = {}
     with progress_bar(len(paths), progress) as bar:

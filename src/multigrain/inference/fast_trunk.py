@@ -22,17 +22,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Protocol
 
 import torch
-from PIL import Image
 from torch import nn
 
-from multigrain.data.images import DEFAULT_MAX_PIXELS
-from multigrain.data.inference_loading import DecodedImages
+from multigrain.data.dead_leaves import dead_leaves
 from multigrain.data.resize import normalise
 from multigrain.inference.int8 import OnnxInt8Trunk
 from multigrain.inference.int8_cache import cached_int8_trunk
@@ -131,40 +127,34 @@ def embed_features(model: MultiGrain, features: torch.Tensor) -> torch.Tensor:
     return model.pool(features.to(device)).float()
 
 
+#: Dead-leaves pictures an int8 trunk is calibrated on (multigrain.data.dead_leaves).
+CALIBRATION_PICTURES = 32
+CALIBRATION_SEED = 0
+
+
 def fast_trunk_for(
     model: MultiGrain,
     precision: InferencePrecision | str,
     *,
     device: torch.device,
-    calibration_paths: Sequence[Path] = (),
     resolution: int = 224,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    adjust: Callable[[int, Image.Image], Image.Image] | None = None,
-    calibration_images: int = 32,
 ) -> Trunk:
     """The fast trunk that runs ``model.features`` at `precision` (resolved on `device`).
 
     bf16/fp16/fp32: :func:`inference_trunk`. int8: the folded trunk quantised by
     onnxruntime, loaded from the int8 cache (multigrain.inference.int8_cache) when this
-    model was quantised at this s before, else calibrated on up to `calibration_images` of
-    `calibration_paths`, spread evenly over them and decoded at `resolution` exactly as
-    they will be embedded (and cached when there were enough of them).
+    model was quantised at this s before, else calibrated on :data:`CALIBRATION_PICTURES`
+    dead-leaves pictures of longest side s (multigrain.data.dead_leaves): the same on every
+    machine and for every collection, so every run quantises a model at one s alike.
     """
     used = resolve_inference_precision(precision, device)
     if used is not InferencePrecision.INT8:
         return inference_trunk(model, precision=used, device=device)
-    paths = list(calibration_paths)
 
     def calibration() -> tuple[list[torch.Tensor], str]:
-        step = max(1, len(paths) // calibration_images)
-        decoded = DecodedImages(paths, resolution, max_pixels, adjust)
-        images = []
-        for index in range(0, len(paths), step)[:calibration_images]:
-            image = decoded[index][1]
-            if image is not None:
-                images.append(normalise(image[None]))
-        first = f", first {paths[0]}" if paths else ""
-        return images, f"{len(images)} of {len(paths)} images{first}"
+        pictures = dead_leaves(resolution, CALIBRATION_PICTURES, seed=CALIBRATION_SEED)
+        source = f"{len(pictures)} dead-leaves pictures, s = {resolution}, seed {CALIBRATION_SEED}"
+        return [normalise(picture[None]) for picture in pictures], source
 
     return cached_int8_trunk(fold_batch_norm(model.features), calibration, resolution=resolution)
 

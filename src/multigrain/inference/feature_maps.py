@@ -77,8 +77,7 @@ def calibration_trunk(
 ) -> Trunk:
     """The fast trunk of ``model`` at a float ``precision`` (resolved on ``device``).
 
-    int8 is refused: its trunk is calibrated on image files, and p is chosen on the float
-    descriptors anyway (int8 only approximates them).
+    int8 is refused: p is chosen on the float descriptors (int8 only approximates them).
     """
     device = torch.device(device)
     used = resolve_inference_precision(precision, device)

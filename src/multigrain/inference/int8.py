@@ -17,8 +17,9 @@ their resolution. Measured by benchmarks/quality_guard.py (README, "Quality guar
 :func:`output_tail` can keep the last convolution to the output in fp32 (``float_tail``),
 an earlier remedy for the same outlier, no longer needed with mean ranges.
 
-Calibration should use images like the ones to embed, at the same resolution s: a few
-dozen are enough.
+Calibration images come at the resolution s they will be embedded at; a few dozen are
+enough. ``fast_trunk_for`` uses synthetic dead-leaves pictures (multigrain.data.dead_leaves),
+the same on every machine.
 """
 
 from __future__ import annotations

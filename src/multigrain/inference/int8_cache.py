@@ -1,14 +1,16 @@
 """int8 trunks quantised once per model and resolution, then loaded from a cache.
 
 Quantising a trunk (export, calibration, onnxruntime's quantizer) takes 5-11 s for a
-ResNet-50 on 2 cores, and two runs calibrated on different images give two int8 models
-whose descriptors differ: an ``embed --resume`` calibrated on the images left, an
-``index add`` of another folder or the service embedding queries against an index would
-mix them. So the first run with at least :data:`MIN_CALIBRATION_IMAGES` calibration images
-stores its quantised model as ``<cache>/int8/<key>.onnx``, with what made it in
-``<key>.json``, and every later run with the same key loads it instead (a fraction of a
-second). The key hashes the trunk's tensors, the resolution, the quantisation recipe and
-the onnxruntime version: a retrained model, another s or another onnxruntime gets its own.
+ResNet-50 on 2 cores. So the first run with at least :data:`MIN_CALIBRATION_IMAGES`
+calibration images stores its quantised model as ``<cache>/int8/<key>.onnx``, with what
+made it in ``<key>.json``, and every later run with the same key loads it instead (a
+fraction of a second). ``fast_trunk_for`` calibrates on the same synthetic pictures
+everywhere (multigrain.data.dead_leaves), so a model quantised anew (another machine, the
+cache off) is the same int8 model as long as torch, onnxruntime and numpy give the same
+export and arithmetic; where they do not, the fingerprint of the quantised model, recorded
+with every int8 output, tells two quantisations apart. The key hashes the trunk's tensors,
+the resolution, the quantisation recipe and the onnxruntime version: a retrained model,
+another s or another onnxruntime gets its own.
 A run with fewer calibration images quantises for itself and stores nothing.
 
 ``<cache>``: ``$MULTIGRAIN_CACHE_DIR``, else ``$XDG_CACHE_HOME/multigrain``, else
@@ -40,7 +42,11 @@ from multigrain.runtime.errors import MultiGrainError
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "MULTIGRAIN_CACHE_DIR"
-RECIPE = "qdq u8 activations, s8 per-channel weights, ranges: mean of per-image min/max; v2"
+#: How a model is quantised, calibration included: part of the key.
+RECIPE = (
+    "qdq u8 activations, s8 per-channel weights, ranges: mean of per-image min/max, "
+    "calibrated on 32 dead-leaves pictures (seed 0); v3"
+)
 MIN_CALIBRATION_IMAGES = 16
 
 

@@ -56,8 +56,7 @@ def resolve_inference_precision(
     """The precision inference will actually run on `device` (never AUTO).
 
     AUTO gives bf16 on a CPU with native bf16 (else fp32) and, on CUDA, bf16 where supported
-    (else fp16). int8 is opt-in only: its descriptors depend on the images that calibrated
-    it (what it costs in accuracy: benchmarks/quality_guard.py).
+    (else fp16). int8 is opt-in only (what it costs in accuracy: benchmarks/quality_guard.py).
     """
     try:
         precision = InferencePrecision(precision)

@@ -16,7 +16,7 @@ from multigrain.runtime.errors import MultiGrainError
 FORMAT_VERSION = 1
 
 #: Fields compared only when both sides record them: the whitening's fingerprint, and the
-#: int8 trunk's (two int8 calibrations of one model are two models: their descriptors of
+#: int8 trunk's (two int8 quantisations of one model are two models: their descriptors of
 #: one image differ by more than round-off, see multigrain.inference.int8_cache).
 FINGERPRINTS = ("whitening", "int8")
 
@@ -143,9 +143,10 @@ def only_int8_differs(first: EmbeddingMetadata, second: EmbeddingMetadata) -> bo
     return replace(first, int8=None) == replace(second, int8=None)
 
 
-#: What to do when two int8 calibrations of one model meet.
+#: What to do when two int8 quantisations of one model meet.
 INT8_FIX = (
-    "its int8 descriptors come from another quantisation of the model (another machine's "
-    "int8 cache, or the cache turned off): run where it was embedded, whose cache holds "
-    "that quantisation, or use --precision bf16/fp32 (float descriptors may search int8 ones)"
+    "its int8 descriptors come from another quantisation of the model (made by another "
+    "version of multigrain, torch or onnxruntime, or calibrated otherwise): run where it was "
+    "embedded, whose int8 cache holds that quantisation, or use --precision bf16/fp32 (float "
+    "descriptors may search int8 ones)"
 )

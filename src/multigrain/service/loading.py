@@ -33,8 +33,6 @@ logger = logging.getLogger(__name__)
 
 #: Precision of the queries' forward for an index whose metadata records none.
 FALLBACK_PRECISION = InferencePrecision.FP32
-#: Index images an int8 trunk is calibrated on (spread over the index).
-CALIBRATION_IMAGES = 32
 
 
 def open_service(
@@ -102,11 +100,7 @@ def open_service(
             check_compatible(
                 metadata, prepared.embedding_metadata(used), what=f"the index {index_folder}"
             )
-        trunk = fast_trunk_for(
-            prepared.model, used, device=torch_device, resolution=resolution,
-            max_pixels=max_pixels, calibration_images=CALIBRATION_IMAGES,
-            calibration_paths=calibration_sample(index.paths),
-        )  # fmt: skip
+        trunk = fast_trunk_for(prepared.model, used, device=torch_device, resolution=resolution)
         if metadata is not None:  # int8: the quantisation that embedded the index, or none
             check_compatible(
                 metadata, with_trunk(prepared.embedding_metadata(used), trunk),
@@ -145,12 +139,6 @@ def open_service(
         )
         on_failure.pop_all()  # the service holds the lock from here
     return service
-
-
-def calibration_sample(paths: Sequence[str]) -> list[Path]:
-    """The index images an int8 trunk may calibrate on, spread evenly over the index (as
-    ``fast_trunk_for`` would pick them from all): not a Path object per indexed image."""
-    return [Path(p) for p in paths[:: max(1, len(paths) // CALIBRATION_IMAGES)]]
 
 
 def warn_of_missing_relative_paths(paths: Sequence[str], index_folder: Path) -> None:

@@ -71,8 +71,7 @@ def evaluate_builtin(
     table, if calibrated) adds its plot to it. ``whitening`` (fitted on the model's
     L2-normalised descriptors at this s and p) adds the method ``trained+whitening`` and its
     control ``untrained+whitening`` (see :func:`control_whitening`).
-    Both networks run at ``precision`` (multigrain.runtime.precision; int8 calibrates on each
-    image set it embeds).
+    Both networks run at ``precision`` (multigrain.runtime.precision).
     """
     result, grid = score_builtin(
         model, root, model_name=model_name, resolution=resolution, device=device,
