@@ -42,10 +42,11 @@ all cores, and ``e2e_over_bound`` = default / bound; ``no_overlap`` = 1 / (1/for
 both need every core); ``split_bound`` = the best split's min(forward on k cores, decoding
 on n - k) and ``e2e_over_split_bound``; ``speedup_vs_baseline`` = default / baseline.
 
-``--precision`` runs every kind but the baseline at another precision than embed's default
-(e.g. ``int8``: each set and s quantised once, as ``embed``'s first run at that s does, by
-a child of its own (``int8_quantised_in_seconds``) into the run's own int8 cache, from
-which every measured child then loads it, as a user's runs after the first do).
+``--precision`` runs every kind but the baseline at another precision than embed's default.
+When the precision is int8 (``--precision int8``, or embed's default on a CPU with VNNI and
+no AMX), each set and s is quantised once, as ``embed``'s first run at that s does, by a
+child of its own (``int8_quantised_in_seconds``) into the run's own int8 cache, from which
+every measured child then loads it, as a user's runs after the first do.
 
     .venv/bin/python benchmarks/embed_pipeline.py --trunk resnet50 --resolutions 224,500 \\
         --images 96 --output docs/benchmarks/embed_pipeline.json
@@ -401,7 +402,7 @@ def run_child(
         environment["MULTIGRAIN_BENCH_WORKERS"] = str(args.decode_workers)
     if args.precision is not None:
         environment["MULTIGRAIN_BENCH_PRECISION"] = args.precision
-    if args.precision == "int8":  # the run's own cache: no earlier calibration decides
+    if args.resolved_precision == "int8":  # the run's own cache, filled by QUANTISE
         environment["MULTIGRAIN_CACHE_DIR"] = str(args.int8_cache)
     done = subprocess.run(command, capture_output=True, text=True, env=environment)
     if done.returncode != 0:
@@ -514,7 +515,7 @@ def main() -> None:
         "decode_workers": args.decode_workers or default_num_workers(device),
         "results": [],
     }
-    report["precision"] = (
+    args.resolved_precision = report["precision"] = (
         args.precision or resolve_inference_precision(DEFAULT_PRECISION, device).value
     )
     with tempfile.TemporaryDirectory(prefix="embed-pipeline-") as tmp:
@@ -555,7 +556,7 @@ def main() -> None:
                     "set": name, "resolution": resolution, "photos": describe_set(photos, paths)
                 }  # fmt: skip
                 measured = {}
-                if args.precision == "int8":
+                if args.resolved_precision == "int8":
                     output = root / f"out-{name}-{resolution}-{QUANTISE}"
                     row["int8_quantised_in_seconds"] = run_child(
                         QUANTISE, folder, output, resolution, args

@@ -156,7 +156,8 @@ def whiten(
     from multigrain.search.whitening import WhiteningInput, fit_whitening
 
     target = resolve_device(device)
-    used = resolve_inference_precision(precision, target)
+    # auto: a float precision, the same on every machine, for what is fitted and stored
+    used = resolve_inference_precision(precision, target, float_only=True)
     model = prepare_model(checkpoint, resolution, exponent, target)
     embeddings, paths, failures = embed_in_memory(
         model, list_images(inputs), resolution=resolution, device=target,

@@ -17,8 +17,8 @@ if TYPE_CHECKING:  # imported in `prepare`, so that `multigrain COMMAND --help` 
     from multigrain.models import MultiGrain
 
 PRECISION_HELP = (
-    "auto (bf16 where the CPU/GPU runs it natively, else fp32) | fp32 | bf16 | fp16 (CUDA) | "
-    "int8 (CPU, onnxruntime; opt-in)"
+    "auto (int8 on a CPU with VNNI and no AMX; else bf16 where the CPU/GPU runs it natively; "
+    "else fp32) | fp32 | bf16 | fp16 (CUDA) | int8 (CPU, onnxruntime)"
 )
 WORKERS_HELP = "decoding processes [default: one per core, at most 8; CUDA: cores - 1]"
 MODEL_HELP = "model bundle folder or weights file [default: the built-in model]"

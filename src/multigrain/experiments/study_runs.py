@@ -39,7 +39,7 @@ from multigrain.models import MultiGrain
 from multigrain.models.checkpoint import model_from_checkpoint
 from multigrain.runtime.atomic import atomic_write_text
 from multigrain.runtime.errors import MultiGrainError
-from multigrain.runtime.precision import InferencePrecision
+from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
 from multigrain.training.config import Precision, Schedule, TrainConfig
 from multigrain.training.loop import train
 from multigrain.training.run_folder import CHECKPOINT_NAME, SNAPSHOTS_NAME
@@ -119,7 +119,11 @@ def _score(
     model: MultiGrain, sets: StudySets, scale: Scale, *, reference: bool
 ) -> tuple[RunScores, float | None]:
     p = float(model.pool.p)
-    trunk = fast_trunk_for(model, InferencePrecision.AUTO, device=torch.device("cpu"))
+    cpu = torch.device("cpu")  # float: the same scores as every run before int8 existed
+    trunk = fast_trunk_for(
+        model, resolve_inference_precision(InferencePrecision.AUTO, cpu, float_only=True),
+        device=cpu,
+    )  # fmt: skip
     test = embed(model, sets.test, resolution=scale.input_size, exponents=[p], trunk=trunk)
     scores = RunScores(
         correct=correct(model, test.clean[0], test.labels),

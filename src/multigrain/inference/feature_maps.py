@@ -80,7 +80,7 @@ def calibration_trunk(
     int8 is refused: p is chosen on the float descriptors (int8 only approximates them).
     """
     device = torch.device(device)
-    used = resolve_inference_precision(precision, device)
+    used = resolve_inference_precision(precision, device, float_only=True)
     if used is InferencePrecision.INT8:
         raise MultiGrainError(
             "calibration runs the trunk in a float precision: use --precision auto, fp32 or "

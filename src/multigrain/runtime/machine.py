@@ -20,11 +20,9 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def describe_machine() -> dict[str, Any]:
-    """{cpu_model, cpu_flags (of INTERESTING_FLAGS), cores, torch, threads, device}."""
-    import torch
-
-    model, flags = platform.processor() or "unknown", set()
+def cpu_model_and_flags() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and its flags, from /proc/cpuinfo (elsewhere: no flags)."""
+    model, flags = platform.processor() or "unknown", frozenset[str]()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text(errors="replace").splitlines():
@@ -32,9 +30,17 @@ def describe_machine() -> dict[str, Any]:
             if key.strip() == "model name":
                 model = value.strip()
             elif key.strip() == "flags":
-                flags = set(value.split())
+                flags = frozenset(value.split())
             if flags and model != "unknown":
                 break
+    return model, flags
+
+
+def describe_machine() -> dict[str, Any]:
+    """{cpu_model, cpu_flags (of INTERESTING_FLAGS), cores, torch, threads, device}."""
+    import torch
+
+    model, flags = cpu_model_and_flags()
     return {
         "cpu_model": model,
         "cpu_flags": [flag for flag in INTERESTING_FLAGS if flag in flags],

@@ -29,6 +29,7 @@ from multigrain.inference.bundle import BundleSettings, ScoreThreshold
 from multigrain.inference.embed import embed_in_memory
 from multigrain.models import MultiGrain
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.precision import resolve_inference_precision
 from multigrain.search.whitening import Whitening, WhiteningInput, fit_whitening
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def fit_bundle_whitening(
     whitening the raw embedding, and the classifier folds through it exactly."""
     descriptors, _, failures = embed_in_memory(
         model, list(images), resolution=resolution, device=device, normalise=False,
-        precision="auto",
+        precision=resolve_inference_precision("auto", device, float_only=True),
     )  # fmt: skip
     if failures:
         raise MultiGrainError(f"could not read {failures[0].path}: {failures[0].reason}")
