@@ -73,3 +73,21 @@ def test_what_is_fitted_and_stored_stays_float_under_auto(monkeypatch):
     model = MultiGrain(trunk="resnet18", num_classes=3).eval()
     trunk = calibration_trunk(model, InferencePrecision.AUTO, "cpu")  # p* calibration
     assert trunk.precision in {InferencePrecision.BF16, InferencePrecision.FP32}
+
+
+def test_a_float_output_is_not_resumed_in_int8_and_the_fix_is_named(image_folder, tmp_path):
+    out = tmp_path / "out"
+    _run("embed", str(image_folder), "-o", str(out), "--device", "cpu",
+         MULTIGRAIN_PRECISION="float")  # fmt: skip
+    made = json.loads((out / "metadata.json").read_text())["precision"]
+    environment = {k: v for k, v in os.environ.items() if k != "MULTIGRAIN_PRECISION"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "multigrain", "embed", str(image_folder), "-o", str(out),
+         "--device", "cpu", "--resume", "--precision", "int8"],
+        capture_output=True, text=True, timeout=600, env=environment,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert f"holds {made} descriptors, this run makes int8 ones" in refused.stderr
+    assert f"pass --precision {made} to continue it" in refused.stderr
+    _run("embed", str(image_folder), "-o", str(out), "--device", "cpu", "--resume",
+         "--precision", made)  # fmt: skip

@@ -93,7 +93,7 @@ def embed(
                     use_bundle_whitening=bundle_whitening,
                 )  # fmt: skip
                 model, transform = prepared.model, prepared.whitening
-                metadata = prepared.embedding_metadata(used)  # what ran: auto -> bf16 or fp32
+                metadata = prepared.embedding_metadata(used)  # what ran: auto -> int8, bf16 or fp32
                 report = embed_collection(
                     model, paths, output_dir=output, metadata=metadata, context=context,
                     batch_size=batch_size, shard_size=shard_size,

@@ -30,6 +30,7 @@ from multigrain.experiments.demo_settings import DemoSettings, demo_train_config
 from multigrain.experiments.demo_summary import DemoSummary, StepSeconds, headline_figures
 from multigrain.inference.calibrate import CalibrationResult, grid_search
 from multigrain.inference.embed import embed_in_memory
+from multigrain.inference.fast_trunk import fast_trunk_for, with_trunk
 from multigrain.models import MultiGrain
 from multigrain.models.checkpoint import model_from_checkpoint, model_identity
 from multigrain.runtime.precision import resolve_inference_precision
@@ -191,11 +192,13 @@ def _index_and_search(
 ) -> float:
     """Index the held-out reference photos (FAISS, exact), search the copy queries: recall@1."""
     copies = read_disc21(data_root / "copydetection")
+    used = resolve_inference_precision(settings.precision, device)
+    trunk = fast_trunk_for(model, used, device=device, resolution=settings.test_resolution)
 
     def embed(paths: list[Path]) -> tuple[torch.Tensor, list[str]]:
         descriptors, kept, _ = embed_in_memory(
             model, paths, resolution=settings.test_resolution, device=device,
-            precision=settings.precision,
+            precision=used, trunk=trunk,
         )  # fmt: skip
         return descriptors, kept
 
@@ -206,8 +209,9 @@ def _index_and_search(
         exponent=float(model.pool.p),
         whitened=False,
         dim=int(references.shape[1]),
-        precision=resolve_inference_precision(settings.precision, device).value,
+        precision=used.value,
     )
+    metadata = with_trunk(metadata, trunk)  # int8: the quantised model's fingerprint
     index = ImageIndex.build(references.numpy(), kept, metadata=metadata)
     save_index(index, folder)
     queries, _ = embed(copies.queries)

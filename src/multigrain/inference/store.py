@@ -142,6 +142,15 @@ def check_metadata(output_dir: Path, metadata: EmbeddingMetadata) -> None:
                 f"{output_dir} holds int8 descriptors of the quantised model {found.int8}, "
                 f"this run's is {metadata.int8}: {INT8_FIX}; or embed into another output folder"
             )
+        if found.precision != metadata.precision and replace(
+            found, precision=metadata.precision, int8=metadata.int8
+        ).matches(metadata):
+            raise MultiGrainError(
+                f"{output_dir} holds {found.precision} descriptors, this run makes "
+                f"{metadata.precision} ones (--precision auto is chosen per machine: int8 on a "
+                f"CPU with VNNI and no AMX, `multigrain info` says which): pass --precision "
+                f"{found.precision} to continue it, or embed into another output folder"
+            )
         if not found.matches(metadata):
             raise MultiGrainError(
                 f"{output_dir} holds descriptors made with other settings ({found}); "
