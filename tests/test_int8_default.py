@@ -91,3 +91,42 @@ def test_a_float_output_is_not_resumed_in_int8_and_the_fix_is_named(image_folder
     assert f"pass --precision {made} to continue it" in refused.stderr
     _run("embed", str(image_folder), "-o", str(out), "--device", "cpu", "--resume",
          "--precision", made)  # fmt: skip
+
+
+class _Squares:
+    """Four labelled 32x32 pictures (a LabelledImages)."""
+
+    classes = ["dark", "light"]
+    labels = [0, 1, 0, 1]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int):
+        from PIL import Image
+
+        return Image.new("RGB", (32, 32), (40 + 50 * index, 90, 200 - 40 * index))
+
+
+def test_the_research_study_scores_in_float_where_auto_would_be_int8(monkeypatch):
+    """Every study's curves and scores were made in bf16/fp32; int8 by default must not
+    change how a resumed study scores its next snapshots."""
+    import multigrain.experiments.study_scores as study_scores
+    import multigrain.runtime.precision as precision_module
+    from multigrain.models import MultiGrain
+
+    monkeypatch.delenv("MULTIGRAIN_PRECISION")
+    monkeypatch.setattr(precision_module, "int8_is_fastest_here", lambda: True)
+    assert resolve_inference_precision("auto", torch.device("cpu")) is InferencePrecision.INT8
+    used = []
+    real = study_scores.fast_trunk_for
+
+    def recording(model, precision, **options):
+        used.append(resolve_inference_precision(precision, torch.device("cpu")))  # what runs
+        return real(model, precision, **options)
+
+    monkeypatch.setattr(study_scores, "fast_trunk_for", recording)
+    model = MultiGrain(trunk="resnet18", num_classes=2).eval()
+    found = study_scores.embed(model, _Squares(), resolution=32, exponents=[3.0])
+    assert found.clean[0].shape[0] == 4
+    assert used and InferencePrecision.INT8 not in used, used

@@ -24,7 +24,7 @@ from multigrain.data.datasets import LabelledImages
 from multigrain.inference.fast_trunk import Trunk, fast_trunk_for
 from multigrain.metrics import rank_of_match
 from multigrain.models import MultiGrain, gem
-from multigrain.runtime.precision import InferencePrecision
+from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
 from multigrain.search.classifier_fold import descriptor_classifier
 from multigrain.search.whitening import Whitening, WhiteningInput, fit_whitening
 
@@ -70,10 +70,13 @@ def embed(
 ) -> Embeddings:
     """Embed `images` clean (eval transform) and, if `augmented`, as augmented copies
     (the FULL training recipe, item i seeded with ``query_seed * 100_003 + i``), through
-    `trunk` or, without one, the model's fast trunk at `precision`."""
+    `trunk` or, without one, the model's fast trunk at `precision` (auto: a float one, as
+    every study's scores were made, never int8)."""
     model.eval()
     if trunk is None:
-        trunk = fast_trunk_for(model, precision, device=torch.device("cpu"))
+        cpu = torch.device("cpu")
+        used = resolve_inference_precision(precision, cpu, float_only=True)
+        trunk = fast_trunk_for(model, used, device=cpu)
     count = len(images)
     clean_set = AugmentedDataset(images, eval_transform(input_size=resolution))
     clean = _pooled(model, trunk, clean_set, [(i, 0) for i in range(count)], exponents, batch_size)
