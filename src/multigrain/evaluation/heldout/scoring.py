@@ -25,6 +25,7 @@ from multigrain.inference.embed import embed_in_memory
 from multigrain.metrics import micro_average_precision, recall_at_precision
 from multigrain.models import MultiGrain
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.runtime.precision import resolve_inference_precision
 from multigrain.search.whitening import Whitening
 
 PHASH_SIZE = 16  # 16 x 16 = 256 bits
@@ -171,11 +172,14 @@ def model_descriptors(
     adjust: Callable[[int, Image.Image], Image.Image] | None = None,
 ) -> np.ndarray:
     """(N, d) unit descriptors at longest side ``resolution``, whitened when given (the
-    whitening takes the raw GeM embedding, as ``multigrain embed`` hands it over)."""
+    whitening takes the raw GeM embedding, as ``multigrain embed`` hands it over). `auto`
+    is a float precision here, never int8: these scores choose and record a bundle's
+    settings and compare models, the same on every machine."""
     transform = whitening.apply if whitening is not None else None
+    used = resolve_inference_precision(precision, device, float_only=True)
     descriptors, kept, failures = embed_in_memory(
         model, list(paths), resolution=resolution, device=device,
-        precision=precision, adjust=adjust, whitening=transform,
+        precision=used, adjust=adjust, whitening=transform,
     )  # fmt: skip
     if failures:
         raise MultiGrainError(f"could not read {failures[0].path}: {failures[0].reason}")
