@@ -2,7 +2,7 @@
 
 The dead-leaves model (Matheron; Lee, Mumford and Huang 2001, "Occlusion models for natural
 images") paints opaque discs of random grey-ish colours on top of each other, radii drawn
-with density proportional to r^-3 between a hundredth and a half of the picture: the
+with density proportional to r^-3 between s/200 and s/2 (s the longest side): the
 result is scale invariant, with the edges, occlusions and flat regions of real photos and
 their 1/f power spectrum. A slight blur (a lens) and sensor noise finish it.
 

@@ -16,7 +16,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from multigrain.data.sources import DatasetKind
 from multigrain.experiments.results import (
@@ -30,16 +29,15 @@ from multigrain.experiments.study_scores import (
     correct,
     embed,
     reciprocal_rank,
+    study_trunk,
     whitened_scores,
 )
 from multigrain.experiments.study_sets import StudySets
 from multigrain.experiments.variants import Scale, Variant
-from multigrain.inference.fast_trunk import fast_trunk_for
 from multigrain.models import MultiGrain
 from multigrain.models.checkpoint import model_from_checkpoint
 from multigrain.runtime.atomic import atomic_write_text
 from multigrain.runtime.errors import MultiGrainError
-from multigrain.runtime.precision import InferencePrecision, resolve_inference_precision
 from multigrain.training.config import Precision, Schedule, TrainConfig
 from multigrain.training.loop import train
 from multigrain.training.run_folder import CHECKPOINT_NAME, SNAPSHOTS_NAME
@@ -119,11 +117,7 @@ def _score(
     model: MultiGrain, sets: StudySets, scale: Scale, *, reference: bool
 ) -> tuple[RunScores, float | None]:
     p = float(model.pool.p)
-    cpu = torch.device("cpu")  # float: the same scores as every run before int8 existed
-    trunk = fast_trunk_for(
-        model, resolve_inference_precision(InferencePrecision.AUTO, cpu, float_only=True),
-        device=cpu,
-    )  # fmt: skip
+    trunk = study_trunk(model)
     test = embed(model, sets.test, resolution=scale.input_size, exponents=[p], trunk=trunk)
     scores = RunScores(
         correct=correct(model, test.clean[0], test.labels),

@@ -56,6 +56,16 @@ def _pooled(
     return torch.cat(rows, dim=1)
 
 
+def study_trunk(
+    model: MultiGrain, precision: InferencePrecision | str = InferencePrecision.AUTO
+) -> Trunk:
+    """The model's fast trunk on the CPU at `precision`, auto resolved to a float one: every
+    study's scores and curves were made in bf16/fp32, never int8."""
+    cpu = torch.device("cpu")
+    used = resolve_inference_precision(precision, cpu, float_only=True)
+    return fast_trunk_for(model, used, device=cpu)
+
+
 def embed(
     model: MultiGrain,
     images: LabelledImages,
@@ -70,13 +80,10 @@ def embed(
 ) -> Embeddings:
     """Embed `images` clean (eval transform) and, if `augmented`, as augmented copies
     (the FULL training recipe, item i seeded with ``query_seed * 100_003 + i``), through
-    `trunk` or, without one, the model's fast trunk at `precision` (auto: a float one, as
-    every study's scores were made, never int8)."""
+    `trunk` or, without one, :func:`study_trunk` at `precision`."""
     model.eval()
     if trunk is None:
-        cpu = torch.device("cpu")
-        used = resolve_inference_precision(precision, cpu, float_only=True)
-        trunk = fast_trunk_for(model, used, device=cpu)
+        trunk = study_trunk(model, precision)
     count = len(images)
     clean_set = AugmentedDataset(images, eval_transform(input_size=resolution))
     clean = _pooled(model, trunk, clean_set, [(i, 0) for i in range(count)], exponents, batch_size)
