@@ -5,6 +5,9 @@ Each case is scored with score_duplicate_groups.py; the JSON records the machine
 
     .venv/bin/python benchmarks/photo_folder_cases.py --work /tmp/cases \\
         --output docs/benchmarks/photo_folder_cases.json [--score cosine] [--model BUNDLE]
+
+The images are embedded at what `--precision auto` gives on this machine (int8 on CPUs with
+VNNI and no AMX); ``MULTIGRAIN_PRECISION=float`` (or bf16, fp32, ...) chooses another.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the two sibling benchmarks
 
+import torch  # noqa: E402
 from photo_folder_case import PHOTO_PATHS, build_case  # noqa: E402
 from score_duplicate_groups import folder_summary, summary_line  # noqa: E402
 
 import multigrain  # noqa: E402
 from multigrain.runtime.atomic import atomic_write_text  # noqa: E402
 from multigrain.runtime.machine import describe_machine  # noqa: E402
+from multigrain.runtime.precision import resolve_inference_precision  # noqa: E402
 
 
 def cases() -> dict[str, tuple[list[str], int]]:
@@ -44,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", help="a bundle or checkpoint [default: the built-in model]")
     args = parser.parse_args(argv)
     results = {}
+    model_name = Path(args.model or "builtin").name
+    # what find-duplicates runs: --precision auto, which $MULTIGRAIN_PRECISION can set
+    used = resolve_inference_precision("auto", torch.device("cpu")).value
     for name, (packages, distinct) in cases().items():
         folder = args.work / name
         if not (folder / "truth.json").is_file():
@@ -53,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
             folder / "images",
             model=args.model,
             score=args.score,
-            output=args.work / f"{name}-{args.score}-{Path(args.model or 'builtin').name}",
+            output=args.work / f"{name}-{args.score}-{model_name}-{used}",
         )
         seconds = time.perf_counter() - started
         truth = json.loads((folder / "truth.json").read_text())
@@ -65,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         "command": "benchmarks/photo_folder_cases.py " + " ".join(argv or sys.argv[1:]),
         "score": args.score,
         "model": model.prepared.source,
+        "precision": used,
         "machine": describe_machine(),
         "cases": results,
     }
