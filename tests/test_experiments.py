@@ -209,9 +209,17 @@ def test_experiments_quick_answers_every_question_and_resumes(
     from multigrain.experiments.research import QUICK, run_experiments
     from multigrain.runtime.errors import MultiGrainError
 
-    with pytest.raises(MultiGrainError, match="finished with 4 training steps, this study runs 8"):
+    with pytest.raises(
+        MultiGrainError,
+        match="finished with 4 training steps on a cosine schedule, this study runs 8 on a cosine",
+    ):
         run_experiments(
             output_dir=folder, scale=replace(QUICK, steps=8),
+            fashion_mnist_root=fashion_mnist_root, finished_only=True,
+        )  # fmt: skip
+    with pytest.raises(MultiGrainError, match="this study runs 4 on a step one"):
+        run_experiments(
+            output_dir=folder, scale=replace(QUICK, schedule="step"),
             fashion_mnist_root=fashion_mnist_root, finished_only=True,
         )  # fmt: skip
 
@@ -295,3 +303,69 @@ def test_long_is_full_on_twice_the_steps_with_curves_on_every_test_image() -> No
     assert LONG.steps == 2 * FULL.steps and LONG.curve_images == 10 * LONG.test_per_class
     assert LONG.steps % LONG.curve_points == 0
     assert (LONG.seeds, LONG.lr, LONG.batch_size) == (FULL.seeds, FULL.lr, FULL.batch_size)
+
+
+@pytest.mark.parametrize("num_repeats", [3, 1])
+def test_step_schedule_drops_at_the_papers_quarters_for_every_variant(
+    tmp_path: Path, num_repeats: int
+) -> None:
+    """The paper's schedule (x 0.1 at its epochs 30, 60, 90 of 120) on the study's steps:
+    the milestones are given in epochs, which m changes, yet every variant drops at the same
+    steps, counted with the epoch the training loop's sampler makes."""
+    from dataclasses import replace
+
+    from multigrain.data.samplers import RepeatedAugmentationSampler
+    from multigrain.experiments.study_runs import train_config
+    from multigrain.experiments.study_sets import StudySets
+    from multigrain.experiments.variants import LONG, VARIANTS, Variant
+    from multigrain.training.optim import learning_rate_at
+
+    scale = replace(LONG, steps=512, schedule="step")
+    variant = Variant("v", VARIANTS[0].question, num_repeats=num_repeats)
+    sets = StudySets(tmp_path, None, None)  # type: ignore[arg-type]  # only the folder is read
+    config = train_config(variant, 0, scale, sets, tmp_path / "run")
+    sampler = RepeatedAugmentationSampler(
+        scale.train_per_class * 10, batch_size=scale.batch_size, num_repeats=num_repeats
+    )
+
+    def rate(step: int) -> float:
+        return learning_rate_at(
+            step, base_lr=config.lr, steps_per_epoch=len(sampler), total_steps=scale.steps,
+            schedule=config.schedule, lr_steps=config.lr_steps, gamma=config.lr_gamma,
+            warmup_epochs=config.warmup_epochs,
+        )  # fmt: skip
+
+    assert rate(scale.warmup_steps) == pytest.approx(scale.lr)
+    for quarter in range(4):
+        start = quarter * 128 + (scale.warmup_steps if quarter == 0 else 0)
+        for step in (start, quarter * 128 + 127):
+            assert rate(step) == pytest.approx(scale.lr * 0.1**quarter), (quarter, step)
+    # cosine, the earlier studies' schedule, is unchanged: no milestones are set
+    cosine = train_config(variant, 0, replace(scale, schedule="cosine"), sets, tmp_path / "c")
+    assert (cosine.schedule.value, cosine.lr_steps) == ("cosine", [30, 60, 90])
+
+
+def test_against_names_a_step_schedule_study_apart_from_a_cosine_one_of_its_length() -> None:
+    from multigrain.experiments.study_comparison import against_section
+
+    cosine = _study(512, (0.05, 0.02, 0.08), [True, True, True])
+    step = _study(512, (0.01, -0.01, 0.03), [True, True, True])
+    step["scale"]["schedule"] = "step"
+    lines = against_section(step, [(cosine, "cosine")])
+    text = "\n".join(lines)
+    assert "cosine (512 steps), this study (512 steps, step lr)" in text
+    assert "| 512 steps [95 % CI] | verdict | 512 steps, step lr [95 % CI] | verdict |" in text
+    (rq1,) = [line for line in lines if line.startswith("| RQ1")]
+    assert rq1.split(" | ")[1:3] == ["+0.050 [+0.020, +0.080]", "agrees"]
+
+
+def test_experiments_schedule_is_checked_before_any_training() -> None:
+    from typer.testing import CliRunner
+
+    import multigrain.cli.demo  # noqa: F401  (registers experiments)
+    from multigrain.cli.app import app
+
+    outcome = CliRunner().invoke(app, ["experiments", "--schedule", "step"])
+    assert "--schedule step is a variant of the --long study" in str(outcome.exception)
+    outcome = CliRunner().invoke(app, ["experiments", "--long", "--schedule", "linear"])
+    assert "--schedule 'linear' is not one of: cosine, step" in str(outcome.exception)

@@ -108,6 +108,13 @@ def experiments(
             "runs still moving at 512; give it its own -o",
         ),
     ] = None,
+    schedule: Annotated[
+        str,
+        typer.Option(
+            help="cosine (to 0) | step (the paper's: lr x 0.1 after 1/4, 1/2 and 3/4 of the "
+            "steps); step with --long only, and its own -o"
+        ),
+    ] = "cosine",
     fashion_mnist_root: Annotated[
         str, typer.Option(help="folder of Fashion-MNIST's four .gz files")
     ] = "/usr/share/datasets/fashion-mnist",
@@ -133,6 +140,10 @@ def experiments(
         raise MultiGrainError("--quick and --long choose two sizes of the study: give one")
     if steps is not None and not long:
         raise MultiGrainError("--steps sets the length of the --long schedule: add --long")
+    if schedule not in ("cosine", "step"):
+        raise MultiGrainError(f"--schedule {schedule!r} is not one of: cosine, step")
+    if schedule != "cosine" and not long:
+        raise MultiGrainError("--schedule step is a variant of the --long study: add --long")
     from dataclasses import replace
 
     from multigrain.experiments.research import FULL, LONG, QUICK, run_experiments
@@ -141,7 +152,11 @@ def experiments(
     try:
         run_experiments(
             output_dir=Path(output_dir),
-            scale=QUICK if quick else replace(LONG, steps=steps or LONG.steps) if long else FULL,
+            scale=QUICK
+            if quick
+            else replace(LONG, steps=steps or LONG.steps, schedule=schedule)
+            if long
+            else FULL,
             fashion_mnist_root=Path(fashion_mnist_root),
             finished_only=finished_only,
             against=[Path(folder) for folder in against or []],

@@ -166,7 +166,7 @@ def train(
         momentum=momentum,
         weight_decay=weight_decay,
         schedule=parse_enum(Schedule, schedule, "--schedule"),
-        lr_steps=list(lr_steps),
+        lr_steps=[float(epoch) for epoch in lr_steps],
         lr_gamma=lr_gamma,
         warmup_epochs=warmup_epochs,
         grad_accum_steps=grad_accum,

@@ -58,8 +58,13 @@ and continues a half-done one from its checkpoint. Runs go seed by seed (all var
 with seed 0 first), so a partial study already compares every variant. ``--quick``
 runs the whole pipeline at toy size (QUICK): it checks the code, not the claims. ``--long``
 (LONG) is FULL with 512 steps and the curves on all 2,000 test images, for the runs of FULL
-that were still moving in their last quarter (``--long --steps N``: N steps instead); a
-finished run of another step count in the output folder is refused.
+that were still moving in their last quarter (``--long --steps N``: N steps instead).
+``--long --schedule step`` trains on the paper's schedule instead of the cosine: the
+learning rate x 0.1 after 1/4, 1/2 and 3/4 of the steps (its epochs 30, 60 and 90 of 120),
+the same warm-up first; its last quarter runs at 1/1000 of the peak rate, so a flat last
+quarter there says that the schedule has ended, while the studies at 256, 512 and 1,024
+cosine steps say how far the figures still move when training is longer. A finished run
+of another step count or schedule in the output folder is refused.
 """
 
 from __future__ import annotations

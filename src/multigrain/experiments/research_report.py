@@ -23,6 +23,7 @@ from multigrain.experiments.study_comparison import (
     against_section,
     interval_text,
     read_study,
+    schedule_text,
     verdict_cells,
 )
 from multigrain.experiments.variants import VARIANTS
@@ -198,7 +199,8 @@ def write_report(analysis: Analysis, folder: Path, *, against: Sequence[Path] = 
     scale = analysis.scale
     intro = (
         f"Seeds {list(scale.seeds)}; {scale.train_per_class * 10} training images seen for "
-        f"{scale.steps} steps x {scale.batch_size}; {scale.test_per_class * 10} test images; "
+        f"{scale.steps} steps x {scale.batch_size} ({schedule_text(scale.schedule)}); "
+        f"{scale.test_per_class * 10} test images; "
         "95 % intervals: two-level bootstrap over seeds and test images (paired)."
     )
     sections = [

@@ -80,6 +80,7 @@ class RunResult:
     curve: list[CurvePoint] = field(default_factory=list)
     same_prediction_whitened: float | None = None  # reference variant only
     score_seconds: float | None = None  # the curve, test, grid and whitening scoring
+    schedule: str = "cosine"  # Scale.schedule (results written before it were cosine)
 
     def save(self, folder: Path) -> Path:
         return atomic_write_text(folder / RESULT_NAME, json.dumps(asdict(self), indent=1))

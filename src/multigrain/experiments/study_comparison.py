@@ -1,5 +1,6 @@
-"""A study's answers beside other studies' (the same design on other schedule lengths):
-each answer's interval and verdict at every length, and each run's final figures."""
+"""A study's answers beside other studies' (the same design on other schedule lengths or
+another schedule): each answer's interval and verdict in every study, and each run's final
+figures."""
 
 from __future__ import annotations
 
@@ -36,6 +37,25 @@ def verdict_cells(document: dict[str, Any]) -> dict[str, tuple[dict[str, float],
     return cells
 
 
+def schedule_text(schedule: str) -> str:
+    """Scale.schedule in words."""
+    if schedule == "cosine":
+        return "learning rate: cosine to 0"
+    return "learning rate: the paper's steps, x 0.1 after 1/4, 1/2 and 3/4 of the steps"
+
+
+def study_label(document: dict[str, Any]) -> str:
+    """A study's name in the tables: its length, and its schedule unless cosine (the
+    reports of the first studies do not record theirs: cosine)."""
+    scale = document["scale"]
+    schedule = scale.get("schedule", "cosine")
+    return f"{scale['steps']} steps" + ("" if schedule == "cosine" else f", {schedule} lr")
+
+
+def _order(document: dict[str, Any]) -> tuple[int, bool]:
+    return document["scale"]["steps"], document["scale"].get("schedule", "cosine") != "cosine"
+
+
 def _flat_count(document: dict[str, Any]) -> str:
     rows = document.get("convergence")
     if rows is None:
@@ -48,12 +68,15 @@ def against_section(
     document: dict[str, Any], others: Sequence[tuple[dict[str, Any], str]]
 ) -> list[str]:
     """This study's answers beside other studies' (e.g. the same design on fewer steps),
-    shortest schedule first, and each run's final figures at every length."""
-    studies = sorted([*others, (document, "this study")], key=lambda s: s[0]["scale"]["steps"])
+    shortest schedule first (cosine before step at one length), and each run's final
+    figures in every study."""
+    studies = sorted([*others, (document, "this study")], key=lambda s: _order(s[0]))
     cells = [verdict_cells(d) for d, _ in studies]
-    steps = [d["scale"]["steps"] for d, _ in studies]
-    flat = "; ".join(f"{d['scale']['steps']} steps: {_flat_count(d)}" for d, _ in studies)
-    names = ", ".join(f"{name} ({d['scale']['steps']} steps)" for d, name in studies)
+    labels = [study_label(d) for d, _ in studies]
+    flat = "; ".join(
+        f"{label}: {_flat_count(d)}" for label, (d, _) in zip(labels, studies, strict=True)
+    )
+    names = ", ".join(f"{name} ({label})" for label, (_, name) in zip(labels, studies, strict=True))
     lines = [
         f"## Against {', '.join(name for _, name in others)}",
         "",
@@ -61,7 +84,7 @@ def against_section(
         f"(≤ {document['scale']['convergence_tolerance']} over the last quarter): {flat}.",
         "",
         "| answer | "
-        + " | ".join(f"{n} steps [95 % CI] | verdict" for n in steps)
+        + " | ".join(f"{label} [95 % CI] | verdict" for label in labels)
         + " | verdict changed |",
         "|---|" + "---|---|" * len(studies) + "---|",
     ]
@@ -77,11 +100,11 @@ def against_section(
                 row += ["—", "—"]
         changed = "—" if len(verdicts) < len(cells) else "yes" if len(set(verdicts)) > 1 else "no"
         lines.append(f"| {name} | " + " | ".join(row) + f" | {changed} |")
-    return lines + ["", *_final_figures(studies, steps)]
+    return lines + ["", *_final_figures(studies, labels)]
 
 
-def _final_figures(studies: list[tuple[dict[str, Any], str]], steps: list[int]) -> list[str]:
-    """Each run's end-of-training figures and flatness at every schedule length."""
+def _final_figures(studies: list[tuple[dict[str, Any], str]], labels: list[str]) -> list[str]:
+    """Each run's end-of-training figures and flatness in every study."""
     found: list[dict[tuple[str, int], tuple[float, float, str]]] = []
     for document, _ in studies:
         flat = {
@@ -97,7 +120,7 @@ def _final_figures(studies: list[tuple[dict[str, Any], str]], steps: list[int]) 
                 for r in document.get("runs", [])
             }
         )  # fmt: skip
-    lengths = " / ".join(str(n) for n in steps)
+    lengths = " / ".join(label.removesuffix(" steps") for label in labels)
     lines = [
         f"Each run's held-out figures at the end of training, at {lengths} steps, and whether "
         "its last quarter was flat on both:",

@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def train_config(
         # the small-input stem did not learn in the earlier study)
         lr=scale.lr,
         warmup_epochs=scale.warmup_steps / steps_per_epoch,
-        schedule=Schedule.COSINE,
+        **_schedule(scale, steps_per_epoch),
         weight_decay=5e-4,
         precision=Precision.AUTO,
         seed=seed,
@@ -81,6 +82,21 @@ def train_config(
         log_every=5,
         progress=False,
     )
+
+
+#: Where the paper's schedule multiplies the learning rate by 0.1: its epochs 30, 60 and 90
+#: of 120, as shares of the steps.
+PAPER_MILESTONES = (0.25, 0.5, 0.75)
+
+
+def _schedule(scale: Scale, steps_per_epoch: int) -> dict[str, Any]:
+    """The schedule's TrainConfig settings; milestones in epochs, which are m times longer
+    with m = 1 than with m = 3, so that every variant drops at the same step."""
+    schedule = Schedule(scale.schedule)
+    if schedule is Schedule.COSINE:
+        return {"schedule": schedule}
+    milestones = [share * scale.steps / steps_per_epoch for share in PAPER_MILESTONES]
+    return {"schedule": schedule, "lr_steps": milestones, "lr_gamma": 0.1}
 
 
 def _load(path: Path) -> MultiGrain:
@@ -151,10 +167,12 @@ def run_one(
     """Train and measure `variant` with `seed` in `folder`, or read its finished result."""
     if (folder / RESULT_NAME).exists():
         finished = RunResult.load(folder)
-        if finished.steps != scale.steps:
+        if (finished.steps, finished.schedule) != (scale.steps, scale.schedule):
             raise MultiGrainError(
-                f"{folder}: finished with {finished.steps} training steps, this study runs "
-                f"{scale.steps}; report it with its own settings or use a new --output-dir"
+                f"{folder}: finished with {finished.steps} training steps on a "
+                f"{finished.schedule} schedule, this study runs {scale.steps} on a "
+                f"{scale.schedule} one; report it with its own settings or use a new "
+                "--output-dir"
             )
         return finished, RunScores.load(folder / SCORES_NAME)
     config = train_config(variant, seed, scale, sets, folder)
@@ -175,6 +193,7 @@ def run_one(
         variant=variant.slug,
         seed=seed,
         steps=trained.steps,
+        schedule=scale.schedule,
         train_seconds=float(timing.read_text()),
         top1=float(scores.correct.mean()),
         copy_map=float(scores.reciprocal_rank.mean()),

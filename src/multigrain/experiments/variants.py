@@ -66,6 +66,9 @@ class Scale:
     exponents: tuple[float, ...]  # RQ4 test exponents, including the training p = 3
     bootstrap_samples: int
     convergence_tolerance: float  # max - min over the last quarter's checkpoints
+    # "cosine": a half cosine to 0 after the warm-up; "step": the paper's, the learning rate
+    # x 0.1 after 1/4, 1/2 and 3/4 of the steps (its epochs 30, 60 and 90 of 120)
+    schedule: str = "cosine"
 
 
 FULL = Scale(

@@ -56,7 +56,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: Schedule = Schedule.STEP
-    lr_steps: list[int] = field(default_factory=lambda: [30, 60, 90])
+    lr_steps: list[float] = field(default_factory=lambda: [30, 60, 90])  # epochs
     lr_gamma: float = 0.1
     warmup_epochs: float = 0.0
     grad_accum_steps: int = 1

@@ -47,7 +47,7 @@ def learning_rate_at(
     steps_per_epoch: int,
     total_steps: int,
     schedule: Schedule,
-    lr_steps: Sequence[int] = (),
+    lr_steps: Sequence[float] = (),
     gamma: float = 0.1,
     warmup_epochs: float = 0.0,
 ) -> float:
