@@ -368,4 +368,4 @@ def test_experiments_schedule_is_checked_before_any_training() -> None:
     outcome = CliRunner().invoke(app, ["experiments", "--schedule", "step"])
     assert "--schedule step is a variant of the --long study" in str(outcome.exception)
     outcome = CliRunner().invoke(app, ["experiments", "--long", "--schedule", "linear"])
-    assert "--schedule 'linear' is not one of: cosine, step" in str(outcome.exception)
+    assert "--schedule 'linear' is not one of: step, cosine" in str(outcome.exception)

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from multigrain.cli.app import app, echo
+from multigrain.cli.app import app, echo, parse_enum
 from multigrain.cli.outputs import folder_option
 from multigrain.runtime.errors import MultiGrainError
 
@@ -140,9 +140,10 @@ def experiments(
         raise MultiGrainError("--quick and --long choose two sizes of the study: give one")
     if steps is not None and not long:
         raise MultiGrainError("--steps sets the length of the --long schedule: add --long")
-    if schedule not in ("cosine", "step"):
-        raise MultiGrainError(f"--schedule {schedule!r} is not one of: cosine, step")
-    if schedule != "cosine" and not long:
+    from multigrain.training.config import Schedule
+
+    chosen = parse_enum(Schedule, schedule, "--schedule")
+    if chosen is not Schedule.COSINE and not long:
         raise MultiGrainError("--schedule step is a variant of the --long study: add --long")
     from dataclasses import replace
 
@@ -154,7 +155,7 @@ def experiments(
             output_dir=Path(output_dir),
             scale=QUICK
             if quick
-            else replace(LONG, steps=steps or LONG.steps, schedule=schedule)
+            else replace(LONG, steps=steps or LONG.steps, schedule=chosen.value)
             if long
             else FULL,
             fashion_mnist_root=Path(fashion_mnist_root),

@@ -44,16 +44,20 @@ def schedule_text(schedule: str) -> str:
     return "learning rate: the paper's steps, x 0.1 after 1/4, 1/2 and 3/4 of the steps"
 
 
+def _schedule(document: dict[str, Any]) -> str:
+    """A report's schedule (the reports of the first studies do not record theirs: cosine)."""
+    return str(document["scale"].get("schedule", "cosine"))
+
+
 def study_label(document: dict[str, Any]) -> str:
-    """A study's name in the tables: its length, and its schedule unless cosine (the
-    reports of the first studies do not record theirs: cosine)."""
-    scale = document["scale"]
-    schedule = scale.get("schedule", "cosine")
-    return f"{scale['steps']} steps" + ("" if schedule == "cosine" else f", {schedule} lr")
+    """A study's name in the tables: its length, and its schedule unless cosine."""
+    schedule = _schedule(document)
+    steps = f"{document['scale']['steps']} steps"
+    return steps if schedule == "cosine" else f"{steps}, {schedule} lr"
 
 
 def _order(document: dict[str, Any]) -> tuple[int, bool]:
-    return document["scale"]["steps"], document["scale"].get("schedule", "cosine") != "cosine"
+    return document["scale"]["steps"], _schedule(document) != "cosine"
 
 
 def _flat_count(document: dict[str, Any]) -> str:
