@@ -11,6 +11,7 @@ from typing import Any
 
 from multigrain.experiments.statistics import Interval
 from multigrain.runtime.errors import MultiGrainError
+from multigrain.training.config import Schedule
 
 
 def interval_text(i: Interval) -> str:
@@ -39,25 +40,25 @@ def verdict_cells(document: dict[str, Any]) -> dict[str, tuple[dict[str, float],
 
 def schedule_text(schedule: str) -> str:
     """Scale.schedule in words."""
-    if schedule == "cosine":
+    if schedule == Schedule.COSINE.value:
         return "learning rate: cosine to 0"
     return "learning rate: the paper's steps, x 0.1 after 1/4, 1/2 and 3/4 of the steps"
 
 
 def _schedule(document: dict[str, Any]) -> str:
     """A report's schedule (the reports of the first studies do not record theirs: cosine)."""
-    return str(document["scale"].get("schedule", "cosine"))
+    return str(document["scale"].get("schedule", Schedule.COSINE.value))
 
 
 def study_label(document: dict[str, Any]) -> str:
     """A study's name in the tables: its length, and its schedule unless cosine."""
     schedule = _schedule(document)
     steps = f"{document['scale']['steps']} steps"
-    return steps if schedule == "cosine" else f"{steps}, {schedule} lr"
+    return steps if schedule == Schedule.COSINE.value else f"{steps}, {schedule} lr"
 
 
 def _order(document: dict[str, Any]) -> tuple[int, bool]:
-    return document["scale"]["steps"], _schedule(document) != "cosine"
+    return document["scale"]["steps"], _schedule(document) != Schedule.COSINE.value
 
 
 def _flat_count(document: dict[str, Any]) -> str:
