@@ -357,6 +357,11 @@ def test_against_names_a_step_schedule_study_apart_from_a_cosine_one_of_its_leng
     assert "| 512 steps [95 % CI] | verdict | 512 steps, step lr [95 % CI] | verdict |" in text
     (rq1,) = [line for line in lines if line.startswith("| RQ1")]
     assert rq1.split(" | ")[1:3] == ["+0.050 [+0.020, +0.080]", "agrees"]
+    # the per-run table names each study whole ("steps" is not said twice)
+    assert "at the end of training, at 512 steps / 512 steps, step lr, and whether" in text
+    assert "| run | top-1 at 512 steps / 512 steps, step lr |" in text
+    cosine_only = "\n".join(against_section(cosine, [(step | {"scale": {"steps": 256}}, "s")]))
+    assert "at the end of training, at 256 / 512 steps, and whether" in cosine_only
 
 
 def test_experiments_schedule_is_checked_before_any_training() -> None:

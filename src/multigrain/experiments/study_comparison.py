@@ -125,9 +125,13 @@ def _final_figures(studies: list[tuple[dict[str, Any], str]], labels: list[str])
                 for r in document.get("runs", [])
             }
         )  # fmt: skip
-    lengths = " / ".join(label.removesuffix(" steps") for label in labels)
+    if all(label.endswith(" steps") for label in labels):  # lengths only: say "steps" once
+        lengths = " / ".join(label.removesuffix(" steps") for label in labels)
+        named = f"{lengths} steps"
+    else:
+        lengths = named = " / ".join(labels)
     lines = [
-        f"Each run's held-out figures at the end of training, at {lengths} steps, and whether "
+        f"Each run's held-out figures at the end of training, at {named}, and whether "
         "its last quarter was flat on both:",
         "",
         f"| run | top-1 at {lengths} | copy mAP at {lengths} | flat at {lengths} |",
