@@ -224,6 +224,18 @@ def test_experiments_quick_answers_every_question_and_resumes(
         )  # fmt: skip
 
 
+def test_finished_only_without_finished_runs_names_the_folder(tmp_path: Path) -> None:
+    """An empty or mistyped folder is an error naming it, not a report of empty tables."""
+    from multigrain.experiments.research import run_experiments
+    from multigrain.runtime.errors import MultiGrainError
+
+    empty = tmp_path / "no-runs"
+    (empty / "runs" / "joint" / "seed0").mkdir(parents=True)  # started, not finished
+    with pytest.raises(MultiGrainError, match="no finished run under .*no-runs.runs"):
+        run_experiments(output_dir=empty, fashion_mnist_root=tmp_path, finished_only=True)
+    assert not (empty / "experiments.md").exists()
+
+
 def _study(steps: int, rq1_top1: tuple[float, float, float], flat: list[bool]) -> dict:
     difference, low, high = rq1_top1
     verdict = "agrees" if low > 0 else "not separated at this scale"

@@ -106,6 +106,12 @@ def run_experiments(
         raise MultiGrainError(
             f"{scale.steps} steps do not split into {scale.curve_points} curve points"
         )
+    if finished_only and not any((output_dir / "runs").glob(f"*/seed*/{RESULT_NAME}")):
+        raise MultiGrainError(
+            f"--finished-only: no finished run under {output_dir / 'runs'} (a run is finished "
+            f"when its {RESULT_NAME} is written); check the folder, or train the runs with the "
+            "same command without --finished-only"
+        )
     sets = study_sets(
         FashionMNISTImages(fashion_mnist_root, split="train"),
         FashionMNISTImages(fashion_mnist_root, split="test"),
