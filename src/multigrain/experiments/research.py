@@ -106,7 +106,12 @@ def run_experiments(
         raise MultiGrainError(
             f"{scale.steps} steps do not split into {scale.curve_points} curve points"
         )
-    if finished_only and not any((output_dir / "runs").glob(f"*/seed*/{RESULT_NAME}")):
+    folders = {
+        (variant, seed): output_dir / "runs" / variant.slug / f"seed{seed}"
+        for seed in scale.seeds
+        for variant in VARIANTS
+    }
+    if finished_only and not any((f / RESULT_NAME).exists() for f in folders.values()):
         raise MultiGrainError(
             f"--finished-only: no finished run under {output_dir / 'runs'} (a run is finished "
             f"when its {RESULT_NAME} is written); check the folder, or train the runs with the "
@@ -122,21 +127,19 @@ def run_experiments(
     )
     runs: list[RunResult] = []
     scores: dict[Variant, list[RunScores]] = {}
-    for seed in scale.seeds:
-        for variant in VARIANTS:
-            folder = output_dir / "runs" / variant.slug / f"seed{seed}"
-            if finished_only and not (folder / RESULT_NAME).exists():
-                continue
-            print(f"{variant.name}, seed {seed}", flush=True)
-            reference = variant is VARIANTS[0]
-            result, run_scores = run_one(variant, seed, scale, sets, folder, reference=reference)
-            print(
-                f"  top-1 {result.top1:.3f}, copy mAP {result.copy_map:.3f}, "
-                f"trained in {result.train_seconds:.0f} s",
-                flush=True,
-            )
-            runs.append(result)
-            scores.setdefault(variant, []).append(run_scores)
+    for (variant, seed), folder in folders.items():
+        if finished_only and not (folder / RESULT_NAME).exists():
+            continue
+        print(f"{variant.name}, seed {seed}", flush=True)
+        reference = variant is VARIANTS[0]
+        result, run_scores = run_one(variant, seed, scale, sets, folder, reference=reference)
+        print(
+            f"  top-1 {result.top1:.3f}, copy mAP {result.copy_map:.3f}, "
+            f"trained in {result.train_seconds:.0f} s",
+            flush=True,
+        )
+        runs.append(result)
+        scores.setdefault(variant, []).append(run_scores)
     analysis = analyse(scale, runs, scores)
     write_report(analysis, output_dir, against=against)
     return analysis

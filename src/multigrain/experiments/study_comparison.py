@@ -125,8 +125,8 @@ def _final_figures(studies: list[tuple[dict[str, Any], str]], labels: list[str])
                 for r in document.get("runs", [])
             }
         )  # fmt: skip
-    if all(label.endswith(" steps") for label in labels):  # lengths only: say "steps" once
-        lengths = " / ".join(label.removesuffix(" steps") for label in labels)
+    if all(_schedule(d) == Schedule.COSINE.value for d, _ in studies):  # say "steps" once
+        lengths = " / ".join(str(d["scale"]["steps"]) for d, _ in studies)
         named = f"{lengths} steps"
     else:
         lengths = named = " / ".join(labels)
