@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,20 @@ def test_convergence_reads_the_last_quarter_only() -> None:
     assert not convergence([50, 100], [0.8, 0.8], total_steps=100, tolerance=0.02).flat
 
 
+def test_seconds_of_an_interrupted_stage_are_kept_and_added_to(tmp_path: Path) -> None:
+    from multigrain.experiments.study_runs import seconds_added_to
+
+    path = tmp_path / "run" / "score_seconds.txt"
+    with pytest.raises(KeyboardInterrupt), seconds_added_to(path):
+        time.sleep(0.2)
+        raise KeyboardInterrupt
+    first = float(path.read_text())
+    assert first >= 0.2
+    with seconds_added_to(path):
+        time.sleep(0.2)
+    assert float(path.read_text()) >= first + 0.2
+
+
 def test_balanced_indices_are_balanced_seeded_and_disjoint() -> None:
     labels = [i % 3 for i in range(60)]
     first = balanced_indices(labels, 4, seed=0)
@@ -202,6 +217,9 @@ def test_experiments_quick_answers_every_question_and_resumes(
     assert (after["top1"], after["copy_map"], after["curve"]) == (
         before["top1"], before["copy_map"], before["curve"]
     )  # fmt: skip
+    # the resumed run's costs add to what the first session spent, not replace it
+    assert after["train_seconds"] >= before["train_seconds"]
+    assert after["score_seconds"] > before["score_seconds"]
 
     # finished runs of another schedule are refused, not mixed into this study's report
     from dataclasses import replace

@@ -79,7 +79,9 @@ class RunResult:
     copy_map: float
     curve: list[CurvePoint] = field(default_factory=list)
     same_prediction_whitened: float | None = None  # reference variant only
-    score_seconds: float | None = None  # the curve, test, grid and whitening scoring
+    # the curve, test, grid and whitening scoring, summed over the sessions it took (runs
+    # finished before 2026-12-07 counted only the last session's: a resumed scoring shows less)
+    score_seconds: float | None = None
     schedule: str = "cosine"  # Scale.schedule (results written before it were cosine)
 
     def save(self, folder: Path) -> Path:

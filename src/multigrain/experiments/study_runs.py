@@ -9,9 +9,11 @@ test images (the reference variant also on the RQ4 grid and with whitening); las
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,21 @@ logger = logging.getLogger(__name__)
 
 CURVE_NAME = "curve.json"
 TIMING_NAME = "train_seconds.txt"
+SCORE_TIMING_NAME = "score_seconds.txt"
+
+
+@contextlib.contextmanager
+def seconds_added_to(path: Path) -> Iterator[None]:
+    """Add the seconds spent within to the total kept in `path`, also when the work is
+    interrupted, so that a stage resumed over several sessions reports its whole cost (a
+    kill that Python cannot catch loses the seconds since the last write)."""
+    spent = float(path.read_text()) if path.exists() else 0.0
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, f"{spent + time.perf_counter() - start:.1f}")
 
 
 def train_config(
@@ -176,30 +193,24 @@ def run_one(
             )
         return finished, RunScores.load(folder / SCORES_NAME)
     config = train_config(variant, seed, scale, sets, folder)
-    timing = folder / TIMING_NAME
-    spent = float(timing.read_text()) if timing.exists() else 0.0
-    start = time.perf_counter()
-    try:
+    with seconds_added_to(folder / TIMING_NAME):
         trained = train(config, resume=True)
-    finally:  # training time survives a kill between checkpoints only approximately
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(timing, f"{spent + time.perf_counter() - start:.1f}")
-    scoring_start = time.perf_counter()
-    curve = _curve(folder, sets, scale)
-    model = _load(folder / CHECKPOINT_NAME)
-    scores, same = _score(model, sets, scale, reference=reference)
-    scores.save(folder / SCORES_NAME)
+    with seconds_added_to(folder / SCORE_TIMING_NAME):  # the curve resumes point by point
+        curve = _curve(folder, sets, scale)
+        model = _load(folder / CHECKPOINT_NAME)
+        scores, same = _score(model, sets, scale, reference=reference)
+        scores.save(folder / SCORES_NAME)
     result = RunResult(
         variant=variant.slug,
         seed=seed,
         steps=trained.steps,
         schedule=scale.schedule,
-        train_seconds=float(timing.read_text()),
+        train_seconds=float((folder / TIMING_NAME).read_text()),
         top1=float(scores.correct.mean()),
         copy_map=float(scores.reciprocal_rank.mean()),
         curve=curve,
         same_prediction_whitened=same,
-        score_seconds=time.perf_counter() - scoring_start,
+        score_seconds=float((folder / SCORE_TIMING_NAME).read_text()),
     )
     result.save(folder)
     logger.info(
