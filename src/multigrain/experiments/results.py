@@ -79,8 +79,8 @@ class RunResult:
     copy_map: float
     curve: list[CurvePoint] = field(default_factory=list)
     same_prediction_whitened: float | None = None  # reference variant only
-    # the curve, test, grid and whitening scoring, summed over the sessions it took (runs
-    # finished before 2026-12-07 counted only the last session's: a resumed scoring shows less)
+    # the curve, test, grid and whitening scoring, summed over the sessions it took (results
+    # written before the sum counted only the last session's: a resumed scoring shows less)
     score_seconds: float | None = None
     schedule: str = "cosine"  # Scale.schedule (results written before it were cosine)
 
